@@ -1,0 +1,12 @@
+"""nntune: answers the ten questions of building a neural network for your own data, by measurement."""
+
+from nntune.artifacts import load
+from nntune.config import RunConfig, load_config
+from nntune.data import Scaler, load_dataset, split_dataset
+from nntune.models import build_model, freeze, summary, unfreeze
+from nntune.training.pipeline import train
+
+__all__ = [
+    "RunConfig", "Scaler", "build_model", "freeze", "load", "load_config", "load_dataset", "split_dataset",
+    "summary", "train", "unfreeze",
+]

@@ -1,0 +1,116 @@
+"""Save and load a trained model: safetensors weights + scaler state + a JSON config (never pickle).
+
+A ``best/`` directory holds ``weights.safetensors``, ``scaler.safetensors`` and ``model.json`` (the run config, the
+data description and the scaler method), which is everything :func:`load` needs to rebuild the model and predict
+on raw inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nntune.config import RunConfig, build_config
+from nntune.data.scalers import Scaler
+from nntune.errors import ArtifactError
+from nntune.models.builders import build_model
+
+WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
+
+
+@dataclass
+class Artifact:
+    """A trained model ready to predict on raw (unscaled) inputs."""
+
+    model: nn.Module
+    scaler: Scaler
+    config: RunConfig
+    data: dict
+
+    @property
+    def task(self) -> str:
+        return self.data["task"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.get("class_names", [])
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = tuple(self.data["input_shape"])
+        if tuple(x.shape[1:]) != expected:
+            raise ArtifactError(f"inputs have shape {tuple(x.shape[1:])} per sample; this model expects {expected}")
+
+    def predict_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (classification) or values (regression) for raw inputs."""
+        self._check(x)
+        self.model.eval()
+        x = self.scaler.transform(x.float())
+        with torch.inference_mode():
+            out = torch.cat([self.model(x[i:i + 2048]) for i in range(0, len(x), 2048)])
+        return out if self.task == "classification" else out.reshape(-1)
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task != "classification":
+            raise ArtifactError("predict_proba: this model does regression")
+        return torch.softmax(self.predict_raw(x), dim=1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class indices (classification) or values (regression)."""
+        out = self.predict_raw(x)
+        return out.argmax(1) if self.task == "classification" else out
+
+
+def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Scaler, data: dict) -> Path:
+    """Write the artifact files into ``directory`` (created if needed) and return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(directory / WEIGHTS))
+    save_file(scaler.state_dict(), str(directory / SCALER))
+    meta = {"format": 1, "config": config.to_dict(), "data": data, "scaler": scaler.method}
+    (directory / META).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load(directory: str | Path) -> Artifact:
+    """Rebuild a saved model; a missing or corrupt file is an :class:`ArtifactError` naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: not a model directory (expected {META}, {WEIGHTS}, {SCALER})")
+    meta_path = directory / META
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = build_config(meta["config"], where=str(meta_path))
+        data, method = meta["data"], meta["scaler"]
+    except FileNotFoundError:
+        raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
+    n_outputs = len(data["class_names"]) if data["task"] == "classification" else 1
+    model = build_model(config.model, data["input_shape"], n_outputs, seed=config.seed)
+    model.load_state_dict(_read_tensors(directory / WEIGHTS, expected=model.state_dict()))
+    scaler = Scaler(method).load_state_dict(_read_tensors(directory / SCALER))
+    return Artifact(model, scaler, config, data)
+
+
+def _read_tensors(path: Path, expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: corrupt safetensors file ({err})") from None
+    if expected is not None:
+        missing = sorted(set(expected) - set(tensors))
+        wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+        if missing or wrong:
+            key = (missing or wrong)[0]
+            raise ArtifactError(f"{path}: weights do not fit the saved config ({'missing' if missing else 'shape of'} "
+                                f"{key!r})")
+    return tensors

@@ -1,0 +1,255 @@
+"""The ``nntune`` command. Every subcommand has --help, prints a readable summary and can write JSON.
+
+User errors (:class:`nntune.errors.NNTuneError`) print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from nntune.config import ACTIVATIONS, OPTIMIZERS, SCALERS, SCHEDULES, RunConfig, apply_overrides, load_config
+from nntune.errors import NNTuneError
+
+console = Console(stderr=True)
+out_console = Console()
+
+# (flag, config key, click type, help). One table so every command spells an option the same way.
+DATA_OPTIONS = [
+    ("--dataset", "data.dataset", click.Choice(["digits", "mnist5k"]), "built-in dataset (default digits)"),
+    ("--data", "data.path", click.Path(path_type=Path), "CSV file, NPZ file or image folder"),
+    ("--target", "data.target", str, "target column of a CSV file"),
+    ("--task", "data.task", click.Choice(["auto", "classification", "regression"]), "override the inferred task"),
+    ("--seed", "seed", int, "seed for splits, initialisation and shuffling"),
+]
+MODEL_OPTIONS = [
+    ("--family", "model.family", click.Choice(["mlp", "cnn"]), "model family"),
+    ("--activation", "model.activation", click.Choice(ACTIVATIONS), "activation function"),
+    ("--batch-norm/--no-batch-norm", "model.batch_norm", None, "batch normalization"),
+    ("--hidden-layers", "model.hidden_layers", int, "MLP: number of hidden layers"),
+    ("--units", "model.units", int, "MLP: width of the first hidden layer"),
+    ("--funnel", "model.funnel", float, "MLP: width ratio between consecutive layers (<=1)"),
+    ("--widths", "model.widths", str, "MLP: explicit hidden widths, e.g. 256,128"),
+    ("--dropout", "model.dropout", float, "MLP: dropout after each hidden layer"),
+    ("--conv-blocks", "model.conv_blocks", int, "CNN: number of conv blocks"),
+    ("--convs-per-block", "model.convs_per_block", int, "CNN: convolutions per block"),
+    ("--filters", "model.filters", int, "CNN: filters of the first block"),
+    ("--filter-multiplier", "model.filter_multiplier", float, "CNN: filter growth per block"),
+    ("--kernel-size", "model.kernel_size", int, "CNN: kernel size"),
+    ("--pool", "model.pool", click.Choice(["max", "avg", "none"]), "CNN: pooling after each block"),
+    ("--residual/--no-residual", "model.residual", None, "CNN: residual connections"),
+    ("--head", "model.head", click.Choice(["flatten", "gap"]), "CNN: flatten or global average pool"),
+    ("--fc-layers", "model.fc_layers", int, "CNN: hidden FC layers"),
+    ("--fc-units", "model.fc_units", int, "CNN: units per FC layer"),
+    ("--dropout-after-pool", "model.dropout_after_pool", float, "CNN: spatial dropout after pooling"),
+    ("--dropout-before-fc", "model.dropout_before_fc", float, "CNN: dropout on the flattened features"),
+    ("--dropout-after-fc", "model.dropout_after_fc", float, "CNN: dropout after each FC layer"),
+]
+TRAIN_OPTIONS = [
+    ("--scaler", "preprocess.scaler", click.Choice(SCALERS), "normalization method"),
+    ("--epochs", "train.epochs", int, "maximum epochs"),
+    ("--batch-size", "train.batch_size", int, "batch size"),
+    ("--optimizer", "train.optimizer", click.Choice(OPTIMIZERS), "optimizer"),
+    ("--lr", "train.lr", str, "initial learning rate, or 'auto' to run the LR range test first"),
+    ("--weight-decay", "train.weight_decay", float, "weight decay"),
+    ("--grad-clip", "train.grad_clip", float, "clip the gradient norm to this value"),
+    ("--label-smoothing", "train.label_smoothing", float, "label smoothing for cross-entropy"),
+    ("--schedule", "train.schedule.name", click.Choice(SCHEDULES), "LR schedule"),
+    ("--warmup-epochs", "train.schedule.warmup_epochs", int, "linear warmup epochs before the schedule"),
+    ("--patience", "train.early_stopping.patience", int, "early-stopping patience in epochs"),
+    ("--monitor", "train.early_stopping.monitor", str, "early-stopping monitor (val_loss, val_accuracy, ...)"),
+    ("--early-stopping/--no-early-stopping", "train.early_stopping.enabled", None, "early stopping"),
+    ("--device", "train.device", str, "auto, cpu, cuda or cuda:N"),
+    ("--threads", "train.threads", int, "CPU threads for torch"),
+]
+
+
+def _add_options(table: list[tuple]) -> Callable:
+    def decorate(f: Callable) -> Callable:
+        for flag, key, kind, help_text in reversed(table):
+            name = key.replace(".", "__")
+            if kind is None:
+                f = click.option(flag, name, default=None, help=help_text)(f)
+            else:
+                f = click.option(flag, name, type=kind, default=None, help=help_text)(f)
+        return f
+    return decorate
+
+
+def _common(f: Callable) -> Callable:
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override any config key, e.g. --set train.schedule.gamma=0.5 (repeatable)")(f)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path),
+                        help="YAML run config; flags override it")(f)
+
+
+def _config_from(kwargs: dict[str, Any]) -> RunConfig:
+    """The config file (or defaults), then option flags, then --set overrides."""
+    config_file = kwargs.pop("config_file", None)
+    overrides = list(kwargs.pop("overrides", ()) or ())
+    cfg = load_config(config_file) if config_file else RunConfig()
+    flags: dict[str, Any] = {}
+    for name, value in list(kwargs.items()):
+        if "__" in name or name == "seed":
+            kwargs.pop(name)
+            if value is None:
+                continue
+            key = name.replace("__", ".")
+            if key == "model.widths":
+                value = _int_list(value, "--widths")
+            if key == "train.lr":
+                if value == "auto":
+                    flags["train.lr_auto"] = True
+                    continue
+                value = _float(value, "--lr")
+            if key == "data.path":
+                flags["data.dataset"] = None
+                value = str(value)
+            flags[key] = value
+    cfg = apply_overrides(cfg, flags) if flags else cfg
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise NNTuneError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _float(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise NNTuneError(f"{flag}: expected a number or 'auto', got {text!r}") from None
+
+
+def _emit_json(payload: dict, json_out: str | None) -> None:
+    """``--json -`` prints JSON to stdout; ``--json FILE`` writes it there."""
+    if json_out is None:
+        return
+    text = json.dumps(payload, indent=2)
+    if json_out == "-":
+        click.echo(text)
+    else:
+        Path(json_out).write_text(text)
+
+
+JSON_OPTION = click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
+                           help="write machine-readable JSON to FILE, or to stdout when given without a value")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors")
+@click.version_option(package_name="nntune")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """nntune: tune and train neural networks for your own data, by measurement."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("summary")
+@_common
+@_add_options(DATA_OPTIONS)
+@_add_options(MODEL_OPTIONS)
+@click.option("--input-shape", help="per-sample input shape, e.g. 1,28,28 (default: the dataset's)")
+@click.option("--outputs", type=int, help="number of outputs (default: the dataset's)")
+@click.option("--freeze", "freeze_pattern", help="freeze layers whose name matches this glob, e.g. 'block1.*'")
+@click.option("--freeze-all-but-last", type=int, help="freeze all weighted layers except the last N")
+@JSON_OPTION
+def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: str | None,
+                freeze_all_but_last: int | None, json_out: str | None, **kwargs: Any) -> None:
+    """Build a model and print its layers with trainable / non-trainable parameter counts."""
+    from nntune.models import build_model, freeze, summary
+    from nntune.training.pipeline import load_from_config
+
+    cfg = _config_from(kwargs)
+    if input_shape is None or outputs is None:
+        ds = load_from_config(cfg)
+        shape = _int_list(input_shape, "--input-shape") if input_shape else list(ds.input_shape)
+        n_out = outputs or ds.n_outputs
+    else:
+        shape, n_out = _int_list(input_shape, "--input-shape"), outputs
+    model = build_model(cfg.model, shape, n_out, seed=cfg.seed)
+    if freeze_pattern is not None or freeze_all_but_last is not None:
+        freeze(model, freeze_pattern, freeze_all_but_last)
+    s = summary(model, shape)
+    if json_out == "-":
+        _emit_json(s.to_dict(), json_out)
+        return
+    table = Table(title=f"{cfg.model.family.upper()} for input {tuple(shape)} -> {n_out} outputs")
+    for col, justify in (("layer", "left"), ("type", "left"), ("output", "left"),
+                         ("trainable", "right"), ("non-trainable", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in s.layers:
+        shape = "x".join(str(d) for d in r.output_shape[1:])
+        table.add_row(r.name, r.type, shape, f"{r.trainable:,}", f"{r.non_trainable:,}")
+    out_console.print(table)
+    out_console.print(f"total {s.total:,}  trainable {s.trainable:,}  non-trainable {s.non_trainable:,}  "
+                      f"parameters {s.param_mb:.3f} MB  activations/sample {s.activation_mb:.3f} MB")
+    _emit_json(s.to_dict(), json_out)
+
+
+@cli.command("train")
+@_common
+@_add_options(DATA_OPTIONS)
+@_add_options(MODEL_OPTIONS)
+@_add_options(TRAIN_OPTIONS)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True,
+              help="run directory: config.yaml, result.json, best/")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@JSON_OPTION
+def train_cmd(out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+    """Train one model, evaluate the test split once, and save the run directory."""
+    from nntune.training.pipeline import train
+
+    cfg = _config_from(kwargs)
+    result = train(cfg, out, progress=not quiet)
+    _print_train_summary(result, out)
+    _emit_json(result, json_out)
+
+
+def _print_train_summary(result: dict, out: Path) -> None:
+    metric = "accuracy" if result["data"]["task"] == "classification" else "r2"
+    table = Table(title=f"nntune train: {result['data']['name']} ({result['data']['task']})", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    m = result["model"]
+    table.add_row("parameters (trainable / non-trainable)", f"{m['trainable']:,} / {m['non_trainable']:,}")
+    table.add_row("best epoch / stopped", f"{result['best_epoch']} / {result['stopped_epoch'] or '-'}")
+    table.add_row("stop reason", result["stop_reason"])
+    table.add_row(f"val {metric}", f"{result['val'].get(metric, float('nan')):.4f}")
+    table.add_row(f"test {metric}", f"{result['test'][metric]:.4f}")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    out_console.print(table)
+    for f in result["findings"]:
+        if f["severity"] == "warning":
+            out_console.print(f"[yellow]finding[/] {f['code']}: {f['message']}")
+    out_console.print(f"run directory: {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors with exit code 2 unless --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="nntune", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except NNTuneError as err:
+        if "--debug" in args:
+            raise
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

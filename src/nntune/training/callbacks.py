@@ -1,0 +1,76 @@
+"""Callbacks: small objects with hooks the Trainer calls (early stopping, checkpoints, pruning, progress)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from nntune.training.trainer import Trainer
+
+
+class Callback:
+    """Override any hook. ``on_epoch_end`` may call ``trainer.stop(reason)`` to end training after this epoch."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        """Called after each epoch with its logged values (epoch counted from 1)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Called once after the last epoch, also when training was stopped or interrupted."""
+
+
+class ProgressBar(Callback):
+    """A rich progress bar over epochs showing the latest losses and metric."""
+
+    def __init__(self, description: str = "training") -> None:
+        self.description = description
+        self._progress: Progress | None = None
+        self._task = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"), transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.description, total=trainer.epochs, status="")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in logs.items()
+                          if k in ("loss", "val_loss", f"val_{trainer.metric_name}"))
+        self._progress.update(self._task, completed=epoch, status=shown)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class BestCheckpoint(Callback):
+    """Save the weights (safetensors) whenever the monitored value improves, so a crash loses nothing."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto") -> None:
+        from nntune.training.early_stopping import monitor_mode
+
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor, mode)
+        self.best: float | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        from safetensors.torch import save_file
+
+        value = logs.get(self.monitor)
+        if value is None or value != value:
+            return
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+            tmp = self.path.with_suffix(".tmp")
+            save_file(state, str(tmp), metadata={"epoch": str(epoch), self.monitor: repr(value)})
+            tmp.replace(self.path)

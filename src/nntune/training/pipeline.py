@@ -1,0 +1,110 @@
+"""One training run end to end: load and split data, fit the scaler on train, build, train, test once, save.
+
+Both ``nntune train`` and every search trial go through :func:`prepare_data` and :func:`fit_model`, so a trial and
+a final fit can never disagree about preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nntune import artifacts
+from nntune.config import RunConfig, save_config
+from nntune.data.scalers import Scaler, resolve_method
+from nntune.data.sources import Dataset, load_dataset
+from nntune.data.splits import Split, split_dataset
+from nntune.models.builders import build_model
+from nntune.models.inspect import summary
+from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
+from nntune.training.diagnostics import diagnose
+from nntune.training.early_stopping import EarlyStopping
+from nntune.training.trainer import FitResult, Trainer
+
+
+@dataclass
+class PreparedData:
+    """A dataset split and scaled (scaler fitted on the training split only)."""
+
+    dataset: Dataset
+    split: Split
+    scaler: Scaler
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_from_config(cfg: RunConfig) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.dataset, d.path, d.target, d.task)
+
+
+def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, scaler: str | None = None) -> PreparedData:
+    """Split ``dataset`` (loaded from the config if not given) and scale it with the configured method."""
+    ds = dataset if dataset is not None else load_from_config(cfg)
+    split = split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    sc = Scaler(resolve_method(scaler or cfg.preprocess.scaler, ds.kind))
+    sc.fit(ds.x[split.train])
+    t = sc.transform
+    return PreparedData(ds, split, sc, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]), ds.y[split.val],
+                        t(ds.x[split.test]), ds.y[split.test])
+
+
+def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] = (), progress: bool = False,
+              catch_interrupt: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
+    """Build the configured model and train it on ``data`` (early stopping per the config)."""
+    ds = data.dataset
+    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
+    cbs = list(callbacks)
+    if cfg.train.early_stopping.enabled:
+        cbs.insert(0, EarlyStopping(cfg.train.early_stopping))
+    if progress:
+        cbs.append(ProgressBar())
+    trainer = Trainer(model, ds.task, cfg.train, cbs, seed=cfg.seed)
+    result = trainer.fit(data.x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
+    return trainer.model, trainer, result
+
+
+def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
+          dataset: Dataset | None = None) -> dict:
+    """Train one model as configured, evaluate the test split once, and (with ``out``) save the run directory.
+
+    Returns the content of ``result.json``.
+    """
+    started = time.perf_counter()
+    data = prepare_data(cfg, dataset)
+    out = Path(out) if out is not None else None
+    callbacks = [BestCheckpoint(out / "checkpoint" / "best.safetensors")] if out else []
+    model, trainer, fit = fit_model(cfg, data, callbacks, progress=progress, catch_interrupt=True)
+    test = trainer.evaluate(data.x_test, data.y_test)
+    findings = diagnose(fit.history, model, data.x_val)
+    ds = data.dataset
+    result = {
+        "config": cfg.to_dict(),
+        "data": {**ds.meta(), "n_train": len(data.split.train), "n_val": len(data.split.val),
+                 "n_test": len(data.split.test), "scaler": data.scaler.method},
+        "model": summary(model, ds.input_shape).to_dict(),
+        "history": fit.history,
+        "best_epoch": fit.best_epoch,
+        "stopped_epoch": fit.stopped_epoch,
+        "stop_reason": fit.stop_reason,
+        "val": {k.removeprefix("val_"): v for k, v in fit.best.items() if k.startswith("val_")},
+        "test": test,
+        "findings": [f.to_dict() for f in findings],
+        "seconds": time.perf_counter() - started,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        artifacts.save(out / "best", model, cfg, data.scaler, ds.meta())
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result

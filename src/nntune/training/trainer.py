@@ -1,0 +1,235 @@
+"""The training loop every run and every trial uses; correct first, and as fast as a hand-written loop.
+
+Data stays in memory as tensors on the training device; a batch is an index slice of a seeded permutation, never a
+per-sample ``Dataset.__getitem__``. Losses and metrics accumulate on the device and are read back once per epoch
+(one host sync), gradient norms are taken on the epoch's last batch only, and evaluation runs under
+``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nntune.config import TrainConfig
+from nntune.training.callbacks import Callback
+from nntune.training.early_stopping import EarlyStopping, monitor_mode
+from nntune.training.schedules import Schedule
+
+EVAL_BATCH = 2048
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class FitResult:
+    """What happened during ``fit``: per-epoch history and why training ended."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_epoch: int = 0
+    stop_reason: str = "max_epochs"
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> dict:
+        """The history row of the best epoch."""
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {})
+
+
+def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW (default), Adam, SGD (momentum, optional Nesterov) or RMSprop, with weight decay."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every Linear/Conv layer, input to output: the layers gradient diagnostics watch."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return [(n, m.weight) for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+class Trainer:
+    """Fits a model on in-memory tensors with the optimizer, schedule and callbacks the config asks for."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        cfg: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+        grad_stats: bool = True,
+    ) -> None:
+        self.cfg = cfg or TrainConfig()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.device = resolve_device(self.cfg.device)
+        self.model = model.to(self.device)
+        self.task = task
+        self.classification = task == "classification"
+        self.metric_name = "accuracy" if self.classification else "mae"
+        self.loss_fn = (nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing) if self.classification
+                        else nn.MSELoss())
+        self.callbacks = list(callbacks)
+        self.augment = augment
+        self.seed = seed
+        self.grad_stats = grad_stats
+        self.epochs = self.cfg.epochs
+        self.history: list[dict] = []
+        self._stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ask training to end after the current epoch (the first reason given is kept)."""
+        self._stop_reason = self._stop_reason or reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def _outputs(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.classification else out.reshape(-1)
+
+    def _metric_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.classification:
+            return (out.argmax(1) == y).sum()
+        return (out - y).abs().sum()
+
+    def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+            catch_interrupt: bool = False) -> FitResult:
+        """Train for up to ``cfg.epochs`` epochs, validating after each; returns the history and stop reason.
+
+        With ``catch_interrupt`` a Ctrl-C ends training cleanly (best weights restored) instead of raising.
+        """
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        dev = self.device
+        x_train, y_train = x_train.to(dev), y_train.to(dev)
+        x_val, y_val = x_val.to(dev), y_val.to(dev)
+        n, bs = len(x_train), min(self.cfg.batch_size, len(x_train))
+        # a trailing batch of one sample breaks batch norm; drop it (it is reshuffled next epoch)
+        n_used = n - 1 if n % bs == 1 and n > 1 else n
+        steps = math.ceil(n_used / bs)
+        optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
+        plateau_mode = monitor_mode(self.cfg.early_stopping.monitor, self.cfg.early_stopping.mode)
+        schedule = Schedule(optimizer, self.cfg.schedule, self.epochs, steps, plateau_mode)
+        watched = weighted_layers(self.model) if self.grad_stats else []
+        self.history, self._stop_reason = [], None
+        result = FitResult()
+        started = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        try:
+            for epoch in range(1, self.epochs + 1):
+                t0 = time.perf_counter()
+                lr = schedule.lr
+                self.model.train()
+                perm = torch.randperm(n, generator=gen)[:n_used].to(dev)
+                loss_sum = torch.zeros((), device=dev)
+                metric_sum = torch.zeros((), device=dev)
+                grad_norms = None
+                for start in range(0, n_used, bs):
+                    idx = perm[start:start + bs]
+                    xb, yb = x_train[idx], y_train[idx]
+                    if self.augment is not None:
+                        xb = self.augment(xb)
+                    out = self._outputs(self.model(xb))
+                    loss = self.loss_fn(out, yb)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if watched and start + bs >= n_used:
+                        grad_norms = torch.stack([_grad_norm(p) for _, p in watched])
+                    if self.cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                    optimizer.step()
+                    schedule.after_batch()
+                    with torch.no_grad():
+                        loss_sum += loss.detach() * len(idx)
+                        metric_sum += self._metric_sum(out.detach(), yb)
+                train_loss, train_metric = (torch.stack([loss_sum, metric_sum]) / n_used).tolist()
+                logs = {"epoch": epoch, "loss": train_loss, self.metric_name: train_metric}
+                logs.update({f"val_{k}": v for k, v in self.evaluate(x_val, y_val).items()})
+                logs["lr"] = lr
+                logs["seconds"] = time.perf_counter() - t0
+                row = dict(logs)
+                if grad_norms is not None:
+                    row["grad_norms"] = dict(zip((name for name, _ in watched), grad_norms.tolist()))
+                self.history.append(row)
+                if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
+                    self.stop(f"non-finite loss at epoch {epoch}")
+                    result.stopped_epoch = epoch
+                    break
+                schedule.after_epoch(logs.get(self.cfg.early_stopping.monitor, logs["val_loss"]))
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                if self.stop_requested:
+                    result.stopped_epoch = epoch
+                    break
+        except KeyboardInterrupt:
+            if not catch_interrupt:
+                raise
+            self.stop("interrupted")
+            result.stopped_epoch = len(self.history)
+        finally:
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        result.history = self.history
+        result.stop_reason = self._stop_reason or "max_epochs"
+        result.best_epoch = self._best_epoch()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _best_epoch(self) -> int:
+        for cb in self.callbacks:
+            if isinstance(cb, EarlyStopping) and cb.best_epoch:
+                return cb.best_epoch
+        finite = [h for h in self.history if math.isfinite(h["val_loss"])]
+        return min(finite, key=lambda h: h["val_loss"])["epoch"] if finite else 0
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (logits, or values for regression) for already-scaled inputs, on the CPU."""
+        self.model.eval()
+        with torch.inference_mode():
+            outs = [self._outputs(self.model(x[i:i + EVAL_BATCH].to(self.device))) for i in range(0, len(x), EVAL_BATCH)]
+        return torch.cat(outs).cpu()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Loss and metrics on already-scaled inputs: accuracy, or MAE and R² for regression."""
+        out = self.predict(x)
+        return compute_metrics(out, y.cpu(), self.task, self.loss_fn)
+
+
+def compute_metrics(out: torch.Tensor, y: torch.Tensor, task: str, loss_fn: nn.Module | None = None) -> dict[str, float]:
+    """Loss and metrics from outputs and targets (one host sync)."""
+    out = out.float()
+    if task == "classification":
+        loss_fn = loss_fn or nn.CrossEntropyLoss()
+        loss, acc = torch.stack([loss_fn(out, y), (out.argmax(1) == y).float().mean()]).tolist()
+        return {"loss": loss, "accuracy": acc}
+    err = out - y
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - (err**2).sum() / ss_tot if ss_tot > 0 else torch.tensor(0.0)
+    loss, mae, r2 = torch.stack([(err**2).mean(), err.abs().mean(), r2]).tolist()
+    return {"loss": loss, "mae": mae, "r2": r2}
+
+
+def _grad_norm(p: nn.Parameter) -> torch.Tensor:
+    return p.grad.detach().norm() if p.grad is not None else torch.zeros((), device=p.device)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nntune.data.sources import infer_task, load_dataset, load_mnist5k
+from nntune.errors import DataError
+
+
+def test_digits_default(digits):
+    ds = load_dataset()
+    assert ds.name == "digits" and ds.x.shape == (1797, 1, 8, 8) and ds.x.dtype == torch.float32
+    assert ds.task == "classification" and ds.n_outputs == 10 and ds.kind == "image"
+    assert torch.equal(ds.y.unique(), torch.arange(10))
+
+
+def test_mnist5k():
+    ds = load_mnist5k()
+    assert ds.x.shape == (5000, 1, 28, 28) and ds.x.max() == 255 and ds.n_outputs == 10
+
+
+def test_task_inference():
+    assert infer_task(np.array([0, 1, 2, 1])) == "classification"
+    assert infer_task(np.array([0.0, 1.0, 2.0])) == "classification"
+    assert infer_task(np.array([0.5, 1.2, 2.0])) == "regression"
+    assert infer_task(np.arange(500)) == "regression"
+    assert infer_task(np.array(["cat", "dog"])) == "classification"
+
+
+def _csv(tmp_path, text, name="d.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_csv_classification_with_string_labels(tmp_path):
+    p = _csv(tmp_path, "a,b,label\n1,2,cat\n3,4,dog\n5,6,cat\n")
+    ds = load_dataset(path=p, target="label")
+    assert ds.x.shape == (3, 2) and ds.feature_names == ["a", "b"]
+    assert ds.class_names == ["cat", "dog"] and ds.y.tolist() == [0, 1, 0] and ds.kind == "tabular"
+
+
+def test_csv_regression_and_task_override(tmp_path):
+    p = _csv(tmp_path, "a,y\n1,0.5\n2,1.5\n3,2.25\n")
+    assert load_dataset(path=p, target="y").task == "regression"
+    p2 = _csv(tmp_path, "a,y\n1,0\n2,1\n3,2\n", "r.csv")
+    ds = load_dataset(path=p2, target="y", task="regression")
+    assert ds.task == "regression" and ds.y.dtype == torch.float32 and ds.y.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_csv_errors_name_file_and_column(tmp_path):
+    p = _csv(tmp_path, "a,color,y\n1,red,0\n2,blue,1\n")
+    with pytest.raises(DataError, match=r"d.csv: column 'color' is not numeric \(line 2: 'red'\)"):
+        load_dataset(path=p, target="y")
+    with pytest.raises(DataError, match=r"target column 'label' not found"):
+        load_dataset(path=p, target="label")
+    with pytest.raises(DataError, match=r"--target"):
+        load_dataset(path=p)
+    bad = _csv(tmp_path, "a,y\n1,0\n2\n", "bad.csv")
+    with pytest.raises(DataError, match=r"bad.csv: line 3 has 1 fields"):
+        load_dataset(path=bad, target="y")
+
+
+def test_npz_shapes_and_errors(tmp_path):
+    p = tmp_path / "sig.npz"
+    np.savez(p, x=np.random.rand(20, 2, 50).astype(np.float32), y=np.arange(20) % 2)
+    ds = load_dataset(path=p)
+    assert ds.kind == "signal" and ds.input_shape == (2, 50) and ds.n_outputs == 2
+    q = tmp_path / "noy.npz"
+    np.savez(q, x=np.zeros((3, 2)))
+    with pytest.raises(DataError, match=r"noy.npz: missing array 'y'"):
+        load_dataset(path=q)
+    r = tmp_path / "corrupt.npz"
+    r.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"corrupt.npz: not a readable NPZ"):
+        load_dataset(path=r)
+
+
+def test_image_folder_resizes_to_common_size(tmp_path):
+    for cls, sizes in {"a": [(10, 12), (10, 12)], "b": [(10, 12), (20, 20)]}.items():
+        (tmp_path / cls).mkdir()
+        for i, size in enumerate(sizes):
+            Image.new("L", size, color=i * 50).save(tmp_path / cls / f"{i}.png")
+    with pytest.warns(UserWarning, match="2 different sizes; resizing all to 10x12"):
+        ds = load_dataset(path=tmp_path)
+    assert ds.x.shape == (4, 1, 12, 10) and ds.class_names == ["a", "b"] and ds.y.tolist() == [0, 0, 1, 1]
+
+
+def test_image_folder_unreadable_names_file(tmp_path):
+    for cls in "ab":
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / cls / "ok.png")
+    (tmp_path / "b" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"broken.png: unreadable image"):
+        load_dataset(path=tmp_path)
+
+
+def test_unknown_dataset_and_missing_path(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(path=tmp_path / "nope.csv")

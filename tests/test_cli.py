@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from nntune.cli import main
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def run_ok(capsys, *args):
+    main(list(args))
+    return capsys.readouterr().out
+
+
+def test_summary_json(capsys):
+    out = run_ok(capsys, "summary", "--family", "cnn", "--batch-norm", "--input-shape", "1,28,28", "--outputs", "10",
+                 "--json")
+    data = json.loads(out)
+    assert set(data) >= {"total", "trainable", "non_trainable", "layers"}
+    assert data["layers"][0] == {"name": "block1.conv1", "type": "Conv2d", "output_shape": [-1, 32, 28, 28],
+                                 "trainable": 320, "non_trainable": 0}
+    assert data["total"] == data["trainable"] + data["non_trainable"] and data["non_trainable"] == 2 * (32 + 64 + 128)
+
+
+def test_summary_table_and_freeze(capsys):
+    out = run_ok(capsys, "summary", "--freeze-all-but-last", "1", "--json")
+    data = json.loads(out)
+    assert data["trainable"] == 256 * 10 + 10
+
+
+def test_help_lists_options(capsys):
+    out = run_ok(capsys, "train", "--help")
+    for flag in ("--dataset", "--data", "--target", "--lr", "--schedule", "--patience", "--out", "--json", "--set"):
+        assert flag in out
+
+
+def test_errors_are_one_line_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "summary", "--family", "cnn", "--conv-blocks", "5")
+    assert code == 2 and "model.conv_blocks" in err and "Traceback" not in err
+    csv = tmp_path / "x.csv"
+    csv.write_text("a,b\n1,2\n")
+    code, _, err = run(capsys, "train", "--data", str(csv), "--target", "nope", "--out", str(tmp_path / "o"))
+    assert code == 2 and "target column 'nope' not found" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "train", "--set", "train.lr=-1", "--out", str(tmp_path / "o"))
+    assert code == 2 and "train.lr" in err
+
+
+def test_train_end_to_end(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    run_ok(capsys, "train", "--epochs", "3", "--quiet", "--out", str(out_dir), "--json", str(tmp_path / "r.json"))
+    result = json.loads((out_dir / "result.json").read_text())
+    assert result == json.loads((tmp_path / "r.json").read_text())
+    for key in ("config", "history", "best_epoch", "stopped_epoch", "stop_reason", "val", "test", "findings"):
+        assert key in result
+    assert len(result["history"]) == 3 and result["test"]["accuracy"] > 0.8
+    assert {p.name for p in (out_dir / "best").iterdir()} == {"weights.safetensors", "scaler.safetensors",
+                                                                "model.json"}
+    assert (out_dir / "config.yaml").exists()

@@ -1,0 +1,43 @@
+import pytest
+
+from nntune.config import RunConfig, apply_overrides, build_config, load_config, save_config
+from nntune.errors import ConfigError
+
+
+def test_defaults_roundtrip_yaml(tmp_path):
+    cfg = apply_overrides(RunConfig(), ["train.lr=0.01", "model.widths=[64, 32]", "train.schedule.name=step"])
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg
+    assert again.train.lr == 0.01 and again.model.widths == [64, 32] and again.train.schedule.name == "step"
+
+
+def test_unknown_key_names_path(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: train.lrr"):
+        load_config(path)
+
+
+def test_bad_value_names_key():
+    with pytest.raises(ConfigError, match=r"train.lr.*-1"):
+        build_config({"train": {"lr": -1}})
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        apply_overrides(RunConfig(), ["train.nope=1"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(RunConfig(), ["train.lr"])
+
+
+def test_fractions_leave_training_data():
+    with pytest.raises(ConfigError, match="at least 10%"):
+        build_config({"data": {"val_fraction": 0.5, "test_fraction": 0.45}})
+
+
+def test_funnel_widths():
+    cfg = build_config({"model": {"hidden_layers": 3, "units": 256, "funnel": 0.5}}).model
+    assert cfg.hidden_widths() == [256, 128, 64]
+    assert build_config({"model": {"filters": 16, "conv_blocks": 3}}).model.block_filters() == [16, 32, 64]
