@@ -61,3 +61,20 @@ def test_train_end_to_end(capsys, tmp_path):
     assert {p.name for p in (out_dir / "best").iterdir()} == {"weights.safetensors", "scaler.safetensors",
                                                                 "model.json"}
     assert (out_dir / "config.yaml").exists()
+
+
+def test_lr_find_and_augment_commands(capsys, tmp_path):
+    out = run_ok(capsys, "lr-find", "--steps", "40", "--out", str(tmp_path / "lf"), "--json")
+    data = json.loads(out)
+    assert data["suggestion"] == data["suggestions"]["steepest"] and (tmp_path / "lf" / "lr_find.png").stat().st_size
+    out = run_ok(capsys, "augment", "--dataset", "mnist5k", "--preset", "digits", "--out", str(tmp_path / "g.png"),
+                 "--json")
+    assert json.loads(out)["ops"] == ["RandomAffine", "RandomErasing"] and (tmp_path / "g.png").stat().st_size
+
+
+def test_train_lr_auto_records_range_test(capsys, tmp_path):
+    run_ok(capsys, "train", "--lr", "auto", "--epochs", "2", "--quiet", "--augment", "light", "--out",
+           str(tmp_path / "r"))
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["lr_find"]["suggestion"] == result["config"]["train"]["lr"]
+    assert result["config"]["preprocess"]["augment"] == "light"

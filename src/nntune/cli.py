@@ -54,6 +54,8 @@ MODEL_OPTIONS = [
 ]
 TRAIN_OPTIONS = [
     ("--scaler", "preprocess.scaler", click.Choice(SCALERS), "normalization method"),
+    ("--augment", "preprocess.augment", click.Choice(["none", "light", "digits", "natural"]), "augmentation preset"),
+    ("--augment-strength", "preprocess.augment_strength", float, "augmentation strength in [0, 1]"),
     ("--epochs", "train.epochs", int, "maximum epochs"),
     ("--batch-size", "train.batch_size", int, "batch size"),
     ("--optimizer", "train.optimizer", click.Choice(OPTIMIZERS), "optimizer"),
@@ -214,6 +216,87 @@ def train_cmd(out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> No
     result = train(cfg, out, progress=not quiet)
     _print_train_summary(result, out)
     _emit_json(result, json_out)
+
+
+@cli.command("lr-find")
+@_common
+@_add_options(DATA_OPTIONS)
+@_add_options(MODEL_OPTIONS)
+@_add_options(TRAIN_OPTIONS)
+@click.option("--start-lr", type=float, default=1e-7, show_default=True, help="first learning rate")
+@click.option("--end-lr", type=float, default=10.0, show_default=True, help="last learning rate")
+@click.option("--steps", type=int, default=100, show_default=True, help="mini-batches in the test")
+@click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp", show_default=True, help="LR growth")
+@click.option("--method", type=click.Choice(["steepest", "valley", "min_div_10"]), default="steepest",
+              show_default=True, help="which suggestion to choose")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/lr_find"), show_default=True,
+              help="directory for lr_find.png and lr_find.json")
+@JSON_OPTION
+def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: str, out: Path,
+                json_out: str | None, **kwargs: Any) -> None:
+    """Run the LR range test and suggest an initial learning rate (plot: OUT/lr_find.png)."""
+    from nntune.models import build_model
+    from nntune.reporting.plots import lr_find_plot, save
+    from nntune.training.lr_finder import lr_find
+    from nntune.training.pipeline import prepare_data
+
+    cfg = _config_from(kwargs)
+    data = prepare_data(cfg)
+    ds = data.dataset
+    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
+    with console.status("LR range test"):
+        result = lr_find(model, ds.task, data.x_train, data.y_train, cfg.train, start_lr=start_lr, end_lr=end_lr,
+                         steps=steps, mode=mode, method=method, seed=cfg.seed).to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    save(lr_find_plot(result), out / "lr_find.png")
+    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
+    if json_out == "-":
+        _emit_json(result, json_out)
+        return
+    table = Table(title="LR range test", show_header=False)
+    for name, lr in result["suggestions"].items():
+        table.add_row(name + (" (chosen)" if name == method else ""), f"{lr:.3g}")
+    out_console.print(table)
+    for w in result["warnings"]:
+        out_console.print(f"[yellow]warning[/] {w}")
+    out_console.print(f"suggested lr: {result['suggestion']:.3g}   plot: {out / 'lr_find.png'}")
+    _emit_json(result, json_out)
+
+
+@cli.command("augment")
+@_common
+@_add_options(DATA_OPTIONS)
+@click.option("--preset", type=click.Choice(["none", "light", "digits", "natural"]), default=None,
+              help="augmentation preset (default: the config's preprocess.augment)")
+@click.option("--strength", type=float, default=None, help="0..1, scales every magnitude")
+@click.option("--samples", type=int, default=6, show_default=True, help="rows in the grid")
+@click.option("--copies", type=int, default=7, show_default=True, help="augmented copies per sample")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("augment.png"), show_default=True,
+              help="PNG file for the preview grid")
+@JSON_OPTION
+def augment_cmd(preset: str | None, strength: float | None, samples: int, copies: int, out: Path,
+                json_out: str | None, **kwargs: Any) -> None:
+    """Preview an augmentation pipeline: a grid of originals and augmented copies."""
+    import torch
+
+    from nntune.data.augment import build_augmenter, preview_grid
+    from nntune.reporting.plots import augment_grid, save
+    from nntune.training.pipeline import load_from_config
+
+    cfg = _config_from(kwargs)
+    preset = preset or cfg.preprocess.augment
+    strength = cfg.preprocess.augment_strength if strength is None else strength
+    ds = load_from_config(cfg)
+    augmenter = build_augmenter(preset, strength, ds.input_shape, ds.x)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    picks = torch.randperm(len(ds), generator=gen)[:samples]
+    grid = preview_grid(ds.x[picks], augmenter, copies, seed=cfg.seed)
+    save(augment_grid(grid, f"{ds.name}: preset {preset}, strength {strength}"), out)
+    info = {"preset": preset, "strength": strength, "ops": [type(op).__name__ for op in augmenter.ops],
+            "grid": str(out), "samples": samples, "copies": copies}
+    if json_out != "-":
+        out_console.print(f"{preset} (strength {strength}): {', '.join(info['ops']) or 'identity'} -> {out}")
+    _emit_json(info, json_out)
 
 
 def _print_train_summary(result: dict, out: Path) -> None:

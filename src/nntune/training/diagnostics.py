@@ -17,6 +17,7 @@ VANISHING_RATIO = 1e-3
 DEAD_FRACTION = 0.4        # fraction of ReLU units never active on a validation batch
 SATURATED_FRACTION = 0.4   # fraction of tanh/sigmoid outputs within 1% of their bounds
 DIVERGE_FACTOR = 1.5       # train loss above this multiple of its best after the best epoch
+BLOWUP_FACTOR = 3.0        # first-epoch train loss above this multiple of the untrained model's loss
 SLOW_PROGRESS = 0.1        # relative train-loss drop over the run below this is "too slow"
 OVERFIT_RISE = 0.1         # val loss this much above its best while train loss keeps falling
 
@@ -32,8 +33,12 @@ class Finding:
         return asdict(self)
 
 
-def history_findings(history: list[dict]) -> list[Finding]:
-    """Findings that need only the per-epoch history: gradients, divergence, slow progress, overfitting."""
+def history_findings(history: list[dict], initial_loss: float | None = None) -> list[Finding]:
+    """Findings that need only the per-epoch history: gradients, divergence, slow progress, overfitting.
+
+    ``initial_loss`` is the untrained model's validation loss; with it a loss that blew up in the first epoch is
+    reported as diverging.
+    """
     findings: list[Finding] = []
     if not history:
         return findings
@@ -48,7 +53,15 @@ def history_findings(history: list[dict]) -> list[Finding]:
     findings += _gradient_findings(history)
     best_i = min(range(len(losses)), key=losses.__getitem__)
     later_max = max(losses[best_i:])
-    if later_max > DIVERGE_FACTOR * losses[best_i] and later_max > losses[0]:
+    known_start = initial_loss is not None and math.isfinite(initial_loss) and initial_loss > 0
+    if known_start and losses[0] > BLOWUP_FACTOR * initial_loss:
+        findings.append(Finding("diverging", "warning",
+                                f"The loss blew up in the first epoch (untrained {initial_loss:.3g}, first epoch mean "
+                                f"{losses[0]:.3g}): the learning rate is too high. Lower it 3-10x or run "
+                                "`nntune lr-find`.",
+                                {"initial_loss": initial_loss, "first_epoch_loss": losses[0],
+                                 "best_loss": losses[best_i], "lr": history[0]["lr"]}))
+    elif later_max > DIVERGE_FACTOR * losses[best_i] and later_max > losses[0]:
         findings.append(Finding("diverging", "warning",
                                 "The training loss climbed back above where it started: the learning rate is too "
                                 "high. Lower it 3-10x or run `nntune lr-find`.",
@@ -152,9 +165,9 @@ def _saturation_hook(stats: dict, name: str, is_tanh: bool):
 
 
 def diagnose(history: list[dict], model: nn.Module | None = None, x_val: torch.Tensor | None = None,
-             max_samples: int = 512) -> list[Finding]:
+             initial_loss: float | None = None, max_samples: int = 512) -> list[Finding]:
     """All findings for a finished run."""
-    findings = history_findings(history)
+    findings = history_findings(history, initial_loss)
     if model is not None and x_val is not None and len(x_val):
         device = next(model.parameters()).device
         findings += activation_findings(model, x_val[:max_samples].to(device))

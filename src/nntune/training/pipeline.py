@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from nntune import artifacts
-from nntune.config import RunConfig, save_config
+from nntune.config import RunConfig, apply_overrides, save_config
+from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_dataset
 from nntune.data.splits import Split, split_dataset
@@ -25,6 +26,7 @@ from nntune.models.inspect import summary
 from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
+from nntune.training.lr_finder import LRFindResult, lr_find
 from nntune.training.trainer import FitResult, Trainer
 
 
@@ -59,9 +61,32 @@ def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, scaler: str | N
                         t(ds.x[split.test]), ds.y[split.test])
 
 
+def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindResult | None]:
+    """With ``train.lr_auto``, run the LR range test on a fresh model and return the config using its suggestion."""
+    if not cfg.train.lr_auto:
+        return cfg, None
+    ds = data.dataset
+    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
+    found = lr_find(model, ds.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed)
+    return apply_overrides(cfg, {"train.lr": found.suggestion, "train.lr_auto": False}), found
+
+
+def train_inputs(cfg: RunConfig, data: PreparedData) -> tuple[torch.Tensor, Callable | None]:
+    """Training tensors and per-batch transform: with augmentation, raw batches are augmented then scaled."""
+    p = cfg.preprocess
+    if p.augment == "none" or p.augment_strength == 0:
+        return data.x_train, None
+    raw = data.dataset.x[data.split.train]
+    augmenter = build_augmenter(p.augment, p.augment_strength, data.dataset.input_shape, raw)
+    if augmenter.identity:
+        return data.x_train, None
+    scale = data.scaler.transform
+    return raw, lambda xb: scale(augmenter(xb))
+
+
 def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] = (), progress: bool = False,
               catch_interrupt: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
-    """Build the configured model and train it on ``data`` (early stopping per the config)."""
+    """Build the configured model and train it on ``data`` (augmentation and early stopping per the config)."""
     ds = data.dataset
     model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
     cbs = list(callbacks)
@@ -69,8 +94,9 @@ def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] 
         cbs.insert(0, EarlyStopping(cfg.train.early_stopping))
     if progress:
         cbs.append(ProgressBar())
-    trainer = Trainer(model, ds.task, cfg.train, cbs, seed=cfg.seed)
-    result = trainer.fit(data.x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
+    x_train, augment = train_inputs(cfg, data)
+    trainer = Trainer(model, ds.task, cfg.train, cbs, augment=augment, seed=cfg.seed)
+    result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return trainer.model, trainer, result
 
 
@@ -82,11 +108,12 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
     """
     started = time.perf_counter()
     data = prepare_data(cfg, dataset)
+    cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
     callbacks = [BestCheckpoint(out / "checkpoint" / "best.safetensors")] if out else []
     model, trainer, fit = fit_model(cfg, data, callbacks, progress=progress, catch_interrupt=True)
     test = trainer.evaluate(data.x_test, data.y_test)
-    findings = diagnose(fit.history, model, data.x_val)
+    findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)
     ds = data.dataset
     result = {
         "config": cfg.to_dict(),
@@ -100,6 +127,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
         "val": {k.removeprefix("val_"): v for k, v in fit.best.items() if k.startswith("val_")},
         "test": test,
         "findings": [f.to_dict() for f in findings],
+        "initial_val_loss": fit.initial_val_loss,
+        "lr_find": found.to_dict() if found else None,
         "seconds": time.perf_counter() - started,
     }
     if out is not None:

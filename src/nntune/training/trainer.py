@@ -40,6 +40,7 @@ class FitResult:
     stopped_epoch: int = 0
     stop_reason: str = "max_epochs"
     seconds: float = 0.0
+    initial_val_loss: float = math.nan  # before the first step: the reference for "is it learning at all"
 
     @property
     def best(self) -> dict:
@@ -135,6 +136,7 @@ class Trainer:
         self.history, self._stop_reason = [], None
         result = FitResult()
         started = time.perf_counter()
+        result.initial_val_loss = self.evaluate(x_val, y_val)["loss"]
         for cb in self.callbacks:
             cb.on_train_begin(self)
         try:
