@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/nntune train --dataset digits --out runs/demo
+	$(VENV)/bin/nntune tune --dataset digits --trials 20 --ensemble 3 --out runs/demo --study-name demo-$$(date +%s)
 
 test: install
-	$(PY) -m pytest -q
+	bash scripts/with_postgres.sh $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

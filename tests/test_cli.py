@@ -78,3 +78,37 @@ def test_train_lr_auto_records_range_test(capsys, tmp_path):
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     assert result["lr_find"]["suggestion"] == result["config"]["train"]["lr"]
     assert result["config"]["preprocess"]["augment"] == "light"
+
+
+def test_tune_predict_and_worker(capsys, tmp_path):
+    out = tmp_path / "t"
+    data = json.loads(run_ok(capsys, "tune", "--trials", "2", "--trial-epochs", "3", "--quiet", "--out", str(out),
+                             "--json"))
+    assert data["trials"]["complete"] + data["trials"]["pruned"] == 2
+    import numpy as np
+    from nntune.data.sources import load_digits
+
+    ds = load_digits()
+    np.savez(tmp_path / "x.npz", x=ds.x[:5].numpy())
+    run_ok(capsys, "predict", str(out / "best"), "--data", str(tmp_path / "x.npz"), "--out", str(tmp_path / "p.csv"))
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0].startswith("row,label,prob_0") and len(lines) == 6
+    code, _, err = run(capsys, "worker", "--trials", "1")
+    assert code == 2 and "--storage" in err
+    code, _, err = run(capsys, "tune", "--out", str(out), "--trials", "3", "--quiet")
+    assert code == 2 and "--resume" in err
+
+
+def test_predict_csv_needs_feature_columns(capsys, tmp_path):
+    csv = tmp_path / "d.csv"
+    rows = ["a,b,y"] + [f"{i % 7},{(i * 3) % 5},{i % 2}" for i in range(60)]
+    csv.write_text("\n".join(rows) + "\n")
+    run_ok(capsys, "train", "--data", str(csv), "--target", "y", "--epochs", "2", "--quiet", "--out",
+           str(tmp_path / "r"))
+    (tmp_path / "new.csv").write_text("b,a\n1,2\n3,4\n")
+    run_ok(capsys, "predict", str(tmp_path / "r" / "best"), "--data", str(tmp_path / "new.csv"), "--out",
+           str(tmp_path / "p.csv"))
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "row,label,prob_0,prob_1"
+    (tmp_path / "bad.csv").write_text("a\n1\n")
+    code, _, err = run(capsys, "predict", str(tmp_path / "r" / "best"), "--data", str(tmp_path / "bad.csv"))
+    assert code == 2 and "feature column 'b' is missing" in err

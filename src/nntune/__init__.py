@@ -4,9 +4,11 @@ from nntune.artifacts import load
 from nntune.config import RunConfig, load_config
 from nntune.data import Scaler, load_dataset, split_dataset
 from nntune.models import build_model, freeze, summary, unfreeze
+from nntune.search.study import tune
+from nntune.training.lr_finder import lr_find
 from nntune.training.pipeline import train
 
 __all__ = [
     "RunConfig", "Scaler", "build_model", "freeze", "load", "load_config", "load_dataset", "split_dataset",
-    "summary", "train", "unfreeze",
+    "lr_find", "summary", "train", "tune", "unfreeze",
 ]

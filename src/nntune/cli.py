@@ -213,8 +213,9 @@ def train_cmd(out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> No
     from nntune.training.pipeline import train
 
     cfg = _config_from(kwargs)
-    result = train(cfg, out, progress=not quiet)
-    _print_train_summary(result, out)
+    result = train(cfg, out, progress=not quiet and json_out != "-")
+    if json_out != "-":
+        _print_train_summary(result, out)
     _emit_json(result, json_out)
 
 
@@ -297,6 +298,146 @@ def augment_cmd(preset: str | None, strength: float | None, samples: int, copies
     if json_out != "-":
         out_console.print(f"{preset} (strength {strength}): {', '.join(info['ops']) or 'identity'} -> {out}")
     _emit_json(info, json_out)
+
+
+SEARCH_OPTIONS = [
+    ("--trials", "search.trials", int, "finished trials the study should reach (a resumed study counts its own)"),
+    ("--timeout", "search.timeout", str, "time budget, e.g. 600, 90s, 10m, 1h"),
+    ("--sampler", "search.sampler", click.Choice(["tpe", "random", "grid", "gp", "cmaes"]), "Optuna sampler"),
+    ("--pruner", "search.pruner", click.Choice(["median", "asha", "hyperband", "none"]), "Optuna pruner"),
+    ("--storage", "search.storage", str, "Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..."),
+    ("--study-name", "search.study_name", str, "study name inside the storage"),
+    ("--trial-epochs", "search.epochs", int, "maximum epochs per trial"),
+    ("--final", "search.final", click.Choice(["retrain", "best_trial"]),
+     "retrain the best config on train+val, or keep the best trial's weights"),
+    ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
+]
+
+
+def _search_config(kwargs: dict[str, Any]) -> RunConfig:
+    from nntune.search.study import parse_duration
+
+    space_file = kwargs.pop("space_file", None)
+    timeout = kwargs.pop("search__timeout", None)
+    cfg = _config_from(kwargs)
+    if timeout is not None:
+        cfg = apply_overrides(cfg, {"search.timeout": parse_duration(timeout)})
+    if space_file is not None:
+        import yaml
+
+        try:
+            space = yaml.safe_load(Path(space_file).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise NNTuneError(f"{space_file}: cannot read the search space ({err.__class__.__name__})") from None
+        if not isinstance(space, dict):
+            raise NNTuneError(f"{space_file}: a search space must be a mapping of config keys")
+        cfg = apply_overrides(cfg, {"search.space": {**(cfg.search.space or {}), **space}})
+    return cfg
+
+
+SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=Path),
+                            help="YAML search space overriding the default (see nntune.search.space)")
+
+
+@cli.command("tune")
+@_common
+@_add_options(DATA_OPTIONS)
+@_add_options(SEARCH_OPTIONS)
+@_add_options(TRAIN_OPTIONS)
+@SPACE_OPTION
+@click.option("--resume", is_flag=True, help="continue the study of the same name; finished trials are kept")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True,
+              help="run directory: study.db, trials.csv, trials/, best/, result.json")
+@click.option("--quiet", is_flag=True, help="no live table")
+@JSON_OPTION
+def tune_cmd(resume: bool, out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+    """Search architecture and training settings with Optuna, then fit and test the best model."""
+    from nntune.search.study import tune
+
+    cfg = _search_config(kwargs)
+    result = tune(cfg, out, resume=resume, progress=not quiet)
+    if json_out != "-":
+        _print_tune_summary(result, out)
+    _emit_json(result, json_out)
+
+
+@cli.command("worker")
+@_common
+@_add_options(DATA_OPTIONS)
+@_add_options(SEARCH_OPTIONS)
+@_add_options(TRAIN_OPTIONS)
+@SPACE_OPTION
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/worker"), show_default=True,
+              help="where this worker keeps its trials' weights")
+@click.option("--quiet", is_flag=True, help="no live table")
+def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
+    """Run trials of a shared study (use the same --config and --storage on every machine)."""
+    from nntune.search.study import count, objective_spec, open_study, prepare_search, run_trials
+
+    cfg = _search_config(kwargs)
+    if not cfg.search.storage:
+        raise NNTuneError("--storage: a worker needs the shared study's URL, e.g. postgresql://user@host/db")
+    out.mkdir(parents=True, exist_ok=True)
+    search = prepare_search(cfg, out)
+    study = open_study(cfg, out, objective_spec(search.task)[1], search.params, resume=True)
+
+    run_trials(search, study, cfg.search.trials, cfg.search.timeout, progress=not quiet)
+    out_console.print(f"worker done: the study {study.study_name!r} has {count(study)} finished trials")
+
+
+def _print_tune_summary(result: dict, out: Path) -> None:
+    metric = "accuracy" if result["data"]["task"] == "classification" else "r2"
+    table = Table(title=f"nntune tune: {result['data']['name']} ({result['data']['task']})", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    n = result["trials"]
+    table.add_row("trials (complete / pruned / failed)", f"{n['complete']} / {n['pruned']} / {n['fail']}")
+    table.add_row("best trial", str(result["best_trial"]))
+    table.add_row(f"best trial's {result['study']['objective'].replace('_', ' ')}", f"{result['best_value']:.4f}")
+    table.add_row(f"final model ({result['final']['mode']}, {result['final']['epochs']} epochs) test {metric}",
+                  f"{result['test'][metric]:.4f}")
+    if result.get("ensemble"):
+        e = result["ensemble"]
+        table.add_row(f"ensemble of top {e['k']} test {metric}", f"{e['test'][metric]:.4f}")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    out_console.print(table)
+    params = Table(title="best configuration", show_header=False)
+    for k, v in result["best_params"].items():
+        params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out_console.print(params)
+    if result["interrupted"]:
+        out_console.print("[yellow]interrupted:[/] the final model uses the trials finished so far")
+    out_console.print(f"run directory: {out}  (resume with --resume)")
+
+
+@cli.command("predict")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="CSV (feature columns by name), NPZ with 'x', or an image folder")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True,
+              help="CSV of predictions: label and one probability column per class (or the predicted value)")
+def predict_cmd(model_dir: Path, data_path: Path, out: Path) -> None:
+    """Predict with a saved model (a run's best/ directory) and write a CSV."""
+    import csv
+
+    from nntune import artifacts
+    from nntune.data.sources import load_features
+
+    art = artifacts.load(model_dir)
+    x = load_features(data_path, art.data.get("feature_names", []), tuple(art.data["input_shape"]))
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        if art.task == "classification":
+            probs = art.predict_proba(x)
+            names = art.class_names
+            w.writerow(["row", "label", *(f"prob_{c}" for c in names)])
+            for i, row in enumerate(probs.tolist()):
+                w.writerow([i, names[max(range(len(row)), key=row.__getitem__)], *(f"{p:.6g}" for p in row)])
+        else:
+            w.writerow(["row", "prediction"])
+            for i, v in enumerate(art.predict(x).tolist()):
+                w.writerow([i, f"{v:.6g}"])
+    out_console.print(f"{len(x)} predictions -> {out}")
 
 
 def _print_train_summary(result: dict, out: Path) -> None:

@@ -155,7 +155,7 @@ class SearchConfig(_Section):
     """Hyper-parameter search settings."""
 
     trials: int = Field(20, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds")
+    timeout: float | None = Field(None, gt=0, description="time budget in seconds")
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
     pruner: Literal["median", "asha", "hyperband", "none"] = "median"
     storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
@@ -164,6 +164,8 @@ class SearchConfig(_Section):
     final: Literal["retrain", "best_trial"] = "retrain"
     ensemble: int = Field(0, ge=0)
     epochs: int = Field(30, ge=1, description="max epochs per trial")
+    heartbeat: int = Field(10, ge=1, description="seconds between trial heartbeats; a trial silent for twice this "
+                                                 "is failed as crashed and retried once")
 
 
 class RunConfig(_Section):

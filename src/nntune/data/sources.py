@@ -251,3 +251,51 @@ def load_image_folder(path: str | Path) -> Dataset:
     x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
     return Dataset(path.name, x, y, "classification", classes)
+
+
+def load_features(path: str | Path, feature_names: list[str], input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Inputs for prediction: a CSV with the training feature columns (others, like a target, are ignored), an NPZ
+    with ``x``, or an image folder. The per-sample shape must match ``input_shape``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        x = load_image_folder(path).x
+    elif path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "x" not in npz.files:
+                    raise DataError(f"{path}: missing array 'x' (found: {', '.join(npz.files) or 'none'})")
+                x = torch.tensor(npz["x"], dtype=torch.float32)
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable NPZ file ({err})") from None
+    elif path.suffix.lower() == ".csv":
+        x = _csv_columns(path, feature_names)
+    else:
+        raise DataError(f"{path}: unsupported data file (expected .csv, .npz or an image folder)")
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(input_shape)}")
+    return x
+
+
+def _csv_columns(path: Path, names: list[str]) -> torch.Tensor:
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r]
+    if not rows:
+        raise DataError(f"{path}: empty CSV file")
+    header = [h.strip() for h in rows[0]]
+    if not names:
+        raise DataError(f"{path}: this model was not trained on a table; pass an NPZ file or an image folder")
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DataError(f"{path}: feature column {missing[0]!r} is missing (the model needs: {', '.join(names)})")
+    cols = [header.index(n) for n in names]
+    x = np.empty((len(rows) - 1, len(cols)), dtype=np.float32)
+    for i, row in enumerate(rows[1:]):
+        for k, j in enumerate(cols):
+            try:
+                x[i, k] = float(row[j])
+            except (ValueError, IndexError):
+                value = row[j] if j < len(row) else ""
+                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})") from None
+    return torch.from_numpy(x)

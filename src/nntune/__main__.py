@@ -1,0 +1,5 @@
+"""``python -m nntune`` runs the CLI."""
+
+from nntune.cli import main
+
+main()

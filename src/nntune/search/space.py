@@ -1,0 +1,226 @@
+"""Search space: what to search, as a mapping from config key to a fixed value, a range or a choice.
+
+A parameter is written as (YAML or Python):
+
+- a fixed value: ``model.activation: relu``
+- a choice: ``model.activation: {choice: [relu, gelu]}``
+- a range: ``train.lr: {low: 1.0e-4, high: 1.0e-1, log: true}`` (int when both ends are ints; optional ``step``)
+- any of these with a condition: ``{..., when: {model.family: cnn}}`` (a value or a list of allowed values)
+
+Keys are dotted RunConfig keys plus two virtual keys, ``model.dropout_placement`` (none, after_pool, before_fc,
+after_fc, or places joined by ``+``) and ``model.dropout_rate``, which set the CNN's three dropout rates. Every range
+is checked before any trial runs, and errors name the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from nntune.config import RunConfig, apply_overrides
+from nntune.errors import ConfigError
+
+PLACES = ("after_pool", "before_fc", "after_fc")
+VIRTUAL = {"model.dropout_placement", "model.dropout_rate"}
+MLP, CNN = {"model.family": "mlp"}, {"model.family": "cnn"}
+SCHEDULE_WITH_GAMMA = ["step", "exponential"]
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    kind: str  # fixed | choice | int | float
+    value: Any = None
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def active(self, values: dict[str, Any]) -> bool:
+        return all(values.get(k) in allowed for k, allowed in self.when)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def grid_values(self, points: int = 4) -> list:
+        """Discrete values for the grid sampler (float ranges are cut into ``points`` values)."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "int":
+            step = int(self.step or 1)
+            values = list(range(int(self.low), int(self.high) + 1, step))
+            return values if len(values) <= points else [values[round(i * (len(values) - 1) / (points - 1))]
+                                                         for i in range(points)]
+        if self.log:
+            a, b = math.log(self.low), math.log(self.high)
+            return [math.exp(a + (b - a) * i / (points - 1)) for i in range(points)]
+        return [self.low + (self.high - self.low) * i / (points - 1) for i in range(points)]
+
+
+def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | None = None) -> dict[str, Any]:
+    """The default space for the seed's questions, adapted to the data (CNN keys only for images and signals)."""
+    lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
+          else {"low": 1e-4, "high": 3e-2, "log": True})
+    space: dict[str, Any] = {
+        "model.family": {"choice": ["mlp", "cnn"]} if kind != "tabular" else "mlp",
+        "model.hidden_layers": {"low": 1, "high": 4, "when": MLP},
+        "model.units": {"low": 32, "high": 512, "log": True, "when": MLP},
+        "model.funnel": {"low": 0.25, "high": 1.0, "when": MLP},
+        "model.dropout": {"low": 0.0, "high": 0.5, "when": MLP},
+        "model.activation": {"choice": ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh"]},
+        "model.batch_norm": {"choice": [False, True]},
+        "train.lr": lr,
+        "train.optimizer": {"choice": ["adamw", "sgd"]},
+        "train.weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
+        "train.batch_size": {"choice": [32, 64, 128]},
+        "train.schedule.name": {"choice": ["none", "cosine", "onecycle", "step", "exponential"]},
+        "train.schedule.gamma": {"low": 0.5, "high": 0.98, "when": {"train.schedule.name": SCHEDULE_WITH_GAMMA}},
+        "train.schedule.step_size": {"low": 3, "high": 15, "when": {"train.schedule.name": ["step"]}},
+        "train.schedule.warmup_epochs": {"low": 0, "high": 3,
+                                         "when": {"train.schedule.name": ["none", "cosine", "step", "exponential"]}},
+        "train.early_stopping.patience": {"low": 3, "high": 10},
+        "preprocess.scaler": {"choice": ["zscore", "minmax", "robust"] if kind == "tabular"
+                              else ["channel", "zscore", "minmax"]},
+    }
+    if kind != "tabular":
+        max_blocks = max(1, min(3, int(math.log2(min(input_shape[1:])))))
+        space.update({
+            "model.conv_blocks": {"low": 1, "high": max_blocks, "when": CNN} if max_blocks > 1 else 1,
+            "model.filters": {"low": 8, "high": 64, "log": True, "when": CNN},
+            "model.filter_multiplier": {"choice": [1.0, 1.5, 2.0], "when": CNN},
+            "model.fc_units": {"low": 32, "high": 256, "log": True, "when": CNN},
+            "model.dropout_placement": {"choice": ["none", "after_pool", "before_fc", "after_fc",
+                                                   "after_pool+after_fc"], "when": CNN},
+            "model.dropout_rate": {"low": 0.1, "high": 0.5, "when": {
+                "model.dropout_placement": ["after_pool", "before_fc", "after_fc", "after_pool+after_fc"]}},
+            "preprocess.augment": {"choice": ["none", "light", "natural" if kind == "image" and input_shape[0] == 3
+                                              else "digits"]},
+            "preprocess.augment_strength": {"low": 0.1, "high": 1.0,
+                                            "when": {"preprocess.augment": ["light", "digits", "natural"]}},
+        })
+    return space
+
+
+def _known_key(key: str) -> bool:
+    if key in VIRTUAL:
+        return True
+    node: Any = RunConfig()
+    for part in key.split("."):
+        if not hasattr(node, part) or part.startswith("_"):
+            return False
+        node = getattr(node, part)
+    return not hasattr(node, "model_fields")
+
+
+def parse_space(spec: dict[str, Any], where: str = "search.space") -> list[Param]:
+    """Validate a space spec into Params (in order); impossible ranges fail here, naming the key path."""
+    params = []
+    for key, raw in spec.items():
+        path = f"{where}.{key}"
+        if not _known_key(key):
+            raise ConfigError(f"{path}: unknown config key {key!r}")
+        when: tuple = ()
+        if isinstance(raw, dict) and "when" in raw:
+            raw = dict(raw)
+            cond = raw.pop("when")
+            if not isinstance(cond, dict) or not cond:
+                raise ConfigError(f"{path}.when: expected a mapping of key: value(s)")
+            when = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in cond.items())
+        if isinstance(raw, list):
+            raw = {"choice": raw}
+        if not isinstance(raw, dict):
+            params.append(Param(key, "fixed", value=raw, when=when))
+            continue
+        if "choice" in raw:
+            extra = set(raw) - {"choice"}
+            if extra:
+                raise ConfigError(f"{path}: unexpected {sorted(extra)[0]!r} beside 'choice'")
+            choices = raw["choice"]
+            if not isinstance(choices, (list, tuple)) or not choices:
+                raise ConfigError(f"{path}: choice must be a non-empty list")
+            params.append(Param(key, "choice", choices=tuple(choices), when=when))
+            continue
+        extra = set(raw) - {"low", "high", "log", "step"}
+        if extra or not {"low", "high"} <= set(raw):
+            bad = sorted(extra)[0] if extra else "low/high"
+            raise ConfigError(f"{path}: a range needs low and high (optional log, step); got {bad!r}")
+        low, high, log, step = raw["low"], raw["high"], bool(raw.get("log", False)), raw.get("step")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise ConfigError(f"{path}: low and high must be numbers, got {low!r} and {high!r}")
+        if low > high:
+            raise ConfigError(f"{path}: low {low} > high {high}")
+        if log and low <= 0:
+            raise ConfigError(f"{path}: a log range needs low > 0, got {low}")
+        if step is not None and (step <= 0 or log):
+            raise ConfigError(f"{path}: step must be > 0 and cannot combine with log")
+        kind = "int" if isinstance(low, int) and isinstance(high, int) and (step is None or float(step).is_integer()) \
+            else "float"
+        params.append(Param(key, kind, low=low, high=high, log=log, step=step, when=when))
+    _check_values(params, where)
+    return params
+
+
+def _check_values(params: list[Param], where: str) -> None:
+    """Try the extreme values of every parameter against the config schema, so bad values fail before trials."""
+    for p in params:
+        candidates = ([p.value] if p.kind == "fixed" else list(p.choices) if p.kind == "choice" else [p.low, p.high])
+        for value in candidates:
+            try:
+                to_config(RunConfig(), {p.key: value})
+            except ConfigError as err:
+                raise ConfigError(f"{where}.{p.key}: value {value!r} is invalid ({err})") from None
+
+
+def to_config(base: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """Apply sampled values (translating the virtual dropout keys) to a copy of ``base``."""
+    values = dict(values)
+    placement = values.pop("model.dropout_placement", None)
+    rate = values.pop("model.dropout_rate", 0.0)
+    if placement is not None:
+        places = [] if placement == "none" else placement.split("+")
+        for place in places:
+            if place not in PLACES:
+                raise ConfigError(f"model.dropout_placement: unknown place {place!r} (use {', '.join(PLACES)})")
+        for place in PLACES:
+            values[f"model.dropout_{place}"] = rate if place in places else 0.0
+    return apply_overrides(base, values) if values else base
+
+
+def sample(trial: optuna.Trial, params: list[Param], base: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """Suggest every active parameter (in order, so conditions see earlier choices); return config and values."""
+    flat = _flatten(base.to_dict())
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.active({**flat, **values}):
+            values[p.key] = p.suggest(trial)
+    return to_config(base, values), values
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None) -> list[Param]:
+    """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
+    space = default_space(kind, input_shape, lr_center)
+    for key, value in copy.deepcopy(cfg.search.space or {}).items():
+        space[key] = value
+    return parse_space(space)

@@ -1,0 +1,128 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from nntune import artifacts
+from nntune.config import RunConfig, apply_overrides
+from nntune.errors import ConfigError
+from nntune.search.study import parse_duration, tune
+
+
+def test_parse_duration():
+    assert [parse_duration(v) for v in ("90", "90s", "10m", "1.5h", None)] == [90, 90, 600, 5400, None]
+    with pytest.raises(ConfigError, match="10 minutes"):
+        parse_duration("10 minutes")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune")
+    cfg = apply_overrides(RunConfig(), {"search.trials": 8, "search.ensemble": 3})
+    return tune(cfg, out), out
+
+
+def test_digits_eight_trials_reach_095(tuned):
+    result, out = tuned
+    assert result["test"]["accuracy"] >= 0.95
+    assert result["trials"]["complete"] + result["trials"]["pruned"] == 8
+    assert result["ensemble"]["k"] == 3 and result["ensemble"]["test"]["accuracy"] >= 0.9
+    for key in ("best_params", "best_value", "val", "test", "trials", "seconds", "study"):
+        assert key in result
+    assert json.loads((out / "result.json").read_text())["best_trial"] == result["best_trial"]
+
+
+def test_outputs_and_best_model_loads(tuned):
+    result, out = tuned
+    with (out / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and {"number", "state", "value", "params.model.family"} <= set(rows[0])
+    art = artifacts.load(out / "best")
+    assert art.config.model.family == result["best_params"]["model.family"]
+    assert (out / "study.db").exists() and (out / "best_config.yaml").exists()
+
+
+def test_existing_study_needs_resume(tuned):
+    _, out = tuned
+    with pytest.raises(ConfigError, match="already has 8 trials .* --resume"):
+        tune(apply_overrides(RunConfig(), {"search.trials": 9}), out)
+
+
+def test_resume_runs_only_what_is_left(tuned, tmp_path):
+    _, out = tuned
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cfg = apply_overrides(RunConfig(), {"search.trials": 10, "search.final": "best_trial"})
+    result = tune(cfg, copy, resume=True)
+    assert result["trials"]["complete"] + result["trials"]["pruned"] == 10
+    assert result["final"]["mode"] == "best_trial"
+
+
+def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
+    # a huge LR makes most trials produce a non-finite loss; they fail with a reason and the search continues
+    space = {"model.family": "mlp", "train.optimizer": "sgd", "train.lr": {"choice": [10.0, 1e-3]},
+             "preprocess.scaler": "none", "train.schedule.name": "none", "model.batch_norm": False}
+    cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.space": space, "search.epochs": 3,
+                                        "search.sampler": "random", "train.momentum": 0.99})
+    result = tune(cfg, tmp_path)
+    study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed and all("non-finite" in t.user_attrs["fail_reason"] for t in failed)
+    assert result["trials"]["fail"] == len(failed) and result["trials"]["complete"] >= 1
+
+
+def test_pruner_prunes(tmp_path):
+    cfg = apply_overrides(RunConfig(), {"search.trials": 10, "search.pruner": "asha", "search.epochs": 8,
+                                        "search.sampler": "random", "search.space": {"model.family": "mlp"}})
+    result = tune(cfg, tmp_path)
+    assert result["trials"]["pruned"] >= 1
+
+
+def _finished(db):
+    study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{db}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "nntune", "tune", "--trials", "6", "--trial-epochs", "10", "--out", str(out),
+            "--quiet", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "study.db"
+    deadline = time.monotonic() + 120
+    before = []
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                trials = _finished(db)
+            except Exception:
+                continue
+            complete = [t for t in trials if t.state.name == "COMPLETE"]
+            if len(complete) >= 2 and any(t.state.name == "RUNNING" for t in trials):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                before = _finished(db)
+                break
+    assert before, "the search never reached two complete trials"
+    running = [t.number for t in before if t.state.name == "RUNNING"]
+    done = {t.number: t.value for t in before if t.state.name == "COMPLETE"}
+    time.sleep(2.5)  # let the dead worker's heartbeat go stale (grace period 2 s)
+    subprocess.run(args + ["--resume"], check=True, stdout=subprocess.DEVNULL, timeout=300)
+    after = {t.number: t for t in _finished(db)}
+    assert all(after[n].state.name == "COMPLETE" and after[n].value == v for n, v in done.items())
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) >= 6
+    for n in running:  # the crashed trial is failed and its configuration retried once
+        assert after[n].state.name == "FAIL"
+        retried = [t for t in after.values()
+                   if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == n]
+        assert len(retried) == 1 and retried[0].params == after[n].params
+    assert json.loads((out / "result.json").read_text())["test"]["accuracy"] > 0.9
