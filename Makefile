@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/nntune tune --dataset digits --trials 20 --ensemble 3 --out runs/demo --study-name demo-$$(date +%s)
+	$(VENV)/bin/nntune tune --dataset digits --trials 20 --ensemble 3 --resume --out runs/demo
+	@echo "open the report: $$(pwd)/runs/demo/report.html"
 
 test: install
 	bash scripts/with_postgres.sh $(PY) -m pytest -q

@@ -214,8 +214,10 @@ def train_cmd(out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> No
 
     cfg = _config_from(kwargs)
     result = train(cfg, out, progress=not quiet and json_out != "-")
+    report = _build_report(out, quiet or json_out == "-")
     if json_out != "-":
         _print_train_summary(result, out)
+        out_console.print(f"report: {report}")
     _emit_json(result, json_out)
 
 
@@ -356,9 +358,56 @@ def tune_cmd(resume: bool, out: Path, quiet: bool, json_out: str | None, **kwarg
 
     cfg = _search_config(kwargs)
     result = tune(cfg, out, resume=resume, progress=not quiet)
+    report = _build_report(out, quiet or json_out == "-")
     if json_out != "-":
         _print_tune_summary(result, out)
+        out_console.print(f"report: {report}")
     _emit_json(result, json_out)
+
+
+def _build_report(out: Path, quiet: bool) -> Path:
+    from nntune.reporting.report import build_report
+
+    if quiet:
+        return build_report(out)
+    with console.status("writing the report"):
+        return build_report(out)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@JSON_OPTION
+def report_cmd(run_dir: Path, json_out: str | None) -> None:
+    """Rebuild RUN_DIR/report.html (self-contained) and RUN_DIR/figures/ from a train or tune run, no retraining."""
+    from nntune.reporting.report import build_report
+
+    path = build_report(run_dir)
+    figures = sorted(str(p) for p in (run_dir / "figures").glob("*.png"))
+    if json_out != "-":
+        out_console.print(f"report: {path}  ({len(figures)} figures in {run_dir / 'figures'})")
+    _emit_json({"report": str(path), "figures": figures}, json_out)
+
+
+@cli.command("dashboard")
+@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--storage", help="Optuna storage URL (default: RUN_DIR/study.db)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=8080, show_default=True, help="port to listen on")
+def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard for a study (a run directory's study.db, or --storage URL)."""
+    from optuna_dashboard import run_server
+
+    from nntune.search.study import make_storage
+
+    if storage is None:
+        if run_dir is None:
+            raise NNTuneError("dashboard: give a run directory or --storage URL")
+        db = run_dir / "study.db"
+        if not db.exists():
+            raise NNTuneError(f"{db}: no study database here; pass --storage URL for other storages")
+        storage = f"sqlite:///{db.resolve()}"
+    out_console.print(f"optuna-dashboard for {storage} on http://{host}:{port}/  (Ctrl-C to stop)")
+    run_server(make_storage(storage), host=host, port=port)
 
 
 @cli.command("worker")

@@ -72,3 +72,92 @@ def augment_grid(grid: torch.Tensor, title: str = "") -> Figure:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _metric_axis(ax, label: str) -> None:
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+
+
+def by_category(groups: dict[str, list[float]], xlabel: str, metric: str) -> Figure:
+    """Box plot with every trial drawn as a point on top: the metric by a categorical choice."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(groups)
+    data = [groups[n] for n in names]
+    ax.boxplot(data, widths=0.5, showfliers=False)
+    gen = torch.Generator().manual_seed(0)
+    for i, values in enumerate(data, start=1):
+        jitter = (torch.rand(len(values), generator=gen) - 0.5) * 0.25
+        ax.scatter([i + float(j) for j in jitter], values, s=18, alpha=0.7, color="tab:blue", zorder=3)
+    ax.set_xticks(range(1, len(names) + 1), [f"{n}\n(n={len(groups[n])})" for n in names], fontsize=8)
+    ax.set_xlabel(xlabel)
+    _metric_axis(ax, metric)
+    return fig
+
+
+def vs_numeric(series: dict[str, tuple[list[float], list[float]]], xlabel: str, metric: str,
+               log: bool = False) -> Figure:
+    """Scatter of the metric against a numeric setting, one colour per series (e.g. per model family)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, (xs, ys) in series.items():
+        ax.scatter(xs, ys, s=22, alpha=0.75, label=f"{name} (n={len(xs)})")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    _metric_axis(ax, metric)
+    if len(series) > 1 or any(series):
+        ax.legend(fontsize=8)
+    return fig
+
+
+def learning_curves(history: list[dict], metric: str, best_epoch: int = 0, stopped_epoch: int = 0) -> Figure:
+    """Train/val loss and metric per epoch, with the best epoch and the stop epoch marked."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], metric, metric)):
+        if key in history[0]:
+            ax.plot(epochs, [h[key] for h in history], label=f"train {label}")
+        if f"val_{key}" in history[0]:
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label=f"val {label}")
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        if stopped_epoch:
+            ax.axvline(stopped_epoch, color="tab:red", ls=":", lw=1, label=f"stopped {stopped_epoch}")
+        ax.set_xlabel("epoch")
+        _metric_axis(ax, label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def schedule_plot(values: list[float], per_step: bool, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.plot(range(len(values)), values, color="tab:orange")
+    ax.set_xlabel("step" if per_step else "epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def optimization_history(numbers: list[int], values: list[float], maximize: bool, metric: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.scatter(numbers, values, s=18, label="trial")
+    best, running = [], None
+    for v in values:
+        running = v if running is None else (max(running, v) if maximize else min(running, v))
+        best.append(running)
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    _metric_axis(ax, metric)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def importances_bar(importances: dict[str, float]) -> Figure:
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(names) + 1))
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (fANOVA)")
+    ax.tick_params(axis="y", labelsize=8)
+    return fig

@@ -161,8 +161,11 @@ class Search:
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("stop_reason", fit.stop_reason)
-        trial.set_user_attr("curve", [h[monitor] for h in fit.history])
+        trial.set_user_attr("stopped_epoch", fit.stopped_epoch)
+        trial.set_user_attr("history", [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history])
         trial.set_user_attr("params_count", summary(model, data.dataset.input_shape).trainable)
+        findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)
+        trial.set_user_attr("findings", [f.to_dict() for f in findings])
         if fit.stop_reason.startswith("non-finite"):
             trial.set_user_attr("fail_reason", fit.stop_reason)
             return float("nan")  # Optuna records a NaN objective as FAIL; the search goes on

@@ -1,0 +1,522 @@
+"""The HTML report: one section per seed question, each with this dataset's answer and its evidence.
+
+Built from a run directory alone (``result.json``, the study in its storage, ``best/``), so ``nntune report DIR``
+rebuilds it without retraining. Figures are embedded as data URIs, so ``report.html`` is one self-contained file
+that opens offline; the same figures are also written as PNG files under ``DIR/figures/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nntune import artifacts
+from nntune.config import RunConfig, build_config
+from nntune.errors import ArtifactError
+
+QUESTIONS = [
+    "Which parameters train, and which stay frozen?",
+    "Where does dropout go, and how much?",
+    "How many hidden layers (or conv blocks)?",
+    "How many units or filters per layer?",
+    "What initial learning rate?",
+    "Which activation?",
+    "How to normalize the data?",
+    "Which image augmentations?",
+    "How to decay the learning rate?",
+    "When to stop training?",
+]
+
+
+@dataclass
+class Trial:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    attrs: dict[str, Any]
+
+
+@dataclass
+class RunView:
+    """What the report needs from a run directory, for a search (``tune``) or a single run (``train``)."""
+
+    directory: Path
+    result: dict
+    kind: str
+    config: RunConfig
+    task: str
+    metric: str
+    trials: list[Trial] = field(default_factory=list)
+    maximize: bool = True
+
+    @property
+    def complete(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None and math.isfinite(t.value)]
+
+    @property
+    def best_trial(self) -> Trial | None:
+        number = self.result.get("best_trial")
+        return next((t for t in self.trials if t.number == number), None)
+
+    def history(self) -> tuple[list[dict], int, int, str]:
+        """Learning curves of the best model: (history, best epoch, stopped epoch, stop reason)."""
+        if self.kind == "train":
+            r = self.result
+            return r["history"], r["best_epoch"], r["stopped_epoch"], r["stop_reason"]
+        t = self.best_trial
+        if t is None:
+            return [], 0, 0, ""
+        a = t.attrs
+        return a.get("history", []), a.get("best_epoch", 0), a.get("stopped_epoch", 0), a.get("stop_reason", "")
+
+    def findings(self) -> list[dict]:
+        if self.kind == "train":
+            return self.result.get("findings", [])
+        t = self.best_trial
+        return (t.attrs.get("findings", []) if t else []) + self.result.get("final", {}).get("findings", [])
+
+    def model_summary(self) -> dict:
+        return self.result["model"] if self.kind == "train" else self.result["final"]["model"]
+
+
+def load_run(directory: str | Path) -> RunView:
+    """Read a run directory written by ``nntune train`` or ``nntune tune``."""
+    directory = Path(directory)
+    path = directory / "result.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; is {directory} a run directory of nntune train or tune?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: corrupt ({err})") from None
+    kind = "tune" if "study" in result else "train"
+    config = build_config(result["config"] if kind == "train" else result["final"]["config"], where=str(path))
+    task = result["data"]["task"]
+    metric = "accuracy" if task == "classification" else "mae"
+    view = RunView(directory, result, kind, config, task, metric)
+    if kind == "tune":
+        view.trials, view.maximize = _load_trials(result["study"]), result["study"]["direction"] == "maximize"
+    return view
+
+
+def _load_trials(study_info: dict) -> list[Trial]:
+    import optuna
+
+    from nntune.search.study import make_storage
+
+    try:
+        study = optuna.load_study(study_name=study_info["name"], storage=make_storage(study_info["storage"]))
+    except Exception as err:  # missing file, server down: say which storage
+        raise ArtifactError(f"cannot open study {study_info['name']!r} in {study_info['storage']} "
+                            f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    return [Trial(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
+            for t in study.get_trials(deepcopy=False)]
+
+
+# --- evidence helpers -------------------------------------------------------------------------------------------
+
+def _groups(view: RunView, key: str, only: dict[str, Any] | None = None) -> dict[str, list[float]]:
+    groups: dict[str, list[float]] = {}
+    for t in view.complete:
+        if only and any(t.params.get(k, view_default(view, k)) != v for k, v in only.items()):
+            continue
+        value = t.params.get(key)
+        if value is None:
+            continue
+        groups.setdefault(str(value), []).append(t.value)
+    return groups
+
+
+def view_default(view: RunView, key: str) -> Any:
+    node: Any = view.config
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def _series(view: RunView, keys_by_family: dict[str, str]) -> dict[str, tuple[list[float], list[float]]]:
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for t in view.complete:
+        for family, key in keys_by_family.items():
+            fam = t.params.get("model.family", view.config.model.family)
+            if fam == family and key in t.params:
+                xs, ys = out.setdefault(f"{family}: {key.split('.')[-1]}", ([], []))
+                xs.append(t.params[key])
+                ys.append(t.value)
+    return out
+
+
+def _rank_text(view: RunView, groups: dict[str, list[float]], what: str) -> str:
+    if not groups:
+        return ""
+    pick = max if view.maximize else min
+    ranked = sorted(groups.items(), key=lambda kv: pick(kv[1]), reverse=view.maximize)
+    parts = [f"<b>{html.escape(k)}</b> best {pick(v):.4f}, median {statistics.median(v):.4f} (n={len(v)})"
+             for k, v in ranked]
+    return f"<p>Val {view.metric} by {what} across complete trials: " + "; ".join(parts) + ".</p>"
+
+
+@dataclass
+class Section:
+    title: str
+    answer: str
+    body: list[str] = field(default_factory=list)
+
+
+class Figures:
+    """Collects figures: saves each as PNG under ``figures/`` and returns an embedded ``<img>``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory / "figures"
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def embed(self, fig, name: str, alt: str) -> str:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        data = buf.getvalue()
+        (self.directory / f"{name}.png").write_bytes(data)
+        return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
+                f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+
+
+def _table(rows: list[dict], columns: list[str] | None = None, limit: int | None = None) -> str:
+    if not rows:
+        return "<p><i>none</i></p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows[:limit]:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p><i>{len(rows) - limit} more rows in trials.csv</i></p>" if limit and len(rows) > limit else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+
+
+def _no_search(view: RunView) -> str:
+    return ("<p class='note'>This is a single training run, so there is no comparison across trials; "
+            "<code>nntune tune</code> measures the alternatives.</p>") if view.kind == "train" else ""
+
+
+# --- the ten sections -------------------------------------------------------------------------------------------
+
+def _q1(view: RunView, figs: Figures) -> Section:
+    s = view.model_summary()
+    frozen = [r["name"] for r in s["layers"] if r["trainable"] == 0 and r["non_trainable"] > 0
+              and r["type"] not in ("BatchNorm1d", "BatchNorm2d")]
+    answer = (f"The model has <b>{s['trainable']:,}</b> trainable and <b>{s['non_trainable']:,}</b> non-trainable "
+              f"parameters (non-trainable = frozen weights plus batch-norm running statistics, Keras's convention). "
+              + (f"Frozen layers: {', '.join(frozen)}." if frozen else "No layer is frozen: everything trains."))
+    rows = [{"layer": r["name"], "type": r["type"], "output": "x".join(map(str, r["output_shape"][1:])),
+             "trainable": r["trainable"], "non-trainable": r["non_trainable"]} for r in s["layers"]]
+    return Section(QUESTIONS[0], answer, [_table(rows)])
+
+
+def _q2(view: RunView, figs: Figures) -> Section:
+    m = view.config.model
+    if m.family == "cnn":
+        places = [p for p in ("after_pool", "before_fc", "after_fc") if getattr(m, f"dropout_{p}") > 0]
+        chosen = ", ".join(f"{p} ({getattr(m, f'dropout_{p}'):.2f})" for p in places) or "none"
+    else:
+        chosen = f"after each hidden layer ({m.dropout:.2f})" if m.dropout > 0 else "none"
+    body = [_no_search(view)]
+    groups = _groups(view, "model.dropout_placement")
+    if groups:
+        body += [_rank_text(view, groups, "dropout placement (CNN trials)"),
+                 figs.embed(_plots().by_category(groups, "dropout placement", f"val {view.metric}"),
+                            "q2_dropout_placement", "Val metric by dropout placement (CNN trials)")]
+    series = _series(view, {"mlp": "model.dropout", "cnn": "model.dropout_rate"})
+    if series:
+        body.append(figs.embed(_plots().vs_numeric(series, "dropout rate", f"val {view.metric}"),
+                               "q2_dropout_rate", "Val metric vs dropout rate"))
+    return Section(QUESTIONS[1], f"The chosen model ({m.family.upper()}) uses dropout: <b>{chosen}</b>.", body)
+
+
+def _q3(view: RunView, figs: Figures) -> Section:
+    m = view.config.model
+    depth = f"{m.conv_blocks} conv blocks of {m.convs_per_block} conv(s), {m.fc_layers} FC layer(s)" \
+        if m.family == "cnn" else f"{len(m.hidden_widths())} hidden layers"
+    body = [_no_search(view)]
+    series = _series(view, {"mlp": "model.hidden_layers", "cnn": "model.conv_blocks"})
+    if series:
+        body.append(figs.embed(_plots().vs_numeric(series, "depth (hidden layers / conv blocks)",
+                                                   f"val {view.metric}"), "q3_depth", "Val metric vs depth"))
+        body.append(_rank_text(view, _groups(view, "model.hidden_layers"), "hidden layers (MLP)"))
+        body.append(_rank_text(view, _groups(view, "model.conv_blocks"), "conv blocks (CNN)"))
+    return Section(QUESTIONS[2], f"Depth of the chosen model: <b>{depth}</b>.", body)
+
+
+def _q4(view: RunView, figs: Figures) -> Section:
+    m = view.config.model
+    width = (f"filters {' → '.join(map(str, m.block_filters()))} (×{m.filter_multiplier:g} per block), "
+             f"FC {m.fc_units} units" if m.family == "cnn"
+             else f"hidden widths {' → '.join(map(str, m.hidden_widths()))}")
+    body = [_no_search(view)]
+    series = _series(view, {"mlp": "model.units", "cnn": "model.filters"})
+    if series:
+        body.append(figs.embed(_plots().vs_numeric(series, "first-layer units / base filters", f"val {view.metric}",
+                                                   log=True), "q4_width", "Val metric vs width"))
+    groups = _groups(view, "model.filter_multiplier")
+    if groups:
+        body += [_rank_text(view, groups, "filter multiplier (CNN)"),
+                 figs.embed(_plots().by_category(groups, "filter multiplier per block", f"val {view.metric}"),
+                            "q4_filter_progression", "Val metric by filter progression")]
+    return Section(QUESTIONS[3], f"Widths of the chosen model: <b>{width}</b>.", body)
+
+
+def _q5(view: RunView, figs: Figures) -> Section:
+    lr = view.config.train.lr
+    body = []
+    found = view.result.get("lr_find")
+    if found:
+        body.append(figs.embed(_plots().lr_find_plot(found), "q5_lr_find",
+                               "LR range test: smoothed loss vs LR, suggestions marked"))
+        body.append(f"<p>Range test suggestions: " + ", ".join(f"{k} {v:.3g}" for k, v in
+                                                              found["suggestions"].items()) + ".</p>")
+    else:
+        body.append("<p class='note'>No LR range test in this run (use <code>--lr auto</code>).</p>")
+    body.append(_no_search(view))
+    xs = [t.params["train.lr"] for t in view.complete if "train.lr" in t.params]
+    if xs:
+        ys = [t.value for t in view.complete if "train.lr" in t.params]
+        body.append(figs.embed(_plots().vs_numeric({"trials": (xs, ys)}, "initial learning rate",
+                                                   f"val {view.metric}", log=True), "q5_lr_trials",
+                               "Val metric vs initial LR across trials"))
+    return Section(QUESTIONS[4], f"Initial learning rate: <b>{lr:.3g}</b> ({view.config.train.optimizer}).", body)
+
+
+def _q6(view: RunView, figs: Figures) -> Section:
+    act = view.config.model.activation
+    body = [_no_search(view)]
+    groups = _groups(view, "model.activation")
+    if groups:
+        body += [_rank_text(view, groups, "activation"),
+                 figs.embed(_plots().by_category(groups, "activation", f"val {view.metric}"), "q6_activation",
+                            "Val metric by activation")]
+    related = [f for f in view.findings() if f["code"] in ("dead_relu", "saturated_units", "activations_ok",
+                                                          "vanishing_gradients", "exploding_gradients")]
+    if related:
+        body.append("<p>Diagnostics of the chosen model:</p>" + _findings_html(related))
+    return Section(QUESTIONS[5], f"Activation: <b>{act}</b>.", body)
+
+
+def _q7(view: RunView, figs: Figures) -> Section:
+    method = view.result.get("data", {}).get("scaler") or view.config.preprocess.scaler
+    body = [_no_search(view)]
+    groups = _groups(view, "preprocess.scaler")
+    if groups:
+        body += [_rank_text(view, groups, "normalization"),
+                 figs.embed(_plots().by_category(groups, "normalization (fitted on train only)",
+                                                 f"val {view.metric}"), "q7_normalization",
+                            "Val metric by normalization method")]
+    return Section(QUESTIONS[6], f"Normalization: <b>{method}</b> (statistics fitted on the training split only).",
+                   body)
+
+
+def _q8(view: RunView, figs: Figures) -> Section:
+    p = view.config.preprocess
+    body = []
+    kind = view.result["data"].get("kind")
+    if kind == "tabular":
+        return Section(QUESTIONS[7], "Not applicable: the data is a table, not images or signals.", body)
+    try:
+        from nntune.data.augment import build_augmenter, preview_grid
+        from nntune.data.splits import split_dataset
+        from nntune.training.pipeline import load_from_config
+
+        ds = load_from_config(view.config)
+        d = view.config.data
+        train_x = ds.x[split_dataset(ds, d.val_fraction, d.test_fraction, view.config.seed).train]
+        preset = p.augment if p.augment != "none" else "light"
+        aug = build_augmenter(preset, p.augment_strength if p.augment != "none" else 0.5, ds.input_shape, train_x)
+        grid = preview_grid(train_x[:6], aug, copies=6, seed=view.config.seed)
+        title = (f"chosen pipeline: {p.augment}, strength {p.augment_strength:.2f}" if p.augment != "none"
+                 else "no augmentation chosen; preview of 'light' at 0.5 for comparison")
+        body.append(figs.embed(_plots().augment_grid(grid, title), "q8_augment_preview", title))
+    except Exception as err:  # the data may no longer be at its path; the rest of the report still stands
+        body.append(f"<p class='note'>Preview unavailable: {html.escape(str(err))}</p>")
+    body.append(_no_search(view))
+    groups = _groups(view, "preprocess.augment")
+    if groups:
+        body += [_rank_text(view, groups, "augmentation preset"),
+                 figs.embed(_plots().by_category(groups, "augmentation preset", f"val {view.metric}"),
+                            "q8_augment_preset", "Val metric by augmentation preset")]
+    series = _series(view, {"mlp": "preprocess.augment_strength", "cnn": "preprocess.augment_strength"})
+    if series:
+        body.append(figs.embed(_plots().vs_numeric(series, "augmentation strength", f"val {view.metric}"),
+                               "q8_augment_strength", "Val metric vs augmentation strength"))
+    chosen = "none" if p.augment == "none" else f"{p.augment} at strength {p.augment_strength:.2f}"
+    return Section(QUESTIONS[7], f"Augmentation: <b>{chosen}</b> (training split only).", body)
+
+
+def _q9(view: RunView, figs: Figures) -> Section:
+    from nntune.training.schedules import lr_values
+
+    t = view.config.train
+    sched = t.schedule
+    n_train = view.result["data"].get("n_train", 1000)
+    steps = max(1, math.ceil(n_train / t.batch_size))
+    per_step = sched.name == "onecycle"
+    values = lr_values(sched, t.lr, t.epochs, steps if per_step else 1)
+    body = [figs.embed(_plots().schedule_plot(values, per_step, f"{sched.name} over {t.epochs} epochs"
+                                              + (f" after {sched.warmup_epochs} warmup" if sched.warmup_epochs else "")),
+                       "q9_schedule", "The chosen LR schedule over the final run"), _no_search(view)]
+    groups = _groups(view, "train.schedule.name")
+    if groups:
+        body += [_rank_text(view, groups, "schedule"),
+                 figs.embed(_plots().by_category(groups, "LR schedule", f"val {view.metric}"), "q9_schedule_trials",
+                            "Val metric by LR schedule")]
+    return Section(QUESTIONS[8], f"LR schedule: <b>{sched.name}</b>"
+                   + (f" with {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "") + ".", body)
+
+
+def _q10(view: RunView, figs: Figures) -> Section:
+    history, best, stopped, reason = view.history()
+    body = []
+    if history:
+        body.append(figs.embed(_plots().learning_curves(history, view.metric, best, stopped), "q10_learning_curves",
+                               "Learning curves of the best model, best and stop epochs marked"))
+    if view.kind == "tune":
+        reasons: dict[str, int] = {}
+        for tr in view.trials:
+            r = tr.attrs.get("stop_reason")
+            if r:
+                key = r.split(":")[0].split(" at ")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+        body.append("<p>How trials ended: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ".</p>")
+        final = view.result["final"]
+        body.append(f"<p>The final model ({final['mode']}) trained for {final['epochs']} epochs: the best trial's "
+                    "best epoch, since no validation data is left when training on train+val.</p>")
+    es = view.config.train.early_stopping
+    answer = (f"Best epoch <b>{best}</b>, stopped at <b>{stopped or 'the last epoch'}</b> ({html.escape(reason)}); "
+              f"early stopping monitors {es.monitor} with patience {es.patience} and restores the best weights.")
+    return Section(QUESTIONS[9], answer, body)
+
+
+def _findings_html(findings: list[dict]) -> str:
+    rows = []
+    for f in findings:
+        evidence = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f["evidence"].items()
+                    if not isinstance(v, (list, dict))}
+        rows.append({"finding": f["code"], "severity": f["severity"], "advice": f["message"],
+                     "evidence": json.dumps(evidence)})
+    return _table(rows)
+
+
+def _plots():
+    from nntune.reporting import plots
+
+    return plots
+
+
+# --- extras and page --------------------------------------------------------------------------------------------
+
+def _extras(view: RunView, figs: Figures) -> list[Section]:
+    out = []
+    test = view.result["test"]
+    lines = [f"<p>Test split, evaluated once at the end: " + ", ".join(f"{k} <b>{v:.4f}</b>" for k, v in test.items())
+             + ".</p>"]
+    if view.result.get("ensemble"):
+        e = view.result["ensemble"]
+        lines.append(f"<p>Ensemble of the top {e['k']} trials: " +
+                     ", ".join(f"{k} <b>{v:.4f}</b>" for k, v in e["test"].items()) + ".</p>")
+    out.append(Section("Test result", "".join(lines)))
+    if view.kind == "tune" and view.complete:
+        done = sorted(view.complete, key=lambda t: t.number)
+        body = [figs.embed(_plots().optimization_history([t.number for t in done], [t.value for t in done],
+                                                         view.maximize, f"val {view.metric}"),
+                           "optimization_history", "Optimization history")]
+        importances = _importances(view)
+        if importances:
+            body.append(figs.embed(_plots().importances_bar(importances), "importances",
+                                   "Hyper-parameter importances (fANOVA)"))
+        n = view.result["trials"]
+        rows = [{"#": t.number, "state": t.state, "value": t.value, "seconds": t.attrs.get("seconds"),
+                 "stop": t.attrs.get("stop_reason") or t.attrs.get("fail_reason"),
+                 **{k.split(".")[-1]: v for k, v in t.params.items()}} for t in view.trials]
+        rows.sort(key=lambda r: (r["value"] is None, -(r["value"] or 0) if view.maximize else (r["value"] or 0)))
+        cols = ["#", "state", "value", "seconds", "stop", "family", "activation", "lr", "name", "scaler", "augment"]
+        body.append(f"<p>{n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
+                    f"(sampler {view.result['study']['sampler']}, pruner {view.result['study']['pruner']}), "
+                    "best first:</p>" + _table(rows, cols, limit=30))
+        out.append(Section("The search", "How the search went and which settings mattered.", body))
+    findings = view.findings()
+    out.append(Section("Diagnostics", "Findings on the best model, with advice.",
+                       [_findings_html(findings) if findings else "<p>No problems found.</p>"]))
+    config_yaml = yaml.safe_dump(view.config.to_dict(), sort_keys=False)
+    out.append(Section("Configuration to reproduce", "<code>nntune train --config best_config.yaml</code> "
+                       "retrains this model (for a train run: <code>config.yaml</code>).",
+                       [f"<pre>{html.escape(config_yaml)}</pre>"]))
+    return out
+
+
+def _importances(view: RunView) -> dict[str, float]:
+    if len(view.complete) < 4:
+        return {}
+    try:
+        import optuna
+
+        from nntune.search.study import make_storage
+
+        info = view.result["study"]
+        study = optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (ValueError, RuntimeError):  # too few trials or a degenerate space
+        return {}
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.answer{background:#f3f7fb;border-left:4px solid #3b82c4;padding:.6em .9em}
+.note{color:#666;font-style:italic}figure{margin:1em 0}img{max-width:100%}
+figcaption{color:#555;font-size:.85em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left}th{background:#f5f5f5}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}nav ol{columns:2}
+"""
+
+
+def build_report(directory: str | Path) -> Path:
+    """Write ``DIR/report.html`` (self-contained) and ``DIR/figures/*.png`` from a run directory."""
+    view = load_run(directory)
+    figs = Figures(view.directory)
+    sections = [q(view, figs) for q in (_q1, _q2, _q3, _q4, _q5, _q6, _q7, _q8, _q9, _q10)]
+    extras = _extras(view, figs)
+    data = view.result["data"]
+    title = f"nntune report: {data['name']} ({data['task']})"
+    nav = "".join(f'<li><a href="#q{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections, 1))
+    nav += "".join(f'<li><a href="#x{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(extras, 1))
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{'Search' if view.kind == 'tune' else 'Single training run'} on {data.get('n_train', '?')} "
+             f"training, {data.get('n_val', '?')} validation and {data.get('n_test', '?')} test samples; input "
+             f"{'x'.join(map(str, data['input_shape']))}. Test {view.metric}: "
+             f"<b>{view.result['test'].get(view.metric, float('nan')):.4f}</b>.</p><nav><ol>{nav}</ol></nav>"]
+    for i, s in enumerate(sections, 1):
+        parts.append(f"<section id='q{i}'><h2>{i}. {html.escape(s.title)}</h2><div class='answer'>{s.answer}</div>"
+                     + "".join(s.body) + "</section>")
+    for i, s in enumerate(extras, 1):
+        parts.append(f"<section id='x{i}'><h2>{html.escape(s.title)}</h2><div class='answer'>{s.answer}</div>"
+                     + "".join(s.body) + "</section>")
+    parts.append("</body></html>")
+    path = view.directory / "report.html"
+    path.write_text("\n".join(parts))
+    return path
