@@ -46,3 +46,8 @@ def test_wrong_input_shape(saved):
     art = artifacts.load(saved[0])
     with pytest.raises(ArtifactError, match=r"expects \(1, 8, 8\)"):
         art.predict(torch.zeros(2, 64))
+
+
+def test_empty_input_gives_empty_predictions(saved):
+    art = artifacts.load(saved[0])
+    assert art.predict_proba(torch.zeros(0, 1, 8, 8)).shape == (0, 10)

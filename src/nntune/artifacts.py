@@ -19,7 +19,7 @@ from torch import nn
 from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
 from nntune.errors import ArtifactError
-from nntune.models.builders import build_model
+from nntune.models.builders import build_model, forward_batched
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
 
@@ -49,10 +49,9 @@ class Artifact:
     def predict_raw(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (classification) or values (regression) for raw inputs."""
         self._check(x)
-        self.model.eval()
-        x = self.scaler.transform(x.float())
-        with torch.inference_mode():
-            out = torch.cat([self.model(x[i:i + 2048]) for i in range(0, len(x), 2048)])
+        if len(x) == 0:
+            return torch.empty((0, len(self.class_names)) if self.task == "classification" else (0,))
+        out = forward_batched(self.model, self.scaler.transform(x.float()))
         return out if self.task == "classification" else out.reshape(-1)
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,12 +87,13 @@ def load(directory: str | Path) -> Artifact:
         meta = json.loads(meta_path.read_text())
         config = build_config(meta["config"], where=str(meta_path))
         data, method = meta["data"], meta["scaler"]
+        n_outputs = len(data["class_names"]) if data["task"] == "classification" else 1
+        input_shape = [int(s) for s in data["input_shape"]]
     except FileNotFoundError:
         raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
-    n_outputs = len(data["class_names"]) if data["task"] == "classification" else 1
-    model = build_model(config.model, data["input_shape"], n_outputs, seed=config.seed)
+    model = build_model(config.model, input_shape, n_outputs, seed=config.seed)
     model.load_state_dict(_read_tensors(directory / WEIGHTS, expected=model.state_dict()))
     scaler = Scaler(method).load_state_dict(_read_tensors(directory / SCALER))
     return Artifact(model, scaler, config, data)
@@ -107,10 +107,10 @@ def _read_tensors(path: Path, expected: dict[str, torch.Tensor] | None = None) -
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{path}: corrupt safetensors file ({err})") from None
     if expected is not None:
-        missing = sorted(set(expected) - set(tensors))
-        wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-        if missing or wrong:
-            key = (missing or wrong)[0]
-            raise ArtifactError(f"{path}: weights do not fit the saved config ({'missing' if missing else 'shape of'} "
-                                f"{key!r})")
+        problems = ([f"missing {k!r}" for k in sorted(set(expected) - set(tensors))]
+                    + [f"unexpected {k!r}" for k in sorted(set(tensors) - set(expected))]
+                    + [f"shape of {k!r}" for k in sorted(set(expected) & set(tensors))
+                       if expected[k].shape != tensors[k].shape])
+        if problems:
+            raise ArtifactError(f"{path}: weights do not fit the saved config ({problems[0]})")
     return tensors

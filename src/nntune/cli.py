@@ -170,11 +170,11 @@ def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: st
                 freeze_all_but_last: int | None, json_out: str | None, **kwargs: Any) -> None:
     """Build a model and print its layers with trainable / non-trainable parameter counts."""
     from nntune.models import build_model, freeze, summary
-    from nntune.training.pipeline import load_from_config
+    from nntune.data.sources import load_configured
 
     cfg = _config_from(kwargs)
     if input_shape is None or outputs is None:
-        ds = load_from_config(cfg)
+        ds = load_configured(cfg.data)
         shape = _int_list(input_shape, "--input-shape") if input_shape else list(ds.input_shape)
         n_out = outputs or ds.n_outputs
     else:
@@ -284,16 +284,18 @@ def augment_cmd(preset: str | None, strength: float | None, samples: int, copies
 
     from nntune.data.augment import build_augmenter, preview_grid
     from nntune.reporting.plots import augment_grid, save
-    from nntune.training.pipeline import load_from_config
+    from nntune.data.sources import load_configured
+    from nntune.data.splits import split_dataset
 
     cfg = _config_from(kwargs)
     preset = preset or cfg.preprocess.augment
     strength = cfg.preprocess.augment_strength if strength is None else strength
-    ds = load_from_config(cfg)
-    augmenter = build_augmenter(preset, strength, ds.input_shape, ds.x)
+    ds = load_configured(cfg.data)
+    train_x = ds.x[split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed).train]
+    augmenter = build_augmenter(preset, strength, ds.input_shape, train_x)
     gen = torch.Generator().manual_seed(cfg.seed)
-    picks = torch.randperm(len(ds), generator=gen)[:samples]
-    grid = preview_grid(ds.x[picks], augmenter, copies, seed=cfg.seed)
+    picks = torch.randperm(len(train_x), generator=gen)[:samples]
+    grid = preview_grid(train_x[picks], augmenter, copies, seed=cfg.seed)
     save(augment_grid(grid, f"{ds.name}: preset {preset}, strength {strength}"), out)
     info = {"preset": preset, "strength": strength, "ops": [type(op).__name__ for op in augmenter.ops],
             "grid": str(out), "samples": samples, "copies": copies}
@@ -397,7 +399,7 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
     """Serve optuna-dashboard for a study (a run directory's study.db, or --storage URL)."""
     from optuna_dashboard import run_server
 
-    from nntune.search.study import make_storage
+    from nntune.storage import make_storage
 
     if storage is None:
         if run_dir is None:
@@ -428,7 +430,7 @@ def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
         raise NNTuneError("--storage: a worker needs the shared study's URL, e.g. postgresql://user@host/db")
     out.mkdir(parents=True, exist_ok=True)
     search = prepare_search(cfg, out)
-    study = open_study(cfg, out, objective_spec(search.task)[1], search.params, resume=True)
+    study = open_study(cfg, out, objective_spec(search.task)[1], search.params, resume=True, worker=True)
 
     run_trials(search, study, cfg.search.trials, cfg.search.timeout, progress=not quiet)
     out_console.print(f"worker done: the study {study.study_name!r} has {count(study)} finished trials")

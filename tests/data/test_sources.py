@@ -100,3 +100,12 @@ def test_unknown_dataset_and_missing_path(tmp_path):
         load_dataset("cifar")
     with pytest.raises(DataError, match="no such file"):
         load_dataset(path=tmp_path / "nope.csv")
+
+
+def test_non_finite_and_unconvertible_targets_are_clear_errors(tmp_path):
+    p = _csv(tmp_path, "a,y\n1,0\nnan,1\n2,0\n")
+    with pytest.raises(DataError, match=r"column 'a' has NaN or infinite values"):
+        load_dataset(path=p, target="y")
+    q = _csv(tmp_path, "a,y\n1,cat\n2,dog\n", "s.csv")
+    with pytest.raises(DataError, match="non-numeric classes"):
+        load_dataset(path=q, target="y", task="regression")

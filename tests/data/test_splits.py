@@ -22,3 +22,13 @@ def test_regression_split():
     ds = Dataset("r", torch.randn(100, 3), torch.randn(100), "regression")
     s = split_dataset(ds, 0.2, 0.1, seed=0)
     assert (len(s.train), len(s.val), len(s.test)) == (70, 20, 10)
+
+
+def test_too_few_samples_for_many_classes_is_a_data_error():
+    import pytest
+
+    from nntune.errors import DataError
+
+    ds = Dataset("many", torch.randn(60, 2), torch.arange(60) % 20, "classification", [str(i) for i in range(20)])
+    with pytest.raises(DataError, match="too few to split"):
+        split_dataset(ds, 0.5, 0.3, seed=0)

@@ -126,3 +126,22 @@ def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
                    if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == n]
         assert len(retried) == 1 and retried[0].params == after[n].params
     assert json.loads((out / "result.json").read_text())["test"]["accuracy"] > 0.9
+
+
+def test_a_search_whose_every_trial_fails_stops_with_the_reason(tmp_path):
+    from nntune.errors import NNTuneError
+
+    cfg = apply_overrides(RunConfig(), {"search.trials": 2, "search.epochs": 2, "train.early_stopping.monitor":
+                                        "val_f1", "search.space": {"model.family": "mlp"}})
+    with pytest.raises(NNTuneError, match=r"every one of the last 2 trials failed .*val_f1"):
+        tune(cfg, tmp_path)
+
+
+def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
+    # warmup 3 with a best epoch that can be below it: the retrain must not shorten the schedule
+    space = {"model.family": "mlp", "train.schedule.name": "cosine", "train.schedule.warmup_epochs": 3}
+    cfg = apply_overrides(RunConfig(), {"search.trials": 2, "search.epochs": 6, "search.space": space,
+                                        "train.early_stopping.patience": 0})
+    result = tune(cfg, tmp_path)
+    assert result["final"]["config"]["train"]["epochs"] == 6
+    assert len(result["final"]["history"]) == result["final"]["epochs"]

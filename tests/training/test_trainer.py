@@ -80,3 +80,34 @@ def test_optimizers_and_schedules_run(digits):
         r = Trainer(model, "classification", cfg).fit(digits.x[:300] / 16, digits.y[:300],
                                                        digits.x[300:400] / 16, digits.y[300:400])
         assert len(r.history) == 3 and all(math.isfinite(h["loss"]) for h in r.history)
+
+
+def test_unusable_device_is_a_config_error():
+    import pytest
+
+    from nntune.errors import ConfigError
+    from nntune.training.trainer import resolve_device
+
+    with pytest.raises(ConfigError, match="train.device: unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_frozen_batch_norm_keeps_its_running_statistics(digits):
+    from nntune.models import freeze
+
+    model = build_model(ModelConfig(batch_norm=True), (1, 8, 8), 10)
+    freeze(model, "bn1")
+    before = model.bn1.running_mean.clone()
+    Trainer(model, "classification", TrainConfig(epochs=1)).fit(digits.x[:200], digits.y[:200],
+                                                               digits.x[200:300], digits.y[200:300])
+    assert torch.equal(model.bn1.running_mean, before) and not torch.equal(model.bn2.running_mean,
+                                                                           torch.zeros_like(model.bn2.running_mean))
+
+
+def test_without_restore_the_best_epoch_is_the_last(digits):
+    cfg = apply_overrides(RunConfig(), {"train.epochs": 4, "train.early_stopping.enabled": False})
+    _, _, fit = fit_model(cfg, prepare_data(cfg))
+    assert fit.best_epoch == 4 and fit.best == fit.history[-1]

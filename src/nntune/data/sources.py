@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from nntune.config import DataConfig
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
@@ -86,6 +87,11 @@ def load_dataset(
     return _with_task(ds, task) if task != "auto" else ds
 
 
+def load_configured(data: DataConfig) -> Dataset:
+    """The dataset a config's ``data`` section names."""
+    return load_dataset(data.dataset, data.path, data.target, data.task)
+
+
 def load_digits() -> Dataset:
     """scikit-learn's 1,797 8x8 digit images (values 0..16), the default dataset."""
     from sklearn.datasets import load_digits as sk_digits
@@ -135,8 +141,8 @@ def _with_task(ds: Dataset, task: str) -> Dataset:
     if task == ds.task:
         return ds
     if task == "regression":
-        values = np.array([float(c) for c in ds.class_names]) if ds.class_names else ds.y.numpy()
         try:
+            values = np.array([float(c) for c in ds.class_names]) if ds.class_names else ds.y.numpy()
             y = torch.tensor(values[ds.y.numpy()] if ds.class_names else values, dtype=torch.float32)
         except ValueError:
             raise DataError(f"{ds.name}: target has non-numeric classes, it cannot be a regression target") from None
@@ -182,6 +188,9 @@ def load_csv(path: str | Path, target: str | None) -> Dataset:
                     f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {row[j]!r}); "
                     "encode it or drop it"
                 ) from None
+    if not np.all(np.isfinite(x)):
+        bad = int(np.argwhere(~np.isfinite(x))[0][1])
+        raise DataError(f"{path}: column {features[bad]!r} has NaN or infinite values; fill or drop them")
     raw_y = [row[t].strip() for row in rows[1:]]
     if any(v == "" for v in raw_y):
         raise DataError(f"{path}: target column {target!r} has empty values (line {raw_y.index('') + 2})")
@@ -213,6 +222,8 @@ def load_npz(path: str | Path) -> Dataset:
         raise DataError(f"{path}: array 'x' must be numeric; got dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{path}: array 'x' has NaN or infinite values")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise DataError(f"{path}: array 'y' has NaN or infinite values")
     names = [f"x{i}" for i in range(x.shape[1])] if x.ndim == 2 else []
     return _encode_target(path.stem, torch.tensor(x, dtype=torch.float32), y, names)
 
@@ -273,6 +284,8 @@ def load_features(path: str | Path, feature_names: list[str], input_shape: tuple
         x = _csv_columns(path, feature_names)
     else:
         raise DataError(f"{path}: unsupported data file (expected .csv, .npz or an image folder)")
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: inputs have NaN or infinite values")
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(input_shape)}")
     return x

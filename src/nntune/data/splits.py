@@ -33,13 +33,12 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.15, test_fraction: float 
             rare = ds.class_names[int(counts.argmin())]
             raise DataError(f"{ds.name}: class {rare!r} has {counts.min()} samples; each class needs at least 3 "
                             "to appear in train, validation and test")
-    n_test = max(1, round(n * test_fraction))
-    n_val = max(1, round(n * val_fraction))
-    if n - n_test - n_val < 1:
-        raise DataError(f"{ds.name}: {n} samples are too few to split into train/validation/test")
-    if stratify:
-        k = len(ds.class_names)
-        n_test, n_val = max(n_test, k), max(n_val, k)
+    k = len(ds.class_names) if stratify else 1
+    n_test = max(k, round(n * test_fraction))
+    n_val = max(k, round(n * val_fraction))
+    if n - n_test - n_val < k:
+        raise DataError(f"{ds.name}: {n} samples are too few to split into train/validation/test with "
+                        f"{k} class(es) in each; lower val_fraction/test_fraction or bring more data")
     rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=y if stratify else None)
     train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1,
                                   stratify=y[rest] if stratify else None)

@@ -18,6 +18,17 @@ from nntune.config import ACTIVATIONS, ModelConfig
 from nntune.errors import SpecError
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
+EVAL_BATCH = 2048
+
+
+def forward_batched(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Model outputs for ``x`` in eval mode under ``inference_mode``, in batches on the model's device; on the CPU."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    model.eval()
+    with torch.inference_mode():
+        outs = [model(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)]
+    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:

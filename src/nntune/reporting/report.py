@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from nntune import artifacts
 from nntune.config import RunConfig, build_config
 from nntune.errors import ArtifactError
 
@@ -102,7 +101,10 @@ def load_run(directory: str | Path) -> RunView:
     kind = "tune" if "study" in result else "train"
     config = build_config(result["config"] if kind == "train" else result["final"]["config"], where=str(path))
     task = result["data"]["task"]
-    metric = "accuracy" if task == "classification" else "mae"
+    if kind == "tune":  # the study's objective, e.g. accuracy, or loss (MSE) for regression
+        metric = result["study"]["objective"].removeprefix("val_")
+    else:
+        metric = "accuracy" if task == "classification" else "mae"
     view = RunView(directory, result, kind, config, task, metric)
     if kind == "tune":
         view.trials, view.maximize = _load_trials(result["study"]), result["study"]["direction"] == "maximize"
@@ -112,7 +114,7 @@ def load_run(directory: str | Path) -> RunView:
 def _load_trials(study_info: dict) -> list[Trial]:
     import optuna
 
-    from nntune.search.study import make_storage
+    from nntune.storage import make_storage
 
     try:
         study = optuna.load_study(study_name=study_info["name"], storage=make_storage(study_info["storage"]))
@@ -125,23 +127,14 @@ def _load_trials(study_info: dict) -> list[Trial]:
 
 # --- evidence helpers -------------------------------------------------------------------------------------------
 
-def _groups(view: RunView, key: str, only: dict[str, Any] | None = None) -> dict[str, list[float]]:
+def _groups(view: RunView, key: str) -> dict[str, list[float]]:
     groups: dict[str, list[float]] = {}
     for t in view.complete:
-        if only and any(t.params.get(k, view_default(view, k)) != v for k, v in only.items()):
-            continue
         value = t.params.get(key)
         if value is None:
             continue
         groups.setdefault(str(value), []).append(t.value)
     return groups
-
-
-def view_default(view: RunView, key: str) -> Any:
-    node: Any = view.config
-    for part in key.split("."):
-        node = getattr(node, part, None)
-    return node
 
 
 def _series(view: RunView, keys_by_family: dict[str, str]) -> dict[str, tuple[list[float], list[float]]]:
@@ -338,9 +331,9 @@ def _q8(view: RunView, figs: Figures) -> Section:
     try:
         from nntune.data.augment import build_augmenter, preview_grid
         from nntune.data.splits import split_dataset
-        from nntune.training.pipeline import load_from_config
+        from nntune.data.sources import load_configured
 
-        ds = load_from_config(view.config)
+        ds = load_configured(view.config.data)
         d = view.config.data
         train_x = ds.x[split_dataset(ds, d.val_fraction, d.test_fraction, view.config.seed).train]
         preset = p.augment if p.augment != "none" else "light"
@@ -401,11 +394,19 @@ def _q10(view: RunView, figs: Figures) -> Section:
                 reasons[key] = reasons.get(key, 0) + 1
         body.append("<p>How trials ended: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ".</p>")
         final = view.result["final"]
-        body.append(f"<p>The final model ({final['mode']}) trained for {final['epochs']} epochs: the best trial's "
-                    "best epoch, since no validation data is left when training on train+val.</p>")
+        if final["mode"] == "retrain":
+            body.append(f"<p>The final model was retrained on train+val for {final['epochs']} epochs, the best "
+                        "trial's best epoch, since no validation data is left to stop on.</p>")
+        else:
+            body.append(f"<p>The final model is the best trial's own, at its best epoch {final['epochs']}.</p>")
     es = view.config.train.early_stopping
+    if view.kind == "tune":
+        es = build_config(view.best_trial.attrs["config"]).train.early_stopping if view.best_trial else es
+    restore = "restores the best weights" if es.restore_best_weights else "keeps the last weights"
+    policy = (f"early stopping monitors {es.monitor} with patience {es.patience} and {restore}" if es.enabled
+              else "early stopping was off")
     answer = (f"Best epoch <b>{best}</b>, stopped at <b>{stopped or 'the last epoch'}</b> ({html.escape(reason)}); "
-              f"early stopping monitors {es.monitor} with patience {es.patience} and restores the best weights.")
+              f"{policy}.")
     return Section(QUESTIONS[9], answer, body)
 
 
@@ -472,7 +473,7 @@ def _importances(view: RunView) -> dict[str, float]:
     try:
         import optuna
 
-        from nntune.search.study import make_storage
+        from nntune.storage import make_storage
 
         info = view.result["study"]
         study = optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))

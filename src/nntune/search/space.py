@@ -69,8 +69,10 @@ class Param:
         return [self.low + (self.high - self.low) * i / (points - 1) for i in range(points)]
 
 
-def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | None = None) -> dict[str, Any]:
-    """The default space for the seed's questions, adapted to the data (CNN keys only for images and signals)."""
+def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
+                  max_epochs: int = 30) -> dict[str, Any]:
+    """The default space for the seed's questions, adapted to the data (CNN keys only for images and signals) and
+    to the epochs per trial (warmup always leaves epochs for the schedule)."""
     lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
           else {"low": 1e-4, "high": 3e-2, "log": True})
     space: dict[str, Any] = {
@@ -88,7 +90,7 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
         "train.schedule.name": {"choice": ["none", "cosine", "onecycle", "step", "exponential"]},
         "train.schedule.gamma": {"low": 0.5, "high": 0.98, "when": {"train.schedule.name": SCHEDULE_WITH_GAMMA}},
         "train.schedule.step_size": {"low": 3, "high": 15, "when": {"train.schedule.name": ["step"]}},
-        "train.schedule.warmup_epochs": {"low": 0, "high": 3,
+        "train.schedule.warmup_epochs": {"low": 0, "high": max(0, min(3, max_epochs - 2)),
                                          "when": {"train.schedule.name": ["none", "cosine", "step", "exponential"]}},
         "train.early_stopping.patience": {"low": 3, "high": 10},
         "preprocess.scaler": {"choice": ["zscore", "minmax", "robust"] if kind == "tabular"
@@ -113,14 +115,21 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
     return space
 
 
+NOT_SEARCHABLE = ("data.", "search.", "seed", "train.epochs", "train.lr_auto", "train.device", "train.threads")
+
+
 def _known_key(key: str) -> bool:
+    """A searchable RunConfig field (or a virtual key); data, search, seed and run-level settings are not."""
     if key in VIRTUAL:
         return True
-    node: Any = RunConfig()
+    if key.startswith(NOT_SEARCHABLE):
+        return False
+    node: Any = RunConfig
     for part in key.split("."):
-        if not hasattr(node, part) or part.startswith("_"):
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
             return False
-        node = getattr(node, part)
+        node = fields[part].annotation
     return not hasattr(node, "model_fields")
 
 
@@ -130,13 +139,17 @@ def parse_space(spec: dict[str, Any], where: str = "search.space") -> list[Param
     for key, raw in spec.items():
         path = f"{where}.{key}"
         if not _known_key(key):
-            raise ConfigError(f"{path}: unknown config key {key!r}")
+            why = "is fixed for the whole search" if key.startswith(NOT_SEARCHABLE) else "is not a config key"
+            raise ConfigError(f"{path}: {key!r} {why}; searchable keys are model.*, train.*, preprocess.*")
         when: tuple = ()
         if isinstance(raw, dict) and "when" in raw:
             raw = dict(raw)
             cond = raw.pop("when")
             if not isinstance(cond, dict) or not cond:
                 raise ConfigError(f"{path}.when: expected a mapping of key: value(s)")
+            unknown = [k for k in cond if not _known_key(k)]
+            if unknown:
+                raise ConfigError(f"{path}.when: unknown key {unknown[0]!r}")
             when = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in cond.items())
         if isinstance(raw, list):
             raw = {"choice": raw}
@@ -177,8 +190,11 @@ def _check_values(params: list[Param], where: str) -> None:
     for p in params:
         candidates = ([p.value] if p.kind == "fixed" else list(p.choices) if p.kind == "choice" else [p.low, p.high])
         for value in candidates:
+            probe = {p.key: value}
+            if p.key == "model.dropout_rate":  # a rate only lands in the config with a placement
+                probe["model.dropout_placement"] = "+".join(PLACES)
             try:
-                to_config(RunConfig(), {p.key: value})
+                to_config(RunConfig(), probe)
             except ConfigError as err:
                 raise ConfigError(f"{where}.{p.key}: value {value!r} is invalid ({err})") from None
 
@@ -218,9 +234,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None) -> list[Param]:
+def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...],
+                  lr_center: float | None = None) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
-    space = default_space(kind, input_shape, lr_center)
+    space = default_space(kind, input_shape, lr_center, cfg.search.epochs)
     for key, value in copy.deepcopy(cfg.search.space or {}).items():
         space[key] = value
     return parse_space(space)

@@ -15,30 +15,28 @@ import os
 import socket
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
+from nntune.search.ensemble import ensemble_test
 from nntune.search.progress import LiveTrials
 from nntune.search.space import Param, resolve_space, sample
-from nntune.training.callbacks import Callback
+from nntune.storage import make_storage
+from nntune.training.callbacks import Callback, StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import PreparedData, fit_model, prepare_data, resolve_lr
-from nntune.training.trainer import compute_metrics
+from nntune.training.trainer import compute_metrics, make_loss
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -81,30 +79,6 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"search.pruner: unknown pruner {name!r}")
-
-
-def make_storage(url: str, heartbeat: int = 10) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats, so crashed trials get failed and retried once.
-
-    ``postgresql://`` URLs use the psycopg 3 driver that nntune installs.
-    """
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    from sqlalchemy.exc import IntegrityError
-
-    for attempt in range(3):
-        try:
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-        except IntegrityError:
-            # workers starting together race to create the schema; the loser finds it made on its next try
-            if attempt == 2:
-                raise
-            time.sleep(1 + attempt)
-        except Exception as err:  # SQLAlchemy / driver errors: bad URL, server down, missing driver
-            raise NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: "
-                              f"{str(err).splitlines()[0]})") from None
-    raise AssertionError("unreachable")
 
 
 class OptunaPruning(Callback):
@@ -194,7 +168,9 @@ def prepare_search(cfg: RunConfig, out: Path) -> Search:
     return search
 
 
-def open_study(cfg: RunConfig, out: Path, direction: str, params: list[Param], resume: bool) -> optuna.Study:
+def open_study(cfg: RunConfig, out: Path, direction: str, params: list[Param], resume: bool,
+               worker: bool = False) -> optuna.Study:
+    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds."""
     url = cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = make_storage(url, cfg.search.heartbeat)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
@@ -202,9 +178,13 @@ def open_study(cfg: RunConfig, out: Path, direction: str, params: list[Param], r
     if name in existing and not resume and existing[name].n_trials > 0:
         raise ConfigError(f"study {name!r} already has {existing[name].n_trials} trials in {url}; pass --resume to "
                           "continue it or --study-name NEW for a new one")
+    # a fresh study is reproducible from cfg.seed; a resumed study or an extra worker must not replay the same
+    # proposals, so its sampler seed also depends on the trials already there and on the process
+    n_before = existing[name].n_trials if name in existing else 0
+    seed = cfg.seed if (n_before == 0 and not worker) else cfg.seed + 7919 * n_before + os.getpid()
     study = optuna.create_study(
         study_name=name, storage=storage, direction=direction, load_if_exists=True,
-        sampler=make_sampler(cfg.search.sampler, cfg.seed, params),
+        sampler=make_sampler(cfg.search.sampler, seed % 2**31, params),
         pruner=make_pruner(cfg.search.pruner, cfg.search.epochs),
     )
     if study.direction.name.lower() != direction:
@@ -232,8 +212,14 @@ def run_trials(search: Search, study: optuna.Study, trials: int, timeout: float 
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
+            before = count(study)
             study.optimize(search.objective, n_trials=remaining, timeout=left, callbacks=[live] if live else None,
                            catch=(NNTuneError, torch.OutOfMemoryError), gc_after_trial=False)
+            if count(study) == before and (deadline is None or time.monotonic() < deadline):
+                failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "unknown"
+                raise NNTuneError(f"every one of the last {remaining} trials failed (last: {reason}); fix the "
+                                  "config or search space and --resume")
     except KeyboardInterrupt:
         return False
     finally:
@@ -250,28 +236,26 @@ def final_fit(search: Search, study: optuna.Study) -> dict:
     data = search.data_for(cfg)
     out = search.out
     if search.cfg.search.final == "retrain":
-        epochs = max(1, int(best.user_attrs.get("best_epoch", cfg.train.epochs)))
-        final_cfg = apply_overrides(cfg, {"train.epochs": epochs, "train.early_stopping.enabled": False})
+        # the trial's epoch count stays the schedule's horizon, so the LR follows the same path up to best_epoch
+        epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg.train.epochs))
+        final_cfg = apply_overrides(cfg, {"train.early_stopping.enabled": False})
         merged = _train_plus_val(final_cfg, data)
-        model, trainer, fit = fit_model(final_cfg, merged)
-        scaler, history = merged.scaler, fit.history
+        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs)])
+        test = trainer.evaluate(merged.x_test, merged.y_test)
+        scaler, history, x_val = merged.scaler, fit.history, merged.x_val
     else:
         art = artifacts.load(out / "trials" / str(best.number))
         final_cfg, model, scaler, history = cfg, art.model, art.scaler, []
-        merged = data
-    raw_test = data.dataset.x[data.split.test]
-    y_test = data.dataset.y[data.split.test]
-    model.eval()
-    with torch.inference_mode():
-        outputs = model(scaler.transform(raw_test))
-    outputs = outputs if search.task == "classification" else outputs.reshape(-1)
-    test = compute_metrics(outputs, y_test, search.task)
+        epochs = int(best.user_attrs.get("best_epoch") or cfg.train.epochs)
+        test = compute_metrics(art.predict_raw(data.dataset.x[data.split.test]), data.y_test, search.task,
+                               make_loss(search.task, cfg.train.label_smoothing))
+        x_val = data.x_val
     artifacts.save(out / "best", model, final_cfg, scaler, data.dataset.meta())
     save_config(final_cfg, out / "best_config.yaml")
-    findings = diagnose(history, model, merged.x_val) if history else []
+    findings = diagnose(history, model, x_val) if history else []
     return {"config": final_cfg.to_dict(), "test": test, "history": history,
             "findings": [f.to_dict() for f in findings], "model": summary(model, data.dataset.input_shape).to_dict(),
-            "mode": search.cfg.search.final, "epochs": final_cfg.train.epochs}
+            "mode": search.cfg.search.final, "epochs": epochs}
 
 
 def _train_plus_val(cfg: RunConfig, data: PreparedData) -> PreparedData:
@@ -280,35 +264,7 @@ def _train_plus_val(cfg: RunConfig, data: PreparedData) -> PreparedData:
     from nntune.data.splits import Split
 
     split = Split(torch.cat([data.split.train, data.split.val]).sort().values, data.split.val, data.split.test)
-    ds = data.dataset
-    merged = prepare_data(cfg, ds)
-    scaler = merged.scaler.fit(ds.x[split.train])
-    t = scaler.transform
-    return PreparedData(ds, split, scaler, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]),
-                        ds.y[split.val], t(ds.x[split.test]), ds.y[split.test])
-
-
-def ensemble_test(search: Search, study: optuna.Study, k: int) -> dict | None:
-    """Average the top-k complete trials' predictions (probabilities for classification) on the test split."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if (search.out / "trials" / str(t.number)).is_dir()]
-    if k < 2 or len(complete) < 2:
-        return None
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:k]
-    data = search.base_data
-    raw, y = data.dataset.x[data.split.test], data.dataset.y[data.split.test]
-    preds = []
-    for t in top:
-        art = artifacts.load(search.out / "trials" / str(t.number))
-        preds.append(art.predict_proba(raw) if search.task == "classification" else art.predict_raw(raw))
-    mean = torch.stack(preds).mean(0)
-    if search.task == "classification":
-        metrics = {"accuracy": float((mean.argmax(1) == y).float().mean()),
-                   "loss": float(torch.nn.functional.nll_loss(mean.clamp_min(1e-12).log(), y))}
-    else:
-        metrics = compute_metrics(mean, y, "regression")
-    return {"k": len(top), "trials": [t.number for t in top], "test": metrics}
+    return prepare_data(cfg, data.dataset, split=split)
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
@@ -366,6 +322,6 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
         "seconds": time.perf_counter() - started,
     }
     if cfg.search.ensemble:
-        result["ensemble"] = ensemble_test(search, study, cfg.search.ensemble)
+        result["ensemble"] = ensemble_test(study, out / "trials", search.base_data, cfg.search.ensemble)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -54,7 +54,7 @@ class BestCheckpoint(Callback):
     """Save the weights (safetensors) whenever the monitored value improves, so a crash loses nothing."""
 
     def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto") -> None:
-        from nntune.training.early_stopping import monitor_mode
+        from nntune.training.early_stopping import monitor_mode  # early_stopping imports this module
 
         self.path = Path(path)
         self.monitor = monitor
@@ -64,13 +64,26 @@ class BestCheckpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         from safetensors.torch import save_file
 
+        from nntune.training.early_stopping import is_improvement
+
         value = logs.get(self.monitor)
         if value is None or value != value:
             return
-        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+        if is_improvement(value, self.best, self.mode):
             self.best = value
             self.path.parent.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
             tmp = self.path.with_suffix(".tmp")
             save_file(state, str(tmp), metadata={"epoch": str(epoch), self.monitor: repr(value)})
             tmp.replace(self.path)
+
+
+class StopAtEpoch(Callback):
+    """End training after a fixed epoch while the schedule keeps its full horizon (used for the final retrain)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if epoch >= self.epoch:
+            trainer.stop(f"fixed length: {self.epoch} epochs")

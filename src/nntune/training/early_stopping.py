@@ -28,6 +28,13 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
     return "max" if any(k in monitor for k in ("accuracy", "acc", "r2", "auc")) else "min"
 
 
+def is_improvement(value: float, reference: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Keras's test: better than ``reference`` by more than ``min_delta`` (always true without a reference)."""
+    if reference is None:
+        return True
+    return value + min_delta < reference if mode == "min" else value - min_delta > reference
+
+
 class EarlyStopping(Callback):
     """Stop when the monitored value stops improving; remember (and restore) the best weights."""
 
@@ -40,13 +47,15 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self._restored = False
 
     def _is_improvement(self, value: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
-        if self.mode == "min":
-            return value + self.cfg.min_delta < reference
-        return value - self.cfg.min_delta > reference
+        return is_improvement(value, reference, self.mode, self.cfg.min_delta)
+
+    @property
+    def restored(self) -> bool:
+        """Whether the model now holds the best epoch's weights."""
+        return self._restored
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self.best, self.best_epoch, self.wait, self.stopped_epoch, self.best_weights = None, 0, 0, 0, None

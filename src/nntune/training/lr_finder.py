@@ -2,9 +2,10 @@
 
 The LR grows exponentially (or linearly) from ``start_lr`` to ``end_lr`` over ``steps`` mini-batches; the loss is
 smoothed with a debiased exponential moving average and the test stops once it exceeds ``diverge`` times the best.
-Suggestions: ``steepest`` (most negative slope of the smoothed loss against log LR), ``valley`` (fastai's idea: a
-point in the middle of the longest stretch of falling loss; the default) and ``min_div_10`` (the LR at the minimum
-divided by 10). Model weights and any given optimizer state are restored afterwards.
+Suggestions: ``steepest`` (most negative slope of the smoothed loss against log LR; the default, because on digits
+it trained better than ``valley`` in 5-20 epochs), ``valley`` (fastai's idea: a point in the middle of the longest
+stretch of falling loss, more conservative) and ``min_div_10`` (the LR at the minimum divided by 10). Model weights,
+device and train/eval mode, and any given optimizer's state, are restored afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from nntune.config import TrainConfig
 from nntune.errors import ConfigError, TrainingError
-from nntune.training.trainer import build_optimizer, resolve_device
+from nntune.training.trainer import build_optimizer, make_loss, resolve_device
 
 FLAT_DROP = 0.05   # smoothed loss falls by less than this fraction of its start: too flat to trust
 NOISY = 0.5        # median |raw - smoothed| above this fraction of the drop: too noisy to trust
@@ -57,11 +58,14 @@ def lr_find(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, cfg: 
         raise ConfigError(f"lr_find: unknown suggestion method {method!r}")
     cfg = cfg or TrainConfig()
     device = resolve_device(cfg.device)
-    model.to(device)
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
     saved_model = copy.deepcopy(model.state_dict())
+    model.to(device)
     saved_opt = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     opt = optimizer or build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr=start_lr)
-    loss_fn = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    loss_fn = make_loss(task, cfg.label_smoothing)
     gen = torch.Generator().manual_seed(seed)
     bs = min(cfg.batch_size, len(x))
     x, y = x.to(device), y.to(device)
@@ -96,7 +100,9 @@ def lr_find(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, cfg: 
             if i > 0 and smoothed > diverge * best:
                 break
     finally:
+        model.to(home)
         model.load_state_dict(saved_model)
+        model.train(was_training)
         if optimizer is not None:
             optimizer.load_state_dict(saved_opt)
     if len(lrs) < 5:

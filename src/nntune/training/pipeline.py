@@ -19,7 +19,7 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, save_config
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
-from nntune.data.sources import Dataset, load_dataset
+from nntune.data.sources import Dataset, load_configured
 from nntune.data.splits import Split, split_dataset
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
@@ -45,16 +45,12 @@ class PreparedData:
     y_test: torch.Tensor
 
 
-def load_from_config(cfg: RunConfig) -> Dataset:
-    d = cfg.data
-    return load_dataset(d.dataset, d.path, d.target, d.task)
-
-
-def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, scaler: str | None = None) -> PreparedData:
-    """Split ``dataset`` (loaded from the config if not given) and scale it with the configured method."""
-    ds = dataset if dataset is not None else load_from_config(cfg)
-    split = split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    sc = Scaler(resolve_method(scaler or cfg.preprocess.scaler, ds.kind))
+def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, split: Split | None = None) -> PreparedData:
+    """Split ``dataset`` (loaded from the config if not given; ``split`` overrides the seeded split) and scale it
+    with the configured method, fitted on the training split only."""
+    ds = dataset if dataset is not None else load_configured(cfg.data)
+    split = split or split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
+    sc = Scaler(resolve_method(cfg.preprocess.scaler, ds.kind))
     sc.fit(ds.x[split.train])
     t = sc.transform
     return PreparedData(ds, split, sc, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]), ds.y[split.val],
@@ -110,7 +106,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
-    callbacks = [BestCheckpoint(out / "checkpoint" / "best.safetensors")] if out else []
+    es = cfg.train.early_stopping
+    callbacks = [BestCheckpoint(out / "checkpoint" / "best.safetensors", es.monitor, es.mode)] if out else []
     model, trainer, fit = fit_model(cfg, data, callbacks, progress=progress, catch_interrupt=True)
     test = trainer.evaluate(data.x_test, data.y_test)
     findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)

@@ -17,18 +17,34 @@ import torch
 from torch import nn
 
 from nntune.config import TrainConfig
+from nntune.errors import ConfigError
+from nntune.models.builders import forward_batched
 from nntune.training.callbacks import Callback
 from nntune.training.early_stopping import EarlyStopping, monitor_mode
 from nntune.training.schedules import Schedule
 
-EVAL_BATCH = 2048
-
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU; an unusable device is a ConfigError naming it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name!r} asked for, but this machine has no usable CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name!r} does not exist ({torch.cuda.device_count()} GPU(s))")
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device: {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def make_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy (with optional label smoothing) for classification, MSE for regression."""
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing) if task == "classification" else nn.MSELoss()
 
 
 @dataclass
@@ -88,8 +104,7 @@ class Trainer:
         self.task = task
         self.classification = task == "classification"
         self.metric_name = "accuracy" if self.classification else "mae"
-        self.loss_fn = (nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing) if self.classification
-                        else nn.MSELoss())
+        self.loss_fn = make_loss(task, self.cfg.label_smoothing)
         self.callbacks = list(callbacks)
         self.augment = augment
         self.seed = seed
@@ -132,7 +147,10 @@ class Trainer:
         optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
         plateau_mode = monitor_mode(self.cfg.early_stopping.monitor, self.cfg.early_stopping.mode)
         schedule = Schedule(optimizer, self.cfg.schedule, self.epochs, steps, plateau_mode)
-        watched = weighted_layers(self.model) if self.grad_stats else []
+        watched = [(n, p) for n, p in weighted_layers(self.model) if p.requires_grad] if self.grad_stats else []
+        # a frozen batch norm keeps its running statistics too (Keras runs frozen BN in inference mode)
+        frozen_norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                        and not any(p.requires_grad for p in m.parameters())]
         self.history, self._stop_reason = [], None
         result = FitResult()
         started = time.perf_counter()
@@ -144,6 +162,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = schedule.lr
                 self.model.train()
+                for m in frozen_norms:
+                    m.eval()
                 perm = torch.randperm(n, generator=gen)[:n_used].to(dev)
                 loss_sum = torch.zeros((), device=dev)
                 metric_sum = torch.zeros((), device=dev)
@@ -200,18 +220,15 @@ class Trainer:
         return result
 
     def _best_epoch(self) -> int:
+        """The epoch whose weights the model holds: early stopping's best when it restored them, else the last."""
         for cb in self.callbacks:
-            if isinstance(cb, EarlyStopping) and cb.best_epoch:
+            if isinstance(cb, EarlyStopping) and cb.restored:
                 return cb.best_epoch
-        finite = [h for h in self.history if math.isfinite(h["val_loss"])]
-        return min(finite, key=lambda h: h["val_loss"])["epoch"] if finite else 0
+        return len(self.history)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs (logits, or values for regression) for already-scaled inputs, on the CPU."""
-        self.model.eval()
-        with torch.inference_mode():
-            outs = [self._outputs(self.model(x[i:i + EVAL_BATCH].to(self.device))) for i in range(0, len(x), EVAL_BATCH)]
-        return torch.cat(outs).cpu()
+        return self._outputs(forward_batched(self.model, x))
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Loss and metrics on already-scaled inputs: accuracy, or MAE and R² for regression."""
