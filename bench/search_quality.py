@@ -11,6 +11,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -29,6 +30,8 @@ def run(dataset: str, trials: int, epochs: int, seed: int, arm: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = tune(cfg, out)
+    print(f"{dataset} {arm} seed {seed}: test {result['test']['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s",
+          file=sys.stderr)
     return {"test_accuracy": round(result["test"]["accuracy"], 4), "best_val": round(result["best_value"], 4),
             "trials": result["trials"], "seconds": round(time.perf_counter() - t0, 1)}
 

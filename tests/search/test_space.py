@@ -60,7 +60,8 @@ def test_tabular_space_has_no_cnn_keys_and_cnn_depth_fits_the_image():
 
 
 def test_lr_centred_on_range_test():
-    assert default_space("image", (1, 8, 8), lr_center=3e-3)["train.lr"] == pytest.approx({"low": 3e-4, "high": 3e-2, "log": True})
+    expected = pytest.approx({"low": 3e-4, "high": 3e-2, "log": True})
+    assert default_space("image", (1, 8, 8), lr_center=3e-3)["train.lr"] == expected
 
 
 def test_dropout_placement_translates_to_rates():

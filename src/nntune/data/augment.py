@@ -143,7 +143,9 @@ def _image_op(name: str, params: dict[str, Any], s: float, size: tuple[int, int]
         alpha = params["alpha"] * s
         sigma = params["sigma"]
         k = int(2 * round(3 * sigma) + 1)
-        return K.RandomElasticTransform(kernel_size=(k, k), sigma=(sigma, sigma), alpha=(alpha, alpha), p=p) if alpha else None
+        if not alpha:
+            return None
+        return K.RandomElasticTransform(kernel_size=(k, k), sigma=(sigma, sigma), alpha=(alpha, alpha), p=p)
     if name == "erasing":
         area = params["max_area"] * s
         return K.RandomErasing(scale=(min(0.02, area), area), p=p) if area else None
@@ -177,7 +179,8 @@ class Augmenter(nn.Module):
         for i, raw in enumerate(spec.ops):
             name = raw.get("op")
             if name not in table:
-                extra = " (an image op; signals take shift, amplitude, noise)" if kind == "signal" and name in IMAGE_OPS else ""
+                image_op = kind == "signal" and name in IMAGE_OPS
+                extra = " (an image op; signals take shift, amplitude, noise)" if image_op else ""
                 raise ConfigError(f"preprocess.augment.ops[{i}]: unknown op {name!r}{extra}; "
                                   f"choose one of {', '.join(table)}")
             unknown = set(raw) - set(table[name]) - {"op"}

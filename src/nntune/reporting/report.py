@@ -159,6 +159,25 @@ def _rank_text(view: RunView, groups: dict[str, list[float]], what: str) -> str:
     return f"<p>Val {view.metric} by {what} across complete trials: " + "; ".join(parts) + ".</p>"
 
 
+def _category_evidence(view: RunView, figs: Figures, key: str, what: str, name: str) -> list[str]:
+    """Ranking text and a box plot of the val metric by a categorical parameter (nothing without trials)."""
+    groups = _groups(view, key)
+    if not groups:
+        return []
+    return [_rank_text(view, groups, what),
+            figs.embed(_plots().by_category(groups, what, f"val {view.metric}"), name, f"Val metric by {what}")]
+
+
+def _numeric_evidence(view: RunView, figs: Figures, keys_by_family: dict[str, str], what: str, name: str,
+                      log: bool = False) -> list[str]:
+    """A scatter of the val metric against a numeric parameter, one colour per model family."""
+    series = _series(view, keys_by_family)
+    if not series:
+        return []
+    return [figs.embed(_plots().vs_numeric(series, what, f"val {view.metric}", log=log), name,
+                       f"Val metric vs {what}")]
+
+
 @dataclass
 class Section:
     title: str
@@ -229,15 +248,10 @@ def _q2(view: RunView, figs: Figures) -> Section:
     else:
         chosen = f"after each hidden layer ({m.dropout:.2f})" if m.dropout > 0 else "none"
     body = [_no_search(view)]
-    groups = _groups(view, "model.dropout_placement")
-    if groups:
-        body += [_rank_text(view, groups, "dropout placement (CNN trials)"),
-                 figs.embed(_plots().by_category(groups, "dropout placement", f"val {view.metric}"),
-                            "q2_dropout_placement", "Val metric by dropout placement (CNN trials)")]
-    series = _series(view, {"mlp": "model.dropout", "cnn": "model.dropout_rate"})
-    if series:
-        body.append(figs.embed(_plots().vs_numeric(series, "dropout rate", f"val {view.metric}"),
-                               "q2_dropout_rate", "Val metric vs dropout rate"))
+    body += _category_evidence(view, figs, "model.dropout_placement", "dropout placement (CNN trials)",
+                               "q2_dropout_placement")
+    body += _numeric_evidence(view, figs, {"mlp": "model.dropout", "cnn": "model.dropout_rate"}, "dropout rate",
+                              "q2_dropout_rate")
     return Section(QUESTIONS[1], f"The chosen model ({m.family.upper()}) uses dropout: <b>{chosen}</b>.", body)
 
 
@@ -246,12 +260,10 @@ def _q3(view: RunView, figs: Figures) -> Section:
     depth = f"{m.conv_blocks} conv blocks of {m.convs_per_block} conv(s), {m.fc_layers} FC layer(s)" \
         if m.family == "cnn" else f"{len(m.hidden_widths())} hidden layers"
     body = [_no_search(view)]
-    series = _series(view, {"mlp": "model.hidden_layers", "cnn": "model.conv_blocks"})
-    if series:
-        body.append(figs.embed(_plots().vs_numeric(series, "depth (hidden layers / conv blocks)",
-                                                   f"val {view.metric}"), "q3_depth", "Val metric vs depth"))
-        body.append(_rank_text(view, _groups(view, "model.hidden_layers"), "hidden layers (MLP)"))
-        body.append(_rank_text(view, _groups(view, "model.conv_blocks"), "conv blocks (CNN)"))
+    body += _numeric_evidence(view, figs, {"mlp": "model.hidden_layers", "cnn": "model.conv_blocks"},
+                              "depth (hidden layers / conv blocks)", "q3_depth")
+    body.append(_rank_text(view, _groups(view, "model.hidden_layers"), "hidden layers (MLP)"))
+    body.append(_rank_text(view, _groups(view, "model.conv_blocks"), "conv blocks (CNN)"))
     return Section(QUESTIONS[2], f"Depth of the chosen model: <b>{depth}</b>.", body)
 
 
@@ -261,15 +273,10 @@ def _q4(view: RunView, figs: Figures) -> Section:
              f"FC {m.fc_units} units" if m.family == "cnn"
              else f"hidden widths {' → '.join(map(str, m.hidden_widths()))}")
     body = [_no_search(view)]
-    series = _series(view, {"mlp": "model.units", "cnn": "model.filters"})
-    if series:
-        body.append(figs.embed(_plots().vs_numeric(series, "first-layer units / base filters", f"val {view.metric}",
-                                                   log=True), "q4_width", "Val metric vs width"))
-    groups = _groups(view, "model.filter_multiplier")
-    if groups:
-        body += [_rank_text(view, groups, "filter multiplier (CNN)"),
-                 figs.embed(_plots().by_category(groups, "filter multiplier per block", f"val {view.metric}"),
-                            "q4_filter_progression", "Val metric by filter progression")]
+    body += _numeric_evidence(view, figs, {"mlp": "model.units", "cnn": "model.filters"},
+                              "first-layer units / base filters", "q4_width", log=True)
+    body += _category_evidence(view, figs, "model.filter_multiplier", "filter multiplier per block (CNN)",
+                               "q4_filter_progression")
     return Section(QUESTIONS[3], f"Widths of the chosen model: <b>{width}</b>.", body)
 
 
@@ -285,23 +292,15 @@ def _q5(view: RunView, figs: Figures) -> Section:
     else:
         body.append("<p class='note'>No LR range test in this run (use <code>--lr auto</code>).</p>")
     body.append(_no_search(view))
-    xs = [t.params["train.lr"] for t in view.complete if "train.lr" in t.params]
-    if xs:
-        ys = [t.value for t in view.complete if "train.lr" in t.params]
-        body.append(figs.embed(_plots().vs_numeric({"trials": (xs, ys)}, "initial learning rate",
-                                                   f"val {view.metric}", log=True), "q5_lr_trials",
-                               "Val metric vs initial LR across trials"))
+    body += _numeric_evidence(view, figs, {"mlp": "train.lr", "cnn": "train.lr"}, "initial learning rate",
+                              "q5_lr_trials", log=True)
     return Section(QUESTIONS[4], f"Initial learning rate: <b>{lr:.3g}</b> ({view.config.train.optimizer}).", body)
 
 
 def _q6(view: RunView, figs: Figures) -> Section:
     act = view.config.model.activation
     body = [_no_search(view)]
-    groups = _groups(view, "model.activation")
-    if groups:
-        body += [_rank_text(view, groups, "activation"),
-                 figs.embed(_plots().by_category(groups, "activation", f"val {view.metric}"), "q6_activation",
-                            "Val metric by activation")]
+    body += _category_evidence(view, figs, "model.activation", "activation", "q6_activation")
     related = [f for f in view.findings() if f["code"] in ("dead_relu", "saturated_units", "activations_ok",
                                                           "vanishing_gradients", "exploding_gradients")]
     if related:
@@ -312,12 +311,8 @@ def _q6(view: RunView, figs: Figures) -> Section:
 def _q7(view: RunView, figs: Figures) -> Section:
     method = view.result.get("data", {}).get("scaler") or view.config.preprocess.scaler
     body = [_no_search(view)]
-    groups = _groups(view, "preprocess.scaler")
-    if groups:
-        body += [_rank_text(view, groups, "normalization"),
-                 figs.embed(_plots().by_category(groups, "normalization (fitted on train only)",
-                                                 f"val {view.metric}"), "q7_normalization",
-                            "Val metric by normalization method")]
+    body += _category_evidence(view, figs, "preprocess.scaler", "normalization (fitted on train only)",
+                               "q7_normalization")
     return Section(QUESTIONS[6], f"Normalization: <b>{method}</b> (statistics fitted on the training split only).",
                    body)
 
@@ -345,15 +340,10 @@ def _q8(view: RunView, figs: Figures) -> Section:
     except Exception as err:  # the data may no longer be at its path; the rest of the report still stands
         body.append(f"<p class='note'>Preview unavailable: {html.escape(str(err))}</p>")
     body.append(_no_search(view))
-    groups = _groups(view, "preprocess.augment")
-    if groups:
-        body += [_rank_text(view, groups, "augmentation preset"),
-                 figs.embed(_plots().by_category(groups, "augmentation preset", f"val {view.metric}"),
-                            "q8_augment_preset", "Val metric by augmentation preset")]
-    series = _series(view, {"mlp": "preprocess.augment_strength", "cnn": "preprocess.augment_strength"})
-    if series:
-        body.append(figs.embed(_plots().vs_numeric(series, "augmentation strength", f"val {view.metric}"),
-                               "q8_augment_strength", "Val metric vs augmentation strength"))
+    body += _category_evidence(view, figs, "preprocess.augment", "augmentation preset", "q8_augment_preset")
+    strength = "preprocess.augment_strength"
+    body += _numeric_evidence(view, figs, {"mlp": strength, "cnn": strength}, "augmentation strength",
+                              "q8_augment_strength")
     chosen = "none" if p.augment == "none" else f"{p.augment} at strength {p.augment_strength:.2f}"
     return Section(QUESTIONS[7], f"Augmentation: <b>{chosen}</b> (training split only).", body)
 
@@ -367,14 +357,10 @@ def _q9(view: RunView, figs: Figures) -> Section:
     steps = max(1, math.ceil(n_train / t.batch_size))
     per_step = sched.name == "onecycle"
     values = lr_values(sched, t.lr, t.epochs, steps if per_step else 1)
-    body = [figs.embed(_plots().schedule_plot(values, per_step, f"{sched.name} over {t.epochs} epochs"
-                                              + (f" after {sched.warmup_epochs} warmup" if sched.warmup_epochs else "")),
+    warmup = f" after {sched.warmup_epochs} warmup" if sched.warmup_epochs else ""
+    body = [figs.embed(_plots().schedule_plot(values, per_step, f"{sched.name} over {t.epochs} epochs{warmup}"),
                        "q9_schedule", "The chosen LR schedule over the final run"), _no_search(view)]
-    groups = _groups(view, "train.schedule.name")
-    if groups:
-        body += [_rank_text(view, groups, "schedule"),
-                 figs.embed(_plots().by_category(groups, "LR schedule", f"val {view.metric}"), "q9_schedule_trials",
-                            "Val metric by LR schedule")]
+    body += _category_evidence(view, figs, "train.schedule.name", "LR schedule", "q9_schedule_trials")
     return Section(QUESTIONS[8], f"LR schedule: <b>{sched.name}</b>"
                    + (f" with {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "") + ".", body)
 

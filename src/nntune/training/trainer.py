@@ -61,7 +61,8 @@ class FitResult:
     @property
     def best(self) -> dict:
         """The history row of the best epoch."""
-        return next((h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {})
+        last = self.history[-1] if self.history else {}
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), last)
 
 
 def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
@@ -236,7 +237,8 @@ class Trainer:
         return compute_metrics(out, y.cpu(), self.task, self.loss_fn)
 
 
-def compute_metrics(out: torch.Tensor, y: torch.Tensor, task: str, loss_fn: nn.Module | None = None) -> dict[str, float]:
+def compute_metrics(out: torch.Tensor, y: torch.Tensor, task: str,
+                    loss_fn: nn.Module | None = None) -> dict[str, float]:
     """Loss and metrics from outputs and targets (one host sync)."""
     out = out.float()
     if task == "classification":
