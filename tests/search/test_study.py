@@ -145,3 +145,23 @@ def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
     result = tune(cfg, tmp_path)
     assert result["final"]["config"]["train"]["epochs"] == 6
     assert len(result["final"]["history"]) == result["final"]["epochs"]
+
+
+def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nntune", "tune", "--trials", "50", "--trial-epochs", "10",
+                             "--out", str(out), "--quiet", "--set", "search.space={model.family: mlp}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            if sum(t.state.name == "COMPLETE" for t in _finished(out / "study.db")) >= 2:
+                break
+        except Exception:
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-1000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["interrupted"] and result["trials"]["complete"] >= 2 and (out / "best").is_dir()
