@@ -436,9 +436,9 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
         n = view.result["trials"]
         rows = [{"#": t.number, "state": t.state, "value": t.value, "seconds": t.attrs.get("seconds"),
                  "stop": t.attrs.get("stop_reason") or t.attrs.get("fail_reason"),
-                 **{k.split(".")[-1]: v for k, v in t.params.items()}} for t in view.trials]
+                 **{_column(k): v for k, v in t.params.items()}} for t in view.trials]
         rows.sort(key=lambda r: (r["value"] is None, -(r["value"] or 0) if view.maximize else (r["value"] or 0)))
-        cols = ["#", "state", "value", "seconds", "stop", "family", "activation", "lr", "name", "scaler", "augment"]
+        cols = ["#", "state", "value", "seconds", "stop", "family", "activation", "lr", "schedule", "scaler", "augment"]
         body.append(f"<p>{n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
                     f"(sampler {view.result['study']['sampler']}, pruner {view.result['study']['pruner']}), "
                     "best first:</p>" + _table(rows, cols, limit=30))
@@ -451,6 +451,12 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
                        "retrains this model (for a train run: <code>config.yaml</code>).",
                        [f"<pre>{html.escape(config_yaml)}</pre>"]))
     return out
+
+
+def _column(key: str) -> str:
+    """Short trial-table column for a parameter key (``train.schedule.name`` -> ``schedule``)."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" else parts[-1]
 
 
 def _importances(view: RunView) -> dict[str, float]:
