@@ -436,11 +436,17 @@ def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
     out_console.print(f"worker done: the study {study.study_name!r} has {count(study)} finished trials")
 
 
-def _print_tune_summary(result: dict, out: Path) -> None:
+def _summary_table(command: str, result: dict) -> tuple[str, Table]:
+    """The headline metric for the task and an empty two-column summary table titled for the run."""
     metric = "accuracy" if result["data"]["task"] == "classification" else "r2"
-    table = Table(title=f"nntune tune: {result['data']['name']} ({result['data']['task']})", show_header=False)
+    table = Table(title=f"nntune {command}: {result['data']['name']} ({result['data']['task']})", show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
+    return metric, table
+
+
+def _print_tune_summary(result: dict, out: Path) -> None:
+    metric, table = _summary_table("tune", result)
     n = result["trials"]
     table.add_row("trials (complete / pruned / failed)", f"{n['complete']} / {n['pruned']} / {n['fail']}")
     table.add_row("best trial", str(result["best_trial"]))
@@ -492,10 +498,7 @@ def predict_cmd(model_dir: Path, data_path: Path, out: Path) -> None:
 
 
 def _print_train_summary(result: dict, out: Path) -> None:
-    metric = "accuracy" if result["data"]["task"] == "classification" else "r2"
-    table = Table(title=f"nntune train: {result['data']['name']} ({result['data']['task']})", show_header=False)
-    table.add_column(justify="left")
-    table.add_column(justify="right")
+    metric, table = _summary_table("train", result)
     m = result["model"]
     table.add_row("parameters (trainable / non-trainable)", f"{m['trainable']:,} / {m['non_trainable']:,}")
     table.add_row("best epoch / stopped", f"{result['best_epoch']} / {result['stopped_epoch'] or '-'}")
