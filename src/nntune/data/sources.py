@@ -206,14 +206,7 @@ def load_csv(path: str | Path, target: str | None) -> Dataset:
 def load_npz(path: str | Path) -> Dataset:
     """An NPZ with arrays ``x`` ((N, F), (N, C, L) or (N, C, H, W)) and ``y`` (N,)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
-            x, y = npz["x"], npz["y"]
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable NPZ file ({err})") from None
+    x, y = _read_npz(path, ("x", "y"))
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{path}: array 'x' must be (N, F), (N, C, L) or (N, C, H, W); got shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
@@ -226,6 +219,18 @@ def load_npz(path: str | Path) -> Dataset:
         raise DataError(f"{path}: array 'y' has NaN or infinite values")
     names = [f"x{i}" for i in range(x.shape[1])] if x.ndim == 2 else []
     return _encode_target(path.stem, torch.tensor(x, dtype=torch.float32), y, names)
+
+
+def _read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
+    """The named arrays of an NPZ file (no pickles); a missing array or an unreadable file is a DataError."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in names if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
+            return [npz[k] for k in names]
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable NPZ file ({err})") from None
 
 
 def load_image_folder(path: str | Path) -> Dataset:
@@ -273,13 +278,8 @@ def load_features(path: str | Path, feature_names: list[str], input_shape: tuple
     if path.is_dir():
         x = load_image_folder(path).x
     elif path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if "x" not in npz.files:
-                    raise DataError(f"{path}: missing array 'x' (found: {', '.join(npz.files) or 'none'})")
-                x = torch.tensor(npz["x"], dtype=torch.float32)
-        except (zipfile.BadZipFile, OSError, ValueError) as err:
-            raise DataError(f"{path}: not a readable NPZ file ({err})") from None
+        (x,) = _read_npz(path, ("x",))
+        x = torch.tensor(x, dtype=torch.float32)
     elif path.suffix.lower() == ".csv":
         x = _csv_columns(path, feature_names)
     else:

@@ -57,6 +57,7 @@ class RunView:
     metric: str
     trials: list[Trial] = field(default_factory=list)
     maximize: bool = True
+    study: Any = None  # the optuna.Study of a search, opened once
 
     @property
     def complete(self) -> list[Trial]:
@@ -107,22 +108,23 @@ def load_run(directory: str | Path) -> RunView:
         metric = "accuracy" if task == "classification" else "mae"
     view = RunView(directory, result, kind, config, task, metric)
     if kind == "tune":
-        view.trials, view.maximize = _load_trials(result["study"]), result["study"]["direction"] == "maximize"
+        view.study = _open_study(result["study"])
+        view.maximize = result["study"]["direction"] == "maximize"
+        view.trials = [Trial(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
+                       for t in view.study.get_trials(deepcopy=False)]
     return view
 
 
-def _load_trials(study_info: dict) -> list[Trial]:
+def _open_study(study_info: dict) -> Any:
     import optuna
 
     from nntune.storage import make_storage
 
     try:
-        study = optuna.load_study(study_name=study_info["name"], storage=make_storage(study_info["storage"]))
+        return optuna.load_study(study_name=study_info["name"], storage=make_storage(study_info["storage"]))
     except Exception as err:  # missing file, server down: say which storage
         raise ArtifactError(f"cannot open study {study_info['name']!r} in {study_info['storage']} "
                             f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    return [Trial(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
-            for t in study.get_trials(deepcopy=False)]
 
 
 # --- evidence helpers -------------------------------------------------------------------------------------------
@@ -462,15 +464,11 @@ def _column(key: str) -> str:
 def _importances(view: RunView) -> dict[str, float]:
     if len(view.complete) < 4:
         return {}
+    import optuna
+
     try:
-        import optuna
-
-        from nntune.storage import make_storage
-
-        info = view.result["study"]
-        study = optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+        return dict(optuna.importance.get_param_importances(view.study, evaluator=evaluator))
     except (ValueError, RuntimeError):  # too few trials or a degenerate space
         return {}
 

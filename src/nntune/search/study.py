@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
+from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
 from nntune.search.ensemble import ensemble_test
@@ -113,9 +114,11 @@ class Search:
         return self.base_data.dataset.task
 
     def data_for(self, cfg: RunConfig) -> PreparedData:
-        method = cfg.preprocess.scaler
+        """The split scaled as ``cfg`` asks, prepared once per (resolved) scaler method."""
+        ds = self.base_data.dataset
+        method = resolve_method(cfg.preprocess.scaler, ds.kind)
         if method not in self.data_by_scaler:
-            self.data_by_scaler[method] = prepare_data(cfg, self.base_data.dataset)
+            self.data_by_scaler[method] = prepare_data(cfg, ds)
         return self.data_by_scaler[method]
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -137,7 +140,6 @@ class Search:
         trial.set_user_attr("stop_reason", fit.stop_reason)
         trial.set_user_attr("stopped_epoch", fit.stopped_epoch)
         trial.set_user_attr("history", [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history])
-        trial.set_user_attr("params_count", summary(model, data.dataset.input_shape).trainable)
         findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)
         trial.set_user_attr("findings", [f.to_dict() for f in findings])
         if fit.stop_reason.startswith("non-finite"):
@@ -146,10 +148,8 @@ class Search:
         if pruning.pruned:
             raise optuna.TrialPruned(fit.stop_reason)
         artifacts.save(self.out / "trials" / str(trial.number), model, trial_cfg, data.scaler, data.dataset.meta())
-        values_at_best = fit.best
-        trial.set_user_attr("val", {k.removeprefix("val_"): v for k, v in values_at_best.items()
-                                    if k.startswith("val_")})
-        return values_at_best[monitor]
+        trial.set_user_attr("val", fit.best_val)
+        return fit.best[monitor]
 
 
 def prepare_search(cfg: RunConfig, out: Path) -> Search:
@@ -317,8 +317,7 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
         "trials": n,
         "interrupted": not completed,
         "lr_find": search.lr_find,
-        "data": {**search.base_data.dataset.meta(), "n_train": len(search.base_data.split.train),
-                 "n_val": len(search.base_data.split.val), "n_test": len(search.base_data.split.test)},
+        "data": search.base_data.describe(),
         "seconds": time.perf_counter() - started,
     }
     if cfg.search.ensemble:

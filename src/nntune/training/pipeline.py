@@ -44,6 +44,11 @@ class PreparedData:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
+    def describe(self) -> dict:
+        """The dataset's description plus the split sizes (for result.json)."""
+        return {**self.dataset.meta(), "n_train": len(self.split.train), "n_val": len(self.split.val),
+                "n_test": len(self.split.test)}
+
 
 def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, split: Split | None = None) -> PreparedData:
     """Split ``dataset`` (loaded from the config if not given; ``split`` overrides the seeded split) and scale it
@@ -114,14 +119,13 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
     ds = data.dataset
     result = {
         "config": cfg.to_dict(),
-        "data": {**ds.meta(), "n_train": len(data.split.train), "n_val": len(data.split.val),
-                 "n_test": len(data.split.test), "scaler": data.scaler.method},
+        "data": {**data.describe(), "scaler": data.scaler.method},
         "model": summary(model, ds.input_shape).to_dict(),
         "history": fit.history,
         "best_epoch": fit.best_epoch,
         "stopped_epoch": fit.stopped_epoch,
         "stop_reason": fit.stop_reason,
-        "val": {k.removeprefix("val_"): v for k, v in fit.best.items() if k.startswith("val_")},
+        "val": fit.best_val,
         "test": test,
         "findings": [f.to_dict() for f in findings],
         "initial_val_loss": fit.initial_val_loss,

@@ -64,6 +64,11 @@ class FitResult:
         last = self.history[-1] if self.history else {}
         return next((h for h in self.history if h["epoch"] == self.best_epoch), last)
 
+    @property
+    def best_val(self) -> dict[str, float]:
+        """Validation metrics of the best epoch, without the ``val_`` prefix."""
+        return {k.removeprefix("val_"): v for k, v in self.best.items() if k.startswith("val_")}
+
 
 def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """AdamW (default), Adam, SGD (momentum, optional Nesterov) or RMSprop, with weight decay."""
