@@ -35,22 +35,70 @@ def is_improvement(value: float, reference: float | None, mode: str, min_delta: 
     return value + min_delta < reference if mode == "min" else value - min_delta > reference
 
 
-class EarlyStopping(Callback):
-    """Stop when the monitored value stops improving; remember (and restore) the best weights."""
+class Patience:
+    """The early-stopping decision alone, one monitored value per epoch: shared by the Trainer's callback and the
+    population trainer (one per member), so both stop at the same epoch for the same curve."""
 
-    def __init__(self, cfg: EarlyStoppingConfig | None = None, **overrides: object) -> None:
-        cfg = (cfg or EarlyStoppingConfig()).model_copy(update=overrides)
+    def __init__(self, cfg: EarlyStoppingConfig) -> None:
         self.cfg = cfg
         self.mode = monitor_mode(cfg.monitor, cfg.mode)
         self.best: float | None = None
         self.best_epoch = 0
         self.wait = 0
         self.stopped_epoch = 0
+
+    def update(self, epoch: int, value: float) -> tuple[bool, str | None]:
+        """(take a snapshot of the weights now, the stop reason or None) after ``epoch`` scored ``value``.
+
+        The first epoch considered is always an improvement (there is no reference yet), so a snapshot exists from
+        then on."""
+        if epoch <= self.cfg.start_from_epoch:
+            return False, None
+        self.wait += 1
+        if is_improvement(value, self.best, self.mode, self.cfg.min_delta):
+            self.best, self.best_epoch = value, epoch
+            if self.cfg.baseline is None or is_improvement(value, self.cfg.baseline, self.mode, self.cfg.min_delta):
+                self.wait = 0
+            return True, None
+        if self.wait >= self.cfg.patience and epoch > 1:
+            self.stopped_epoch = epoch
+            return False, f"early stopping: {self.cfg.monitor} did not improve for {self.wait} epochs"
+        return False, None
+
+
+def check_monitor(monitor: str, logs: dict[str, float]) -> float:
+    """The monitored value from an epoch's logs; a monitor that is not logged is a ConfigError listing what is."""
+    if monitor not in logs:
+        known = ", ".join(sorted(k for k in logs if k not in ("epoch", "lr", "seconds")))
+        raise ConfigError(f"train.early_stopping.monitor: {monitor!r} is not logged (logged: {known})")
+    return logs[monitor]
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored value stops improving; remember (and restore) the best weights."""
+
+    def __init__(self, cfg: EarlyStoppingConfig | None = None, **overrides: object) -> None:
+        self.cfg = (cfg or EarlyStoppingConfig()).model_copy(update=overrides)
+        self.mode = monitor_mode(self.cfg.monitor, self.cfg.mode)
+        self._patience = Patience(self.cfg)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self._restored = False
 
-    def _is_improvement(self, value: float, reference: float | None) -> bool:
-        return is_improvement(value, reference, self.mode, self.cfg.min_delta)
+    @property
+    def best(self) -> float | None:
+        return self._patience.best
+
+    @property
+    def best_epoch(self) -> int:
+        return self._patience.best_epoch
+
+    @property
+    def wait(self) -> int:
+        return self._patience.wait
+
+    @property
+    def stopped_epoch(self) -> int:
+        return self._patience.stopped_epoch
 
     @property
     def restored(self) -> bool:
@@ -58,8 +106,8 @@ class EarlyStopping(Callback):
         return self._restored
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        self.best, self.best_epoch, self.wait, self.stopped_epoch, self.best_weights = None, 0, 0, 0, None
-        self._restored = False
+        self._patience = Patience(self.cfg)
+        self.best_weights, self._restored = None, False
 
     def _snapshot(self, trainer: Trainer) -> None:
         if self.cfg.restore_best_weights:
@@ -71,24 +119,11 @@ class EarlyStopping(Callback):
             self._restored = True
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        if self.cfg.monitor not in logs:
-            known = ", ".join(sorted(k for k in logs if k not in ("epoch", "lr", "seconds")))
-            raise ConfigError(f"train.early_stopping.monitor: {self.cfg.monitor!r} is not logged (logged: {known})")
-        current = logs[self.cfg.monitor]
-        if epoch <= self.cfg.start_from_epoch:
-            return
-        if self.best_weights is None:
+        snapshot, reason = self._patience.update(epoch, check_monitor(self.cfg.monitor, logs))
+        if snapshot:
             self._snapshot(trainer)
-        self.wait += 1
-        if self._is_improvement(current, self.best):
-            self.best, self.best_epoch = current, epoch
-            self._snapshot(trainer)
-            if self.cfg.baseline is None or self._is_improvement(current, self.cfg.baseline):
-                self.wait = 0
-            return
-        if self.wait >= self.cfg.patience and epoch > 1:
-            self.stopped_epoch = epoch
-            trainer.stop(f"early stopping: {self.cfg.monitor} did not improve for {self.wait} epochs")
+        if reason:
+            trainer.stop(reason)
             self._restore(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:

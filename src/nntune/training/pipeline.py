@@ -17,6 +17,7 @@ from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, save_config
+from nntune.errors import ConfigError
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
@@ -27,6 +28,7 @@ from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.lr_finder import LRFindResult, lr_find
+from nntune.training.population import PopulationTrainer, check_same_structure, structure_key, union_model_config
 from nntune.training.trainer import FitResult, Trainer
 
 
@@ -99,6 +101,60 @@ def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] 
     trainer = Trainer(model, ds.task, cfg.train, cbs, augment=augment, seed=cfg.seed)
     result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return trainer.model, trainer, result
+
+
+def population_inputs(cfgs: Sequence[RunConfig], data: PreparedData) -> tuple[torch.Tensor, list[Callable] | None]:
+    """Training tensors and per-member batch transforms for a population: when any member augments, every member
+    gets raw batches and its own transform (augmentation at its strength, then scaling); members with the same
+    strength share one transform object, so the population augments them in one call."""
+    if all(train_inputs(c, data)[1] is None for c in cfgs):
+        return data.x_train, None
+    by_strength: dict[float, Callable] = {}
+    for c in cfgs:
+        if c.preprocess.augment_strength not in by_strength:
+            _, fn = train_inputs(c, data)
+            by_strength[c.preprocess.augment_strength] = fn or data.scaler.transform
+    return data.dataset.x[data.split.train], [by_strength[c.preprocess.augment_strength] for c in cfgs]
+
+
+def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
+                   callbacks: Sequence[Sequence[Callback]] | None = None,
+                   catch_interrupt: bool = False) -> list[tuple[nn.Module, FitResult]]:
+    """Train same-structure configs at once as one population (one ``Trainer.fit`` when there is one config);
+    returns (model, FitResult) per config, in order, each model an ordinary module from the builders."""
+    cfgs = list(cfgs)
+    if len(cfgs) == 1:
+        model, _, fit = fit_model(cfgs[0], data, callbacks[0] if callbacks else (), catch_interrupt=catch_interrupt)
+        return [(model, fit)]
+    check_same_structure(cfgs)
+    ds = data.dataset
+    members = [build_model(c.model, ds.input_shape, ds.n_outputs, seed=c.seed) for c in cfgs]
+    template = build_model(union_model_config(cfgs), ds.input_shape, ds.n_outputs)
+    x_train, transforms = population_inputs(cfgs, data)
+    trainer = PopulationTrainer(template, members, ds.task, [c.train for c in cfgs], callbacks, transforms,
+                                [c.seed for c in cfgs])
+    fits = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
+    return list(zip(members, fits))
+
+
+def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], PreparedData], size: int,
+                callbacks: Sequence[Sequence[Callback]] | None = None) -> list[tuple[nn.Module, FitResult]]:
+    """Train any list of configs: grouped by structure, in populations of at most ``size`` members; results come
+    back in the order of ``cfgs``. ``data_for`` gives the prepared data a config trains on (its scaler)."""
+    if size < 1:
+        raise ConfigError(f"population size must be at least 1, got {size}")
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(structure_key(c), []).append(i)
+    results: list = [None] * len(cfgs)
+    for members in groups.values():
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            fits = fit_population([cfgs[i] for i in chunk], data_for(cfgs[chunk[0]]),
+                                  [callbacks[i] for i in chunk] if callbacks else None)
+            for i, fit in zip(chunk, fits):
+                results[i] = fit
+    return results
 
 
 def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,

@@ -107,18 +107,24 @@ def lr_values(cfg: ScheduleConfig, lr: float, epochs: int, steps_per_epoch: int 
 
     ``metrics`` feeds reduce-on-plateau one monitored value per epoch.
     """
+    return replay(cfg, lr, epochs, steps_per_epoch, metrics)[0]
+
+
+def replay(cfg: ScheduleConfig, lr: float, epochs: int, steps_per_epoch: int = 1,
+           metrics: list[float] | None = None) -> tuple[list[float], list[float]]:
+    """(LRs, momenta) at the start of every epoch (every step for one-cycle). One-cycle also cycles the momentum
+    (Adam's beta1), overriding the optimizer's; for other schedules the momentum column is the optimizer's own."""
     param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=lr)
+    opt = torch.optim.SGD([param], lr=lr, momentum=0.9)
     sched = Schedule(opt, cfg, epochs, steps_per_epoch)
-    values = []
+    values, momenta = [], []
     for e in range(epochs):
-        if sched.per_batch:
-            for _ in range(steps_per_epoch):
-                values.append(sched.lr)
-                opt.step()
-                sched.after_batch()
-        else:
+        for _ in range(steps_per_epoch if sched.per_batch else 1):
             values.append(sched.lr)
+            momenta.append(opt.param_groups[0]["momentum"])
             opt.step()
+            if sched.per_batch:
+                sched.after_batch()
+        if not sched.per_batch:
             sched.after_epoch(metrics[e] if metrics else None)
-    return values
+    return values, momenta
