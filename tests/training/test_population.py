@@ -7,10 +7,11 @@ import torch
 
 from nntune.config import RunConfig, apply_overrides
 from nntune.data.sources import Dataset
-from nntune.errors import SpecError
+from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import forward_batched
 from nntune.training.callbacks import Callback
-from nntune.training.pipeline import fit_configs, fit_model, fit_population, prepare_data
+from nntune.training.pipeline import (population_trainer, choose_population_size, fit_configs, fit_model,
+                                      fit_population, prepare_data)
 from nntune.training.population import PopulationTrainer, structure_key
 from nntune.training.trainer import compute_metrics, make_loss
 
@@ -104,8 +105,10 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["memberwise-opt", "stacked-opt"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_member_matches_trainer_alone(case, float64, small_digits):
+def test_member_matches_trainer_alone(case, stacked, float64, small_digits, monkeypatch):
+    monkeypatch.setattr(PopulationTrainer, "stacked_optimizer", stacked)  # both optimizer paths, whatever the device
     source, over = CASES[case]
     ds = {"digits": small_digits, "signals": signals(), "regression": regression()}[source]
     cfgs = members(over)
@@ -238,3 +241,22 @@ def test_fit_configs_groups_by_structure_and_keeps_order(small_digits):
     results = fit_configs(cfgs, lambda c: data, size=2)
     assert [m.fc1.out_features for m, _ in results] == [32, 64, 32, 64, 32]
     assert all(len(f.history) == 1 for _, f in results)
+
+
+def test_population_size_is_measured_within_the_limit(small_digits):
+    ds = Dataset("d", small_digits.x.float(), small_digits.y, "classification", small_digits.class_names)
+    cfg = apply_overrides(RunConfig(), {"model.units": 32})
+    data = prepare_data(cfg, ds)
+    assert choose_population_size(cfg, data, limit=1) == 1
+    assert choose_population_size(cfg, data, limit=6) in (1, 2, 4, 6)
+    with pytest.raises(ConfigError, match="at least 1"):
+        choose_population_size(cfg, data, limit=0)
+
+
+def test_probe_measures_member_steps(small_digits):
+    ds = Dataset("d", small_digits.x.float(), small_digits.y, "classification", small_digits.class_names)
+    cfgs = members({"model.units": 16}, lrs=(1e-3, 2e-3))
+    data = prepare_data(cfgs[0], ds)
+    trainer, x = population_trainer(cfgs, data)
+    rate, peak = trainer.probe(x, data.y_train, steps=2)
+    assert rate > 0 and peak >= 0

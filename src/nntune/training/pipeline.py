@@ -29,7 +29,7 @@ from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.lr_finder import LRFindResult, lr_find
 from nntune.training.population import PopulationTrainer, check_same_structure, structure_key, union_model_config
-from nntune.training.trainer import FitResult, Trainer
+from nntune.training.trainer import FitResult, Trainer, resolve_device
 
 
 @dataclass
@@ -126,6 +126,14 @@ def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
     if len(cfgs) == 1:
         model, _, fit = fit_model(cfgs[0], data, callbacks[0] if callbacks else (), catch_interrupt=catch_interrupt)
         return [(model, fit)]
+    trainer, x_train = population_trainer(cfgs, data, callbacks)
+    fits = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
+    return list(zip(trainer.members, fits))
+
+
+def population_trainer(cfgs: Sequence[RunConfig], data: PreparedData,
+                        callbacks: Sequence[Sequence[Callback]] | None = None) -> tuple[PopulationTrainer, torch.Tensor]:
+    """A PopulationTrainer over fresh builder models for ``cfgs``, and the training tensor it takes."""
     check_same_structure(cfgs)
     ds = data.dataset
     members = [build_model(c.model, ds.input_shape, ds.n_outputs, seed=c.seed) for c in cfgs]
@@ -133,8 +141,40 @@ def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
     x_train, transforms = population_inputs(cfgs, data)
     trainer = PopulationTrainer(template, members, ds.task, [c.train for c in cfgs], callbacks, transforms,
                                 [c.seed for c in cfgs])
-    fits = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
-    return list(zip(members, fits))
+    return trainer, x_train
+
+
+def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,
+                           memory_fraction: float = 0.8) -> int:
+    """How many members of ``cfg``'s structure to train at once on its device, by measurement.
+
+    K doubles from 1 while the measured member-steps per second grow by more than ``gain`` per doubling (a CPU stops
+    early: there stacking pays less, and for CNNs not at all) and, on a GPU, while the memory per member measured by
+    the previous probe fits in ``memory_fraction`` of the free memory. A probe that runs out of memory ends it too.
+    """
+    if limit < 1:
+        raise ConfigError(f"population size limit must be at least 1, got {limit}")
+    device = resolve_device(cfg.train.device)
+    sizes = [k for k in (2**i for i in range(limit.bit_length())) if k < limit] + [limit]
+    best_k, best_rate, per_member = 1, 0.0, 0.0
+    for k in sizes:
+        if device.type == "cuda" and per_member * k > memory_fraction * torch.cuda.mem_get_info(device)[0]:
+            break
+        cfgs = [apply_overrides(cfg, {"seed": cfg.seed + i}) for i in range(k)]
+        trainer, x_train = population_trainer(cfgs, data)
+        try:
+            rate, peak = trainer.probe(x_train.to(device), data.y_train.to(device))
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        per_member = max(per_member, peak / k)
+        if rate <= best_rate * gain:
+            break
+        best_k, best_rate = k, rate
+    return best_k
 
 
 def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], PreparedData], size: int,
