@@ -6,9 +6,9 @@ from nntune.data import Scaler, load_dataset, split_dataset
 from nntune.models import build_model, freeze, summary, unfreeze
 from nntune.search.study import tune
 from nntune.training.lr_finder import lr_find
-from nntune.training.pipeline import train
+from nntune.training.pipeline import choose_population_size, fit_population, prepare_data, train
 
 __all__ = [
-    "RunConfig", "Scaler", "build_model", "freeze", "load", "load_config", "load_dataset", "split_dataset",
-    "lr_find", "summary", "train", "tune", "unfreeze",
+    "RunConfig", "Scaler", "build_model", "choose_population_size", "fit_population", "freeze", "load",
+    "load_config", "load_dataset", "lr_find", "prepare_data", "split_dataset", "summary", "train", "tune", "unfreeze",
 ]

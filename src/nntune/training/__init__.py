@@ -1,7 +1,8 @@
-"""Training: the Trainer, callbacks, schedules, early stopping and diagnostics."""
+"""Training: the Trainer, the population trainer, callbacks, schedules, early stopping and diagnostics."""
 
 from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.early_stopping import EarlyStopping
+from nntune.training.population import PopulationTrainer
 from nntune.training.trainer import FitResult, Trainer
 
-__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "FitResult", "ProgressBar", "Trainer"]
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "FitResult", "PopulationTrainer", "ProgressBar", "Trainer"]
