@@ -107,8 +107,9 @@ class StackedModel:
     """K members of one builder architecture as stacked tensors ``(K, *shape)`` under the members' state-dict keys.
 
     :meth:`forward` takes one batch per member ``(K, B, *input)`` (or one batch shared by all, for evaluation) and
-    returns ``(K, B, outputs)``. Activations run in two layouts: ``(K, B, F)`` for dense layers and ``(B, K·C, ...)``
-    for convolutions, where a grouped convolution and K·C-channel batch norm keep the members apart.
+    returns ``(K, B, outputs)``. Activations run in two layouts: ``(K, F, B)`` for dense layers (``W @ x``, so weight
+    gradients need no transposed copy) and ``(B, K·C, ...)`` for convolutions, where a grouped convolution and
+    K·C-channel batch norm keep the members apart.
     """
 
     def __init__(self, template: nn.Module, members: Sequence[nn.Module], device: torch.device) -> None:
@@ -212,20 +213,19 @@ class StackedModel:
 
     def _flatten(self, layout: str) -> Op:
         def flatten(x: torch.Tensor, train: bool) -> torch.Tensor:
-            if layout == "channel":
-                return x.reshape(x.shape[0], self.K, -1).transpose(0, 1)
-            if self._shared:
-                return x.reshape(1, x.shape[0], -1).expand(self.K, x.shape[0], -1)
-            return x.reshape(self.K, x.shape[1], -1)
+            if layout == "channel":  # (B, K·C, ...) -> (K, C·..., B)
+                return x.reshape(x.shape[0], self.K, -1).permute(1, 2, 0)
+            if self._shared:  # (B, ...) -> (K, F, B), the same batch for every member
+                return x.reshape(x.shape[0], -1).t().unsqueeze(0).expand(self.K, -1, -1)
+            return x.reshape(self.K, x.shape[1], -1).transpose(1, 2)
 
         return flatten
 
     def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """(K, in, B) -> (K, out, B) as W @ x + b: the weight gradient comes out in the weight's own layout."""
         w = self.tensors[f"{name}.weight"]
         b = self.tensors.get(f"{name}.bias")
-        if b is None:
-            return torch.bmm(x, w.transpose(1, 2))
-        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        return torch.bmm(w, x) if b is None else torch.baddbmm(b.unsqueeze(2), w, x)
 
     def _conv(self, name: str, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = self.tensors[f"{name}.weight"]
@@ -243,8 +243,8 @@ class StackedModel:
             t[f"{name}.num_batches_tracked"].add_(1)
         if layout == "channel":
             return F.batch_norm(x, *args)
-        k, b, f = x.shape  # (K, B, F) -> (B, K·F): each member's features are its own channels
-        return F.batch_norm(x.transpose(0, 1).reshape(b, k * f), *args).reshape(b, k, f).transpose(0, 1)
+        k, f, b = x.shape  # (K, F, B) -> (1, K·F, B): each member's features are its own channels
+        return F.batch_norm(x.reshape(1, k * f, b), *args).reshape(k, f, b)
 
     def _dropout(self, name: str, x: torch.Tensor, train: bool, layout: str, spatial: bool) -> torch.Tensor:
         if not train:
@@ -253,7 +253,7 @@ class StackedModel:
         if layout == "channel":  # (B, K·C, ...): a rate per channel group
             keep = keep.repeat_interleave(x.shape[1] // self.K).view(1, -1, *([1] * (x.dim() - 2)))
             shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if spatial else x.shape
-        else:  # (K, B, F)
+        else:  # (K, F, B)
             keep = _bcast(keep, x.dim())
             shape = x.shape
         mask = torch.rand(shape, device=x.device, dtype=x.dtype) < keep
@@ -266,7 +266,7 @@ class StackedModel:
         self._shared = shared
         for op in self._ops:
             x = op(x, train)
-        return x
+        return x.transpose(1, 2)
 
     def grads(self) -> list[torch.Tensor]:
         return [self.tensors[k].grad for k in self.trainable]
