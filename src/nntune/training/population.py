@@ -98,6 +98,15 @@ def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
 
 
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+    """(K, B) cross-entropy of logits ``(K, B, C)`` with each member's label smoothing, as ``nn.CrossEntropyLoss``:
+    (1 - eps) * NLL + eps * mean over classes of -log p."""
+    logp = out.log_softmax(-1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    eps = smoothing.view(-1, 1)
+    return torch.where(eps > 0, (1 - eps) * nll - eps * logp.mean(-1), nll)
+
+
 def _bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """A (K,) tensor viewed to broadcast over a (K, ...) tensor of ``ndim`` dimensions."""
     return v.view(-1, *([1] * (ndim - 1)))
@@ -569,11 +578,7 @@ class PopulationTrainer:
         """(K,) mean training losses: cross-entropy with each member's label smoothing, or MSE."""
         if not self.classification:
             return ((out - y) ** 2).mean(1)
-        logp = out.log_softmax(-1)
-        nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        eps = _bcast(smoothing, 2)
-        smooth = torch.where(eps > 0, (1 - eps) * nll - eps * logp.mean(-1), nll)
-        return smooth.mean(1)
+        return _cross_entropy(out, y, smoothing).mean(1)
 
     def _metric_sums(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.classification:
@@ -594,10 +599,7 @@ class PopulationTrainer:
         y = y.to(out.device)
         if self.classification:
             y_k = y.unsqueeze(0).expand(out.shape[0], -1)
-            eps = smoothing.float()
-            logp = out.log_softmax(-1)
-            nll = -logp.gather(-1, y_k.unsqueeze(-1)).squeeze(-1)
-            per = torch.where(_bcast(eps, 2) > 0, (1 - _bcast(eps, 2)) * nll - _bcast(eps, 2) * logp.mean(-1), nll)
+            per = _cross_entropy(out, y_k, smoothing.float())
             rows = torch.stack([per.mean(1), (out.argmax(-1) == y_k).float().mean(1)], dim=1).tolist()
             return [{"loss": a, "accuracy": b} for a, b in rows]
         y = y.float()
