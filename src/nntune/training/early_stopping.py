@@ -79,10 +79,13 @@ class EarlyStopping(Callback):
 
     def __init__(self, cfg: EarlyStoppingConfig | None = None, **overrides: object) -> None:
         self.cfg = (cfg or EarlyStoppingConfig()).model_copy(update=overrides)
-        self.mode = monitor_mode(self.cfg.monitor, self.cfg.mode)
         self._patience = Patience(self.cfg)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self._restored = False
+
+    @property
+    def mode(self) -> str:
+        return self._patience.mode
 
     @property
     def best(self) -> float | None:

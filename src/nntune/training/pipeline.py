@@ -17,11 +17,11 @@ from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, save_config
-from nntune.errors import ConfigError
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
 from nntune.data.splits import Split, split_dataset
+from nntune.errors import ConfigError
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
@@ -107,14 +107,14 @@ def population_inputs(cfgs: Sequence[RunConfig], data: PreparedData) -> tuple[to
     """Training tensors and per-member batch transforms for a population: when any member augments, every member
     gets raw batches and its own transform (augmentation at its strength, then scaling); members with the same
     strength share one transform object, so the population augments them in one call."""
-    if all(train_inputs(c, data)[1] is None for c in cfgs):
-        return data.x_train, None
-    by_strength: dict[float, Callable] = {}
+    by_strength: dict[float, Callable | None] = {}
     for c in cfgs:
         if c.preprocess.augment_strength not in by_strength:
-            _, fn = train_inputs(c, data)
-            by_strength[c.preprocess.augment_strength] = fn or data.scaler.transform
-    return data.dataset.x[data.split.train], [by_strength[c.preprocess.augment_strength] for c in cfgs]
+            by_strength[c.preprocess.augment_strength] = train_inputs(c, data)[1]
+    if all(fn is None for fn in by_strength.values()):
+        return data.x_train, None
+    return data.dataset.x[data.split.train], [by_strength[c.preprocess.augment_strength] or data.scaler.transform
+                                              for c in cfgs]
 
 
 def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,

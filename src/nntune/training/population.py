@@ -70,15 +70,14 @@ def structure_key(cfg: RunConfig) -> str:
 
 def check_same_structure(cfgs: Sequence[RunConfig]) -> None:
     """A SpecError naming the first key where a member's structure differs from member 0's."""
-    ref = cfgs[0].to_dict()
     keys = structure_key(cfgs[0])
     for i, cfg in enumerate(cfgs[1:], start=1):
         if structure_key(cfg) != keys:
-            other = cfg.to_dict()
-            diff = next((k for k in _flat(ref) if _flat(ref)[k] != _flat(other).get(k) and k not in MEMBER_KEYS
+            ref, other = _flat(cfgs[0].to_dict()), _flat(cfg.to_dict())
+            diff = next((k for k in ref if ref[k] != other.get(k) and k not in MEMBER_KEYS
                          and not k.startswith("search.")), "?")
-            raise SpecError(f"population: member {i} differs from member 0 in {diff} ({_flat(other).get(diff)!r} vs "
-                            f"{_flat(ref).get(diff)!r}); members may differ only in {', '.join(MEMBER_KEYS)}")
+            raise SpecError(f"population: member {i} differs from member 0 in {diff} ({other.get(diff)!r} vs "
+                            f"{ref.get(diff)!r}); members may differ only in {', '.join(MEMBER_KEYS)}")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -142,7 +141,6 @@ class StackedModel:
                                                 dtype=self.tensors[self.trainable[0]].dtype, device=device)
         self.K = len(members)
         self.weighted = [f"{n}.weight" for n, _ in weighted_layers(template)]
-        self.norm_counters = [k for k in ref if k.endswith("num_batches_tracked")]
         self._ops, layout = self._compile("", template, "input")
         if layout != "member":
             raise SpecError("population: the model must end with a linear layer")
@@ -439,6 +437,7 @@ class MemberLRs:
         if self.per_batch:
             total = max(c.epochs for c in cfgs) * steps
             cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            cols = []
             for c in cfgs:
                 key = f"{c.schedule.model_dump_json()}|{c.epochs}"
                 if key not in cache:
@@ -446,7 +445,7 @@ class MemberLRs:
                     pad = total - len(lr)
                     cache[key] = (torch.tensor(lr + lr[-1:] * pad, dtype=like.dtype),
                                   torch.tensor(mom + mom[-1:] * pad, dtype=like.dtype))
-            cols = [cache[f"{c.schedule.model_dump_json()}|{c.epochs}"] for c in cfgs]
+                cols.append(cache[key])
             base = _per_member([c.lr for c in cfgs], like)
             self.table = torch.stack([lr for lr, _ in cols], dim=1).to(like.device) * base
             self.momenta = torch.stack([m for _, m in cols], dim=1).to(like.device)
@@ -456,7 +455,7 @@ class MemberLRs:
                 mode = monitor_mode(c.early_stopping.monitor, c.early_stopping.mode)
                 self.schedules.append((Schedule(opt, c.schedule, c.epochs, steps, mode), opt))
         self.slots = list(range(len(cfgs)))
-        self._current = self.table[0] if self.per_batch else self._from_schedules(like)
+        self._current = None if self.per_batch else self._from_schedules(like)  # per-epoch LRs of this epoch
 
     def _from_schedules(self, like: torch.Tensor) -> torch.Tensor:
         return _per_member([self.schedules[m][0].lr for m in self.slots], like)
@@ -561,6 +560,7 @@ class PopulationTrainer:
         self.seeds = list(seeds) if seeds is not None else [0] * len(members)
         self.grad_stats = grad_stats
         self.model: StackedModel | None = None
+        self._clipping = False
         self._slots: list[int] = []
         self._finals: dict[int, dict[str, torch.Tensor]] = {}
         self._vectors: dict[str, torch.Tensor] = {}  # per-member values that follow compaction
@@ -621,13 +621,8 @@ class PopulationTrainer:
         n, bs = len(x_train), min(self.cfgs[0].batch_size, len(x_train))
         n_used = n - 1 if n % bs == 1 and n > 1 else n  # as Trainer: no trailing batch of one sample
         steps = math.ceil(n_used / bs)
-        self.model = model = StackedModel(self.template, self.members, dev)
+        model, optimizer, lrs = self._start(steps)
         like = model.tensors[model.trainable[0]]
-        self._vectors = {"smoothing": _per_member([c.label_smoothing for c in self.cfgs], like),
-                         "clip": _per_member([c.grad_clip or math.inf for c in self.cfgs], like)}
-        clipping = any(c.grad_clip for c in self.cfgs)
-        optimizer = make_optimizer(model, self.cfgs[0].optimizer, self.cfgs, self.stacked_optimizer)
-        lrs = MemberLRs(self.cfgs, steps, like)
         patience = [Patience(c.early_stopping) if c.early_stopping.enabled else None for c in self.cfgs]
         restore = [p is not None and c.early_stopping.restore_best_weights for p, c in zip(patience, self.cfgs)]
         best = {k: v.detach().clone() for k, v in model.tensors.items()} if any(restore) else None
@@ -667,7 +662,7 @@ class PopulationTrainer:
                     if self.transforms is not None:
                         xb = self._transform(xb, slots)
                     last = self.grad_stats and start + bs >= n_used
-                    out, losses, norms = self._step(model, optimizer, lrs, xb, yb, clipping, last)
+                    out, losses, norms = self._step(model, optimizer, lrs, xb, yb, last)
                     grad_norms = norms if last else grad_norms
                     with torch.no_grad():
                         sums[0] += losses.detach() * idx.shape[1]
@@ -733,8 +728,19 @@ class PopulationTrainer:
         self.model, self._slots = None, []
         return results
 
+    def _start(self, steps: int) -> tuple[StackedModel, StackedOptimizer | MemberwiseOptimizer, MemberLRs]:
+        """Stack the members on the device with their optimizer, LR schedules (``steps`` per epoch) and the
+        per-member vectors the step uses: what ``fit`` and ``probe`` both start from."""
+        self.model = model = StackedModel(self.template, self.members, self.device)
+        like = model.tensors[model.trainable[0]]
+        self._vectors = {"smoothing": _per_member([c.label_smoothing for c in self.cfgs], like),
+                         "clip": _per_member([c.grad_clip or math.inf for c in self.cfgs], like)}
+        self._clipping = any(c.grad_clip for c in self.cfgs)
+        optimizer = make_optimizer(model, self.cfgs[0].optimizer, self.cfgs, self.stacked_optimizer)
+        return model, optimizer, MemberLRs(self.cfgs, steps, like)
+
     def _step(self, model: StackedModel, optimizer, lrs: MemberLRs, xb: torch.Tensor, yb: torch.Tensor,
-              clipping: bool, grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One training step of every active member: (outputs, (K,) losses, (layers, K) gradient norms or None)."""
         out = self._outputs(model.forward(xb, train=True))
         losses = self._losses(out, yb, self._vectors["smoothing"])
@@ -743,7 +749,7 @@ class PopulationTrainer:
         grads = [g for g in model.grads() if g is not None]
         norms = torch.stack([model.tensors[k].grad.flatten(1).norm(dim=1) for k in model.weighted]) \
             if grad_norms else None
-        if clipping:  # per member, over all its parameters, as clip_grad_norm_
+        if self._clipping:  # per member, over all its parameters, as clip_grad_norm_
             total = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
             coef = (self._vectors["clip"] / (total + 1e-6)).clamp(max=1.0)
             for g in grads:
@@ -761,15 +767,9 @@ class PopulationTrainer:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             before = torch.cuda.memory_allocated(dev)
-        model = StackedModel(self.template, self.members, dev)
-        like = model.tensors[model.trainable[0]]
-        self._vectors = {"smoothing": _per_member([c.label_smoothing for c in self.cfgs], like),
-                         "clip": _per_member([c.grad_clip or math.inf for c in self.cfgs], like)}
-        optimizer = make_optimizer(model, self.cfgs[0].optimizer, self.cfgs, self.stacked_optimizer)
+        model, optimizer, lrs = self._start(steps + 1)
         bs = min(self.cfgs[0].batch_size, len(x_train))
-        lrs = MemberLRs(self.cfgs, steps + 1, like)
         gen = torch.Generator().manual_seed(0)
-        clipping = any(c.grad_clip for c in self.cfgs)
         times = []
         for i in range(steps + 1):
             idx = torch.randint(0, len(x_train), (K, bs), generator=gen).to(dev)
@@ -777,11 +777,12 @@ class PopulationTrainer:
             if self.transforms is not None:
                 xb = self._transform(xb, list(range(K)))
             t0 = time.perf_counter()
-            self._step(model, optimizer, lrs, xb, y_train[idx], clipping, self.grad_stats)
+            self._step(model, optimizer, lrs, xb, y_train[idx], self.grad_stats)
             if cuda:
                 torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(dev) - before if cuda else 0
+        self.model = None
         return K / sorted(times[1:])[len(times[1:]) // 2], peak
 
     def _compact(self, kept: list[int], optimizer: StackedOptimizer | MemberwiseOptimizer, lrs: MemberLRs,
