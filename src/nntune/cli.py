@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nntune.config import ACTIVATIONS, OPTIMIZERS, SCALERS, SCHEDULES, RunConfig, apply_overrides, load_config
+from nntune.config import ACTIVATIONS, BUILTIN_DATASETS, OPTIMIZERS, SCALERS, SCHEDULES, RunConfig, apply_overrides, load_config
 from nntune.errors import NNTuneError
 
 console = Console(stderr=True)
@@ -23,7 +23,7 @@ out_console = Console()
 
 # (flag, config key, click type, help). One table so every command spells an option the same way.
 DATA_OPTIONS = [
-    ("--dataset", "data.dataset", click.Choice(["digits", "mnist5k"]), "built-in dataset (default digits)"),
+    ("--dataset", "data.dataset", click.Choice(list(BUILTIN_DATASETS)), "built-in dataset (default digits)"),
     ("--data", "data.path", click.Path(path_type=Path), "CSV file, NPZ file or image folder"),
     ("--target", "data.target", str, "target column of a CSV file"),
     ("--task", "data.task", click.Choice(["auto", "classification", "regression"]), "override the inferred task"),
@@ -305,13 +305,19 @@ def augment_cmd(preset: str | None, strength: float | None, samples: int, copies
 
 
 SEARCH_OPTIONS = [
-    ("--trials", "search.trials", int, "finished trials the study should reach (a resumed study counts its own)"),
-    ("--timeout", "search.timeout", str, "time budget, e.g. 600, 90s, 10m, 1h"),
+    ("--trials", "search.trials", int, "finished trials the study should reach (a resumed study counts its own); "
+     "alone: no time cap; with --timeout: whichever comes first; with neither: 20"),
+    ("--timeout", "search.timeout", str, "time budget of the whole command, e.g. 600, 90s, 10m, 1h; alone: no trial "
+     "cap"),
+    ("--population", "search.population", int, "trials trained at once per structure (default: measured; 1 = one "
+     "at a time)"),
+    ("--finalists", "search.finalists", int, "top configs re-run with extra seeds before choosing (0 = off)"),
+    ("--finalist-seeds", "search.finalist_seeds", int, "seeds per finalist, the trial's own included"),
     ("--sampler", "search.sampler", click.Choice(["tpe", "random", "grid", "gp", "cmaes"]), "Optuna sampler"),
     ("--pruner", "search.pruner", click.Choice(["median", "asha", "hyperband", "none"]), "Optuna pruner"),
     ("--storage", "search.storage", str, "Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..."),
     ("--study-name", "search.study_name", str, "study name inside the storage"),
-    ("--trial-epochs", "search.epochs", int, "maximum epochs per trial"),
+    ("--trial-epochs", "search.epochs", int, "maximum epochs per trial (default: from the data size)"),
     ("--final", "search.final", click.Choice(["retrain", "best_trial"]),
      "retrain the best config on train+val, or keep the best trial's weights"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
@@ -423,16 +429,18 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
 @click.option("--quiet", is_flag=True, help="no live table")
 def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
     """Run trials of a shared study (use the same --config and --storage on every machine)."""
-    from nntune.search.study import count, objective_spec, open_study, prepare_search, run_trials
+    from nntune.search.budget import Budget, count
+    from nntune.search.study import open_study, prepare_search
+    from nntune.search.trials import run_trials
 
     cfg = _search_config(kwargs)
     if not cfg.search.storage:
         raise NNTuneError("--storage: a worker needs the shared study's URL, e.g. postgresql://user@host/db")
+    budget = Budget.from_config(cfg.search)
     out.mkdir(parents=True, exist_ok=True)
     search = prepare_search(cfg, out)
-    study = open_study(cfg, out, objective_spec(search.task)[1], search.params, resume=True, worker=True)
-
-    run_trials(search, study, cfg.search.trials, cfg.search.timeout, progress=not quiet)
+    study = open_study(search, resume=True, worker=True)
+    run_trials(search, study, budget, progress=not quiet)
     out_console.print(f"worker done: the study {study.study_name!r} has {count(study)} finished trials")
 
 
@@ -449,8 +457,17 @@ def _print_tune_summary(result: dict, out: Path) -> None:
     metric, table = _summary_table("tune", result)
     n = result["trials"]
     table.add_row("trials (complete / pruned / failed)", f"{n['complete']} / {n['pruned']} / {n['fail']}")
-    table.add_row("best trial", str(result["best_trial"]))
-    table.add_row(f"best trial's {result['study']['objective'].replace('_', ' ')}", f"{result['best_value']:.4f}")
+    b = result["budget"]
+    used = f"{b['seconds']:.0f} s" + (f" of {b['timeout']:.0f} s ({100 * b['fraction_used']:.0f}%)" if b["timeout"]
+                                      else "")
+    table.add_row("search stopped by", f"{b['stopped_by']} ({used})")
+    table.add_row("chosen trial", str(result["best_trial"]))
+    table.add_row(f"its {result['study']['objective'].replace('_', ' ')}", f"{result['best_value']:.4f}")
+    fin = result.get("finalists") or {}
+    for row in fin.get("finalists", []):
+        spread = f"{row['mean']:.4f} ± {row['std']:.4f}" if row["mean"] is not None else "diverged on a seed"
+        mark = " (chosen)" if row["trial"] == fin["chosen"] else ""
+        table.add_row(f"finalist trial {row['trial']}{mark}, {len(row['scores'])} seeds", spread)
     table.add_row(f"final model ({result['final']['mode']}, {result['final']['epochs']} epochs) test {metric}",
                   f"{result['test'][metric]:.4f}")
     if result.get("ensemble"):

@@ -21,6 +21,8 @@ SCHEDULES = (
     "cosine", "cosine_restarts", "onecycle", "plateau",
 )
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "breast_cancer", "wine")
+DEFAULT_TRIALS = 20  # the trial budget of a search given neither --trials nor --timeout
 
 
 class _Section(BaseModel):
@@ -30,7 +32,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the data comes from and how it is split."""
 
-    dataset: str | None = Field("digits", description="built-in dataset: digits, mnist5k")
+    dataset: str | None = Field("digits", description="built-in dataset: " + ", ".join(BUILTIN_DATASETS))
     path: Path | None = Field(None, description="CSV file, NPZ file or image folder (overrides dataset)")
     target: str | None = Field(None, description="target column of a CSV file")
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -154,8 +156,10 @@ class TrainConfig(_Section):
 class SearchConfig(_Section):
     """Hyper-parameter search settings."""
 
-    trials: int = Field(20, ge=1)
-    timeout: float | None = Field(None, gt=0, description="time budget in seconds")
+    trials: int | None = Field(None, ge=1, description="finished trials to reach; with neither trials nor timeout, "
+                                                    f"{DEFAULT_TRIALS}; with only a timeout, no trial cap")
+    timeout: float | None = Field(None, gt=0, description="time budget in seconds for the whole tune (search, "
+                                                          "finalists, final fit); with only trials, no time cap")
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
     pruner: Literal["median", "asha", "hyperband", "none"] = "median"
     storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
@@ -163,7 +167,13 @@ class SearchConfig(_Section):
     space: dict[str, Any] | None = Field(None, description="search space overrides (see nntune.search.space)")
     final: Literal["retrain", "best_trial"] = "retrain"
     ensemble: int = Field(0, ge=0)
-    epochs: int = Field(30, ge=1, description="max epochs per trial")
+    epochs: int | None = Field(None, ge=1, description="max epochs per trial (default: from the data size, "
+                                                        "see nntune.search.space.trial_epochs)")
+    population: int | None = Field(None, ge=1, description="members trained at once per structure (default: "
+                                                           "measured per family; 1 = one trial at a time)")
+    defaults_first: bool = Field(True, description="a fresh study starts with nntune's default config per family")
+    finalists: int = Field(3, ge=0, description="top configs re-trained with extra seeds before choosing (0/1: off)")
+    finalist_seeds: int = Field(3, ge=2, description="seeds per finalist, the trial's own included")
     heartbeat: int = Field(10, ge=1, description="seconds between trial heartbeats; a trial silent for twice this "
                                                  "is failed as crashed and retried once")
 

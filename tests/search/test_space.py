@@ -3,7 +3,18 @@ import pytest
 
 from nntune.config import RunConfig
 from nntune.errors import ConfigError
-from nntune.search.space import default_space, parse_space, resolve_space, sample, to_config
+from nntune.config import apply_overrides
+from nntune.search.space import (
+    default_space,
+    default_trials,
+    is_member_key,
+    parse_space,
+    resolve_space,
+    sample,
+    structure_values,
+    to_config,
+    trial_epochs,
+)
 
 
 def test_impossible_ranges_name_the_key_path():
@@ -53,10 +64,33 @@ def test_conditional_keys_only_sampled_when_active():
     assert seen_family == {"mlp", "cnn"}
 
 
-def test_tabular_space_has_no_cnn_keys_and_cnn_depth_fits_the_image():
-    assert "model.filters" not in default_space("tabular", (5,))
-    assert default_space("image", (1, 8, 8))["model.conv_blocks"]["high"] == 3
+def test_space_fits_the_data_kind_shape_and_size():
+    table = default_space("tabular", (5,), n_train=300)
+    assert table["model.family"] == "mlp" and "model.filters" not in table and "preprocess.augment" not in table
+    assert table["train.batch_size"] == {"choice": [16, 32, 64]}
+    assert default_space("tabular", (5,), n_train=5000)["train.batch_size"] == {"choice": [32, 64, 128]}
+    # images: blocks leave at least 2 pixels; image presets only, the RGB one for 3 channels
+    assert default_space("image", (1, 8, 8))["model.conv_blocks"]["high"] == 2
+    assert default_space("image", (1, 28, 28))["model.conv_blocks"]["high"] == 3
     assert default_space("image", (1, 2, 2))["model.conv_blocks"] == 1
+    assert default_space("image", (1, 28, 28))["preprocess.augment"] == {"choice": ["none", "light", "digits"]}
+    assert default_space("image", (3, 32, 32))["preprocess.augment"] == {"choice": ["none", "light", "natural"]}
+    # signals: blocks keep a pooled length >= 4, longer kernels for longer signals, signal ops only
+    sig = default_space("signal", (1, 64))
+    assert sig["model.conv_blocks"]["high"] == 4 and sig["model.kernel_size"]["choice"] == [3, 5, 7, 9]
+    assert sig["preprocess.augment"] == {"choice": ["none", "light", "signal"]}
+    short = default_space("signal", (2, 40))
+    assert short["model.conv_blocks"]["high"] == 3 and short["model.kernel_size"]["choice"] == [3, 5, 7]
+    assert default_space("signal", (1, 8))["model.conv_blocks"] == 1
+
+
+def test_trial_epochs_scale_with_the_data_size():
+    assert [trial_epochs(n) for n in (100, 1250, 3500, 100_000)] == [60, 40, 14, 12]
+
+
+def test_every_default_space_builds_valid_configs():
+    for kind, shape in (("tabular", (7,)), ("signal", (1, 64)), ("image", (1, 28, 28)), ("image", (3, 32, 32))):
+        parse_space(default_space(kind, shape))  # checks every extreme value against the config schema
 
 
 def test_lr_centred_on_range_test():
@@ -76,3 +110,43 @@ def test_user_space_overrides_default():
     cfg = RunConfig.model_validate({"search": {"space": {"model.family": "mlp", "model.activation": ["relu"]}}})
     params = {p.key: p for p in resolve_space(cfg, "image", (1, 8, 8))}
     assert params["model.family"].kind == "fixed" and params["model.activation"].choices == ("relu",)
+
+
+def test_default_trials_are_the_default_config_per_family():
+    params = resolve_space(RunConfig(), "signal", (1, 64))
+    mlp, cnn = default_trials(params, RunConfig(), "signal")
+    d = RunConfig()
+    assert mlp["model.family"] == "mlp" and cnn["model.family"] == "cnn"
+    assert mlp["model.units"] == d.model.units and mlp["model.hidden_layers"] == d.model.hidden_layers
+    assert cnn["model.filters"] == d.model.filters and cnn["model.kernel_size"] == d.model.kernel_size
+    assert cnn["model.dropout_placement"] == "none" and "model.dropout_rate" not in cnn
+    assert "model.filters" not in mlp  # inactive for the MLP
+    for values in (mlp, cnn):
+        assert values["train.lr"] == d.train.lr and values["train.schedule.name"] == d.train.schedule.name
+        assert values["preprocess.scaler"] == "channel"  # auto, resolved for signals
+        assert values["preprocess.augment"] == "none"
+        # the values rebuild the default config (trial epochs aside)
+        cfg = to_config(RunConfig(), values)
+        assert cfg.model == apply_overrides(d, {"model.family": values["model.family"],
+                                                "preprocess.scaler": "channel"}).model
+
+
+def test_default_trials_clamp_into_narrowed_ranges_and_keep_fixed_keys():
+    space = {"model.family": "mlp", "train.lr": {"low": 1e-2, "high": 1e-1, "log": True},
+             "model.units": {"low": 8, "high": 64}, "model.activation": {"choice": ["gelu", "tanh"]}}
+    base = apply_overrides(RunConfig(), {"search.space": space})
+    (only,) = default_trials(resolve_space(base, "tabular", (4,)), base, "tabular")
+    assert "model.family" not in only  # fixed by the user: not sampled, not enqueued
+    assert only["train.lr"] == 1e-2 and only["model.units"] == 64
+    assert "model.activation" not in only  # relu is not offered: the sampler picks
+
+
+def test_structure_and_member_keys():
+    values = {"model.family": "cnn", "model.filters": 16, "model.dropout_placement": "after_fc",
+              "model.dropout_rate": 0.3, "train.lr": 0.01, "train.weight_decay": 1e-4, "train.batch_size": 64,
+              "train.schedule.name": "step", "train.schedule.gamma": 0.5, "preprocess.augment": "light",
+              "preprocess.augment_strength": 0.4, "train.early_stopping.patience": 5}
+    assert structure_values(values) == {"model.family": "cnn", "model.filters": 16,
+                                        "model.dropout_placement": "after_fc", "train.batch_size": 64,
+                                        "train.schedule.name": "step", "preprocess.augment": "light"}
+    assert is_member_key("train.lr") and not is_member_key("train.optimizer")

@@ -48,6 +48,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
 SIGNAL_PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
     "light": [{"op": "shift", "fraction": 0.05}, {"op": "noise", "std": 0.02}],
+    "signal": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
     "digits": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
     "natural": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
 }

@@ -1,4 +1,5 @@
-"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k), CSV, NPZ and image folders.
+"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k, signals, breast_cancer, wine), CSV, NPZ and image
+folders.
 
 Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
 ``(N, C, L)`` and tables as ``(N, F)``. Classification targets are mapped to ``0..K-1`` with the original class
@@ -18,11 +19,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from nntune.config import DataConfig
+from nntune.config import BUILTIN_DATASETS, DataConfig
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
-BUILTIN = ("digits", "mnist5k")
+BUILTIN = BUILTIN_DATASETS
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_CLASSES = 50
 
@@ -81,7 +82,8 @@ def load_dataset(
         else:
             raise DataError(f"{p}: unsupported data file (expected .csv, .npz or an image folder)")
     elif dataset in BUILTIN:
-        ds = load_digits() if dataset == "digits" else load_mnist5k()
+        ds = {"digits": load_digits, "mnist5k": load_mnist5k, "signals": load_signals,
+              "breast_cancer": lambda: _sklearn_table("breast_cancer"), "wine": lambda: _sklearn_table("wine")}[dataset]()
     else:
         raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(BUILTIN)} or pass a data path")
     return _with_task(ds, task) if task != "auto" else ds
@@ -110,6 +112,43 @@ def load_mnist5k() -> Dataset:
     x = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28)
     return Dataset("mnist5k", x, torch.tensor(y, dtype=torch.int64), "classification",
                    [str(c) for c in range(10)])
+
+
+def load_signals(n: int = 4000, length: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
+    """A generated 1-D task, (N, 1, length): class templates (a few Gaussian bumps and a chirp) seen through a random
+    shift, amplitude, baseline, white noise and correlated (low-pass) noise, so the class is in the local shape, not in
+    any fixed sample position: convolutions fit it, per-position models much less. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length, dtype=np.float64)
+    templates = []
+    for _ in range(classes):
+        wave = np.zeros(length)
+        for _ in range(3):
+            centre, width, sign = rng.uniform(0.2, 0.8) * length, rng.uniform(1.5, 5.0), rng.choice([-1.0, 1.0])
+            wave += sign * rng.uniform(0.6, 1.2) * np.exp(-0.5 * ((t - centre) / width) ** 2)
+        freq = rng.uniform(0.05, 0.25)
+        wave += 0.4 * np.sin(2 * np.pi * freq * t * (1 + t / (2 * length)))
+        templates.append(wave)
+    y = rng.integers(0, classes, n)
+    shift = rng.integers(-length // 6, length // 6 + 1, n)
+    x = np.stack([np.roll(templates[c], s) for c, s in zip(y, shift)])
+    x *= rng.uniform(0.6, 1.4, (n, 1))
+    x += rng.normal(0, 0.3, (n, 1))
+    x += rng.normal(0, 0.35, (n, length))
+    walk = rng.normal(0, 1, (n, length + 8))
+    kernel = np.hanning(9) / np.hanning(9).sum()
+    x += 0.9 * np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
+    return Dataset("signals", torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.int64),
+                   "classification", [str(c) for c in range(classes)])
+
+
+def _sklearn_table(name: str) -> Dataset:
+    """scikit-learn's breast_cancer (569 x 30, 2 classes) or wine (178 x 13, 3 classes) tables."""
+    from sklearn import datasets
+
+    d = getattr(datasets, f"load_{name}")()
+    return Dataset(name, torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target, dtype=torch.int64),
+                   "classification", [str(c) for c in d.target_names], [str(f) for f in d.feature_names])
 
 
 def infer_task(y: np.ndarray) -> Task:

@@ -444,6 +444,7 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
         body.append(f"<p>{n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
                     f"(sampler {view.result['study']['sampler']}, pruner {view.result['study']['pruner']}), "
                     "best first:</p>" + _table(rows, cols, limit=30))
+        body += _budget_and_finalists_html(view.result)
         out.append(Section("The search", "How the search went and which settings mattered.", body))
     findings = view.findings()
     out.append(Section("Diagnostics", "Findings on the best model, with advice.",
@@ -452,6 +453,27 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
     out.append(Section("Configuration to reproduce", "<code>nntune train --config best_config.yaml</code> "
                        "retrains this model (for a train run: <code>config.yaml</code>).",
                        [f"<pre>{html.escape(config_yaml)}</pre>"]))
+    return out
+
+
+def _budget_and_finalists_html(result: dict) -> list[str]:
+    """What ended the search, and the finalists' scores over seeds (the choice is by their mean)."""
+    out = []
+    b = result.get("budget")
+    if b:
+        limit = f" of {b['timeout']:.0f} s" if b.get("timeout") else ""
+        out.append(f"<p>The search was stopped by <b>{html.escape(str(b['stopped_by']))}</b> after "
+                   f"{b['search_seconds']:.0f} s{limit}; the whole run took {b['seconds']:.0f} s.</p>")
+    fin = result.get("finalists") or {}
+    if fin.get("finalists"):
+        rows = [{"trial": r["trial"], "chosen": "yes" if r["trial"] == fin["chosen"] else "",
+                 "mean": r["mean"], "std": r["std"], "scores": ", ".join(f"{v:.4f}" for v in r["scores"]),
+                 "seeds": ", ".join(str(x) for x in r["seeds"])} for r in fin["finalists"]]
+        out.append(f"<p>Finalists, each re-trained with other seeds and chosen by {html.escape(fin['by'])} "
+                   "(so the final model is not one lucky seed):</p>" + _table(rows))
+    elif fin.get("skipped"):
+        out.append(f"<p>No finalist re-runs: {html.escape(fin['skipped'])}; the best trial was chosen on one "
+                   "seed.</p>")
     return out
 
 

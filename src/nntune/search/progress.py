@@ -1,8 +1,9 @@
-"""Live search progress: a rich table of the latest trials and the best so far, refreshed after every trial."""
+"""Live search progress: a rich table of the latest trials, the budget used and the best so far, refreshed after
+every population."""
 
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -11,6 +12,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from nntune.search.budget import Budget
 
 STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
 STATE_WORD = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "queued"}
@@ -32,11 +36,10 @@ def _fmt(value: object) -> str:
 
 
 class LiveTrials:
-    """Use as a context manager and pass it to ``study.optimize(callbacks=[...])``."""
+    """A context manager; call ``refresh()`` whenever trials end."""
 
-    def __init__(self, study: optuna.Study, total: int, rows: int = 12, console: Console | None = None) -> None:
-        self.study, self.total, self.rows = study, total, rows
-        self.started = time.perf_counter()
+    def __init__(self, study: optuna.Study, budget: Budget, rows: int = 12, console: Console | None = None) -> None:
+        self.study, self.budget, self.rows = study, budget, rows
         self.live = Live(self._render(), console=console or Console(stderr=True), refresh_per_second=2,
                          transient=False)
 
@@ -48,7 +51,7 @@ class LiveTrials:
         self.live.update(self._render())
         self.live.__exit__(*exc)
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def refresh(self) -> None:
         self.live.update(self._render())
 
     def _render(self) -> Group:
@@ -64,7 +67,11 @@ class LiveTrials:
             table.add_row(str(t.number), Text(STATE_WORD.get(state, state.lower()), style=STATE_STYLE.get(state, "")),
                           _fmt(t.value) if t.value is not None else "-", *shown, f"{secs:.0f}" if secs else "-")
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        line = f"{done}/{self.total} finished   {time.perf_counter() - self.started:.0f}s"
+        b = self.budget
+        line = f"{done}/{b.trials} finished" if b.trials else f"{done} finished"
+        line += f"   {b.elapsed():.0f}s" + (f" of {b.timeout:.0f}s" if b.timeout else "")
+        if b.stopped_by:
+            line += f"   stopped by: {b.stopped_by}"
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete:
             best = self.study.best_trial

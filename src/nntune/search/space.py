@@ -22,7 +22,9 @@ from typing import Any
 import optuna
 
 from nntune.config import RunConfig, apply_overrides
+from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError
+from nntune.training.population import MEMBER_KEYS
 
 PLACES = ("after_pool", "before_fc", "after_fc")
 VIRTUAL = {"model.dropout_placement", "model.dropout_rate"}
@@ -69,16 +71,32 @@ class Param:
         return [self.low + (self.high - self.low) * i / (points - 1) for i in range(points)]
 
 
+def trial_epochs(n_train: int) -> int:
+    """Maximum epochs per trial from the training-set size: about 50,000 sample visits (some 800 steps at batch 64),
+    at least 12 and at most 60 epochs; early stopping ends most trials sooner."""
+    return int(min(60, max(12, round(50_000 / max(1, n_train)))))
+
+
 def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
-                  max_epochs: int = 30) -> dict[str, Any]:
-    """The default space for the seed's questions, adapted to the data (CNN keys only for images and signals) and
-    to the epochs per trial (warmup always leaves epochs for the schedule)."""
+                  max_epochs: int = 30, n_train: int = 1000) -> dict[str, Any]:
+    """The default space for the seed's questions, adapted to the data; the rules, in one place:
+
+    - tables: MLP only, scalers zscore/minmax/robust, no augmentation;
+    - 1-D signals (C, L): MLP or CNN; up to log2(L/4) conv blocks (at most 4, so the pooled length stays >= 4); kernel
+      3, 5, 7 (and 9 from L >= 64); flatten or global-average head; augmentation none/light/signal (shift, amplitude,
+      noise); scalers channel/zscore/minmax;
+    - images (C, H, W): MLP or CNN; up to log2(min(H, W)) - 1 conv blocks (at most 4); kernel 3; flatten or GAP head;
+      augmentation none/light and digits (one channel) or natural (RGB);
+    - batch sizes 16-64 below 1,000 training samples, else 32-128; the step of a step schedule at most half the
+      trial's epochs, warmup at most 3 and always leaving epochs for the schedule;
+    - the LR range is 1e-4..3e-2, or a decade either side of the LR range test's suggestion when it ran.
+    """
     lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
           else {"low": 1e-4, "high": 3e-2, "log": True})
     space: dict[str, Any] = {
         "model.family": {"choice": ["mlp", "cnn"]} if kind != "tabular" else "mlp",
         "model.hidden_layers": {"low": 1, "high": 4, "when": MLP},
-        "model.units": {"low": 32, "high": 512, "log": True, "when": MLP},
+        "model.units": {"low": 16 if kind == "tabular" else 32, "high": 512, "log": True, "when": MLP},
         "model.funnel": {"low": 0.25, "high": 1.0, "when": MLP},
         "model.dropout": {"low": 0.0, "high": 0.5, "when": MLP},
         "model.activation": {"choice": ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh"]},
@@ -86,32 +104,40 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
         "train.lr": lr,
         "train.optimizer": {"choice": ["adamw", "sgd"]},
         "train.weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
-        "train.batch_size": {"choice": [32, 64, 128]},
+        "train.batch_size": {"choice": [16, 32, 64] if n_train < 1000 else [32, 64, 128]},
         "train.schedule.name": {"choice": ["none", "cosine", "onecycle", "step", "exponential"]},
         "train.schedule.gamma": {"low": 0.5, "high": 0.98, "when": {"train.schedule.name": SCHEDULE_WITH_GAMMA}},
-        "train.schedule.step_size": {"low": 3, "high": 15, "when": {"train.schedule.name": ["step"]}},
+        "train.schedule.step_size": {"low": 2, "high": max(3, max_epochs // 2), "when": {"train.schedule.name":
+                                                                                         ["step"]}},
         "train.schedule.warmup_epochs": {"low": 0, "high": max(0, min(3, max_epochs - 2)),
                                          "when": {"train.schedule.name": ["none", "cosine", "step", "exponential"]}},
         "train.early_stopping.patience": {"low": 3, "high": 10},
         "preprocess.scaler": {"choice": ["zscore", "minmax", "robust"] if kind == "tabular"
                               else ["channel", "zscore", "minmax"]},
     }
-    if kind != "tabular":
-        max_blocks = max(1, min(3, int(math.log2(min(input_shape[1:])))))
-        space.update({
-            "model.conv_blocks": {"low": 1, "high": max_blocks, "when": CNN} if max_blocks > 1 else 1,
-            "model.filters": {"low": 8, "high": 64, "log": True, "when": CNN},
-            "model.filter_multiplier": {"choice": [1.0, 1.5, 2.0], "when": CNN},
-            "model.fc_units": {"low": 32, "high": 256, "log": True, "when": CNN},
-            "model.dropout_placement": {"choice": ["none", "after_pool", "before_fc", "after_fc",
-                                                   "after_pool+after_fc"], "when": CNN},
-            "model.dropout_rate": {"low": 0.1, "high": 0.5, "when": {
-                "model.dropout_placement": ["after_pool", "before_fc", "after_fc", "after_pool+after_fc"]}},
-            "preprocess.augment": {"choice": ["none", "light", "natural" if kind == "image" and input_shape[0] == 3
-                                              else "digits"]},
-            "preprocess.augment_strength": {"low": 0.1, "high": 1.0,
-                                            "when": {"preprocess.augment": ["light", "digits", "natural"]}},
-        })
+    if kind == "tabular":
+        return space
+    if kind == "signal":
+        length = input_shape[-1]
+        max_blocks = max(1, min(4, int(math.log2(max(1, length / 4)))))
+        kernels, augment = [3, 5, 7, 9] if length >= 64 else [3, 5, 7], ["none", "light", "signal"]
+    else:
+        max_blocks = max(1, min(4, int(math.log2(min(input_shape[1:]))) - 1))
+        kernels, augment = 3, ["none", "light", "natural" if input_shape[0] == 3 else "digits"]
+    space.update({
+        "model.conv_blocks": {"low": 1, "high": max_blocks, "when": CNN} if max_blocks > 1 else 1,
+        "model.kernel_size": {"choice": kernels, "when": CNN} if isinstance(kernels, list) else kernels,
+        "model.filters": {"low": 8, "high": 64, "log": True, "when": CNN},
+        "model.filter_multiplier": {"choice": [1.0, 1.5, 2.0], "when": CNN},
+        "model.head": {"choice": ["flatten", "gap"], "when": CNN},
+        "model.fc_units": {"low": 32, "high": 256, "log": True, "when": CNN},
+        "model.dropout_placement": {"choice": ["none", "after_pool", "before_fc", "after_fc",
+                                               "after_pool+after_fc"], "when": CNN},
+        "model.dropout_rate": {"low": 0.1, "high": 0.5, "when": {
+            "model.dropout_placement": ["after_pool", "before_fc", "after_fc", "after_pool+after_fc"]}},
+        "preprocess.augment": {"choice": augment},
+        "preprocess.augment_strength": {"low": 0.1, "high": 1.0, "when": {"preprocess.augment": augment[1:]}},
+    })
     return space
 
 
@@ -234,10 +260,55 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...],
-                  lr_center: float | None = None) -> list[Param]:
+def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
+                  n_train: int = 1000) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
-    space = default_space(kind, input_shape, lr_center, cfg.search.epochs)
+    epochs = cfg.search.epochs or trial_epochs(n_train)
+    space = default_space(kind, input_shape, lr_center, epochs, n_train)
     for key, value in copy.deepcopy(cfg.search.space or {}).items():
         space[key] = value
     return parse_space(space)
+
+
+def is_member_key(key: str) -> bool:
+    """Whether members of one population may differ in ``key`` (LR, weight decay, dropout rate, ...); every other
+    searched key is structure, fixed for a whole population."""
+    return key == "model.dropout_rate" or key in MEMBER_KEYS
+
+
+def structure_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The structure part of a trial's sampled values."""
+    return {k: v for k, v in values.items() if not is_member_key(k)}
+
+
+def default_trials(params: list[Param], base: RunConfig, kind: str) -> list[dict[str, Any]]:
+    """nntune's default configuration, one per family the space offers, as values of the searched parameters (so a
+    study can enqueue them): each parameter takes ``base``'s value, clamped into a range it falls outside of; a choice
+    that does not list it is left to the sampler. Fixed parameters are not sampled, so they stay as the user set them.
+    """
+    by_key = {p.key: p for p in params}
+    family = by_key.get("model.family")
+    families = ([family.value] if family.kind == "fixed" else list(family.choices)) if family else [base.model.family]
+    trials = []
+    for fam in families:
+        cfg = apply_overrides(base, {"model.family": fam})
+        flat = _flatten(cfg.to_dict())
+        flat["preprocess.scaler"] = resolve_method(cfg.preprocess.scaler, kind)
+        rates = {place: flat[f"model.dropout_{place}"] for place in PLACES}
+        flat["model.dropout_placement"] = "+".join(p for p in PLACES if rates[p] > 0) or "none"
+        flat["model.dropout_rate"] = max(rates.values())
+        values: dict[str, Any] = {}
+        for p in params:
+            if p.kind == "fixed" or not p.active({**flat, **values}):
+                continue
+            value = flat[p.key]
+            if p.kind == "choice":
+                if value in p.choices:
+                    values[p.key] = value
+                continue
+            value = min(max(value, p.low), p.high)
+            if p.step:
+                value = p.low + round((value - p.low) / p.step) * p.step
+            values[p.key] = int(round(value)) if p.kind == "int" else float(value)
+        trials.append(values)
+    return trials

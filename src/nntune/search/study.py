@@ -2,18 +2,19 @@
 
 Optuna does the sampling, pruning, storage and multi-worker coordination (any number of ``nntune worker`` processes
 may share one study through its storage URL; there is no scheduler of our own). SQLite is the default storage, in
-the run directory. Heartbeats mark a trial left RUNNING by a crashed process as FAILED, and its configuration is
-retried once. ``--trials N`` counts finished (complete or pruned) trials in the study, so a resumed search runs only
-what is left.
+the run directory. A fresh study starts with nntune's default configuration for each model family that fits the
+data, so a search never ends below the defaults. Trials run as populations of one structure
+(:mod:`nntune.search.trials`) within a budget of trials and/or time (:mod:`nntune.search.budget`); the best
+configurations are re-run with extra seeds before the choice (:mod:`nntune.search.finalists`). Heartbeats mark a
+trial left RUNNING by a crashed process as FAILED, and its configuration is retried once. ``--trials N`` counts
+finished (complete or pruned) trials in the study, so a resumed search runs only what is left.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,16 @@ from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
+from nntune.search.budget import Budget, count
 from nntune.search.ensemble import ensemble_test
-from nntune.search.progress import LiveTrials
-from nntune.search.space import Param, resolve_space, sample
+from nntune.search.finalists import finishing_cost, run_finalists
+from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
+from nntune.search.trials import run_trials
 from nntune.storage import make_storage
-from nntune.training.callbacks import Callback, StopAtEpoch
+from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
-from nntune.training.pipeline import PreparedData, fit_model, prepare_data, resolve_lr
+from nntune.training.pipeline import PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr
 from nntune.training.trainer import compute_metrics, make_loss
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -82,22 +83,6 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     raise ConfigError(f"search.pruner: unknown pruner {name!r}")
 
 
-class OptunaPruning(Callback):
-    """Reports the monitored value each epoch and stops training when Optuna's pruner says so."""
-
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
-        self.trial, self.monitor, self.pruned = trial, monitor, False
-
-    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-        value = logs[self.monitor]
-        if not math.isfinite(value):
-            return
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
-            self.pruned = True
-            trainer.stop(f"pruned at epoch {epoch}")
-
-
 @dataclass
 class Search:
     """Everything a worker needs to run trials of one study."""
@@ -105,51 +90,44 @@ class Search:
     cfg: RunConfig
     out: Path
     params: list[Param]
-    data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
-    base_data: PreparedData | None = None
+    base_data: PreparedData
     lr_find: dict | None = None
+    data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
 
     @property
     def task(self) -> str:
         return self.base_data.dataset.task
 
+    @property
+    def monitor(self) -> str:
+        return objective_spec(self.task)[0]
+
+    @property
+    def trial_epochs(self) -> int:
+        return self.cfg.search.epochs or trial_epochs(len(self.base_data.split.train))
+
     def data_for(self, cfg: RunConfig) -> PreparedData:
-        """The split scaled as ``cfg`` asks, prepared once per (resolved) scaler method."""
+        """The search's split scaled as ``cfg`` asks, prepared once per (resolved) scaler method."""
         ds = self.base_data.dataset
         method = resolve_method(cfg.preprocess.scaler, ds.kind)
         if method not in self.data_by_scaler:
-            self.data_by_scaler[method] = prepare_data(cfg, ds)
+            self.data_by_scaler[method] = prepare_data(cfg, ds, split=self.base_data.split)
         return self.data_by_scaler[method]
 
-    def objective(self, trial: optuna.Trial) -> float:
-        monitor, direction = objective_spec(self.task)
-        trial_cfg, values = sample(trial, self.params, self.cfg)
-        trial_cfg = apply_overrides(trial_cfg, {"train.epochs": self.cfg.search.epochs, "train.lr_auto": False})
-        trial.set_user_attr("config", trial_cfg.to_dict())
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        data = self.data_for(trial_cfg)
-        pruning = OptunaPruning(trial, monitor)
-        started = time.perf_counter()
-        try:
-            model, _, fit = fit_model(trial_cfg, data, [pruning])
-        except (NNTuneError, torch.OutOfMemoryError) as err:
-            trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
-            raise
-        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
-        trial.set_user_attr("best_epoch", fit.best_epoch)
-        trial.set_user_attr("stop_reason", fit.stop_reason)
-        trial.set_user_attr("stopped_epoch", fit.stopped_epoch)
-        trial.set_user_attr("history", [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history])
-        findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)
-        trial.set_user_attr("findings", [f.to_dict() for f in findings])
-        if fit.stop_reason.startswith("non-finite"):
-            trial.set_user_attr("fail_reason", fit.stop_reason)
-            return float("nan")  # Optuna records a NaN objective as FAIL; the search goes on
-        if pruning.pruned:
-            raise optuna.TrialPruned(fit.stop_reason)
-        artifacts.save(self.out / "trials" / str(trial.number), model, trial_cfg, data.scaler, data.dataset.meta())
-        trial.set_user_attr("val", fit.best_val)
-        return fit.best[monitor]
+    def population_size(self, cfg: RunConfig) -> int:
+        """Members per population for ``cfg``'s family: ``search.population``, else measured on the first
+        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`)."""
+        if self.cfg.search.population:
+            return self.cfg.search.population
+        family = cfg.model.family
+        if family not in self.sizes:
+            self.sizes[family] = choose_population_size(cfg, self.data_for(cfg))
+        return self.sizes[family]
+
+    def shrink_population(self, cfg: RunConfig, tried: int) -> None:
+        """After running out of memory with ``tried`` members, use half as many for that family."""
+        self.sizes[cfg.model.family] = max(1, tried // 2)
 
 
 def prepare_search(cfg: RunConfig, out: Path) -> Search:
@@ -162,15 +140,17 @@ def prepare_search(cfg: RunConfig, out: Path) -> Search:
         center = found.suggestion
     else:
         center = None
-    params = resolve_space(cfg, data.dataset.kind, data.dataset.input_shape, center)
+    params = resolve_space(cfg, data.dataset.kind, data.dataset.input_shape, center, len(data.split.train))
     search = Search(cfg, out, params, base_data=data, lr_find=lr_info)
     search.data_by_scaler[data.scaler.method] = data
     return search
 
 
-def open_study(cfg: RunConfig, out: Path, direction: str, params: list[Param], resume: bool,
-               worker: bool = False) -> optuna.Study:
-    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds."""
+def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Study:
+    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds. A study
+    without trials gets nntune's defaults enqueued as its first trials (``search.defaults_first``)."""
+    cfg, out, params = search.cfg, search.out, search.params
+    direction = objective_spec(search.task)[1]
     url = cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = make_storage(url, cfg.search.heartbeat)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
@@ -185,53 +165,21 @@ def open_study(cfg: RunConfig, out: Path, direction: str, params: list[Param], r
     study = optuna.create_study(
         study_name=name, storage=storage, direction=direction, load_if_exists=True,
         sampler=make_sampler(cfg.search.sampler, seed % 2**31, params),
-        pruner=make_pruner(cfg.search.pruner, cfg.search.epochs),
+        pruner=make_pruner(cfg.search.pruner, search.trial_epochs),
     )
     if study.direction.name.lower() != direction:
         raise ConfigError(f"study {name!r} in {url} optimizes {study.direction.name.lower()}, this task needs "
                           f"{direction}")
     study.set_user_attr("storage", url)
+    if n_before == 0 and cfg.search.defaults_first:
+        for values in default_trials(params, cfg, search.base_data.dataset.kind):
+            study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=True)
     return study
 
 
-def count(study: optuna.Study, states: tuple = FINISHED) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
-def run_trials(search: Search, study: optuna.Study, trials: int, timeout: float | None,
-               progress: bool = False) -> bool:
-    """Run trials until the study has ``trials`` finished ones or the timeout passes (with a live table when
-    ``progress``). Returns False when Ctrl-C ended it early."""
-    optuna.storages.fail_stale_trials(study)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    live = LiveTrials(study, trials) if progress else None
-    try:
-        if live:
-            live.__enter__()
-        while (remaining := max(0, trials - count(study))) > 0:  # failed (and retried) trials do not count
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            before = count(study)
-            study.optimize(search.objective, n_trials=remaining, timeout=left, callbacks=[live] if live else None,
-                           catch=(NNTuneError, torch.OutOfMemoryError), gc_after_trial=False)
-            if count(study) == before and (deadline is None or time.monotonic() < deadline):
-                failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "unknown"
-                raise NNTuneError(f"every one of the last {remaining} trials failed (last: {reason}); fix the "
-                                  "config or search space and --resume")
-    except KeyboardInterrupt:
-        return False
-    finally:
-        if live:
-            live.__exit__(None, None, None)
-    return True
-
-
-def final_fit(search: Search, study: optuna.Study) -> dict:
-    """Retrain the best configuration on train+val for its best epoch count (or keep the best trial's weights),
+def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
+    """Retrain the chosen trial's configuration on train+val for its best epoch count (or keep the trial's weights),
     evaluate the test split once, and save ``best/``."""
-    best = study.best_trial
     cfg = build_config(best.user_attrs["config"], where=f"trial {best.number}")
     data = search.data_for(cfg)
     out = search.out
@@ -290,31 +238,41 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 
 def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False) -> dict:
-    """Search, then fit the final model and evaluate it on the test split once. Returns ``result.json``'s content."""
+    """Search, re-run the finalists with extra seeds, then fit the chosen model and evaluate it on the test split
+    once. Returns ``result.json``'s content."""
     started = time.perf_counter()
+    budget = Budget.from_config(cfg.search)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     search = prepare_search(cfg, out)
     monitor, direction = objective_spec(search.task)
-    study = open_study(cfg, out, direction, search.params, resume)
-    completed = run_trials(search, study, cfg.search.trials, cfg.search.timeout, progress)
+    study = open_study(search, resume)
+    completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s))
     write_trials_csv(study, out / "trials.csv")
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if n["complete"] == 0:
         raise NNTuneError(f"no trial completed ({n['pruned']} pruned, {n['fail']} failed); see {out / 'trials.csv'}")
-    final = final_fit(search, study)
-    best = study.best_trial
+    finalists = run_finalists(search, study, budget) if completed else None
+    chosen = study.best_trial
+    if finalists and finalists.get("chosen") is not None:
+        chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
+    final = final_fit(search, chosen)
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
-                  "objective": monitor, "sampler": cfg.search.sampler, "pruner": cfg.search.pruner},
-        "best_trial": best.number,
-        "best_params": best.params,
-        "best_value": best.value,
-        "val": best.user_attrs.get("val", {}),
+                  "objective": monitor, "sampler": cfg.search.sampler, "pruner": cfg.search.pruner,
+                  "trial_epochs": search.trial_epochs, "population_sizes": search.sizes or
+                  ({"all": cfg.search.population} if cfg.search.population else {})},
+        "best_trial": chosen.number,
+        "best_params": chosen.params,
+        "best_value": chosen.value,
+        "search_best_trial": study.best_trial.number,
+        "val": chosen.user_attrs.get("val", {}),
         "test": final["test"],
         "final": final,
+        "finalists": finalists,
         "trials": n,
+        "budget": budget.to_dict(),
         "interrupted": not completed,
         "lr_find": search.lr_find,
         "data": search.base_data.describe(),

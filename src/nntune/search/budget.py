@@ -1,0 +1,86 @@
+"""What ends a search: a trial cap, a time budget, or both (whichever comes first), and what the search keeps back.
+
+``--trials`` alone means no time cap, ``--timeout`` alone no trial cap, neither means the default trial count. The
+timeout is the budget of the whole ``tune`` command: the search stops early enough to leave the finalists' seed
+re-runs and the final fit their estimated time (at most a third of the budget), and a population running at the
+search's deadline is cut there (its members keep the epochs they finished). result.json and the live table say which
+limit ended the search and how much of the budget was used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from nntune.config import DEFAULT_TRIALS, SearchConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_RESERVE = 1 / 3  # the finalists and the final fit never take more than this share of a time budget
+
+
+def count(study: optuna.Study, states: tuple = FINISHED) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@dataclass
+class Budget:
+    """The limits of one search run; ``stopped_by`` says which one ended it (trials, timeout, grid, interrupted)."""
+
+    trials: int | None
+    timeout: float | None
+    started: float = field(default_factory=time.monotonic)
+    reserve: float = 0.0  # seconds kept for the finalists and the final fit
+    stopped_by: str | None = None
+    search_seconds: float | None = None
+
+    @classmethod
+    def from_config(cls, search: SearchConfig, started: float | None = None) -> Budget:
+        trials = search.trials if (search.trials or search.timeout) else DEFAULT_TRIALS
+        return cls(trials, search.timeout, started if started is not None else time.monotonic())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def search_left(self) -> float:
+        """Seconds left for search trials (inf without a timeout)."""
+        if self.timeout is None:
+            return math.inf
+        return self.timeout - self.reserve - self.elapsed()
+
+    def left(self) -> float:
+        """Seconds left of the whole budget (inf without a timeout)."""
+        return math.inf if self.timeout is None else self.timeout - self.elapsed()
+
+    def keep_back(self, seconds: float) -> None:
+        """Reserve ``seconds`` (capped at a third of the timeout) for what follows the search."""
+        if self.timeout is not None:
+            self.reserve = min(max(0.0, seconds), MAX_RESERVE * self.timeout)
+
+    def trials_left(self, study: optuna.Study) -> int | float:
+        """How many more trials this run may start: the cap minus the study's finished and running trials."""
+        if self.trials is None:
+            return math.inf
+        return max(0, self.trials - count(study, (*FINISHED, TrialState.RUNNING)))
+
+    def check(self, study: optuna.Study) -> str | None:
+        """The limit reached now, if any (and remember it)."""
+        if self.trials is not None and count(study) >= self.trials:
+            self.stopped_by = "trials"
+        elif self.search_left() <= 0:
+            self.stopped_by = "timeout"
+        return self.stopped_by
+
+    def end_search(self, reason: str | None = None) -> None:
+        self.stopped_by = reason or self.stopped_by
+        self.search_seconds = self.elapsed()
+
+    def to_dict(self) -> dict:
+        used = self.elapsed()
+        return {"trials": self.trials, "timeout": self.timeout, "stopped_by": self.stopped_by,
+                "search_seconds": round(self.search_seconds if self.search_seconds is not None else used, 2),
+                "seconds": round(used, 2),
+                "fraction_used": round(used / self.timeout, 3) if self.timeout else None}

@@ -1,0 +1,112 @@
+"""Noise-aware choice: re-train the best configurations with extra seeds and choose by the mean, not by one run.
+
+A search keeps the trial with the best validation score, and among many trials the best one is often a lucky seed.
+Before the final fit the top ``search.finalists`` configurations (distinct ones) are trained again with
+``search.finalist_seeds - 1`` other seeds (initial weights and data order), the seeds of one configuration as one
+population, and the configuration with the best mean validation score over its seeds wins. A seed that diverges
+scores as a failure. The finalists' runs are not Optuna trials: the study stays a record of the search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nntune.config import RunConfig, apply_overrides, build_config
+from nntune.search.budget import Budget
+from nntune.training.pipeline import fit_configs
+
+if TYPE_CHECKING:
+    from nntune.search.study import Search
+
+
+def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
+    """The ``n`` best complete trials with distinct configurations, best first."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    done.sort(key=lambda t: -t.value if maximize else t.value)
+    seen, top = set(), []
+    for t in done:
+        key = json.dumps(t.params, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            top.append(t)
+        if len(top) == n:
+            break
+    return top
+
+
+def seed_cost(search: Search, trial: FrozenTrial) -> float:
+    """Estimated seconds to train ``trial``'s configuration with the extra seeds (its population's wall time per
+    population of extra seeds)."""
+    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0}
+    extra = search.cfg.search.finalist_seeds - 1
+    size = search.population_size(build_config(trial.user_attrs["config"]))
+    return float(pop["seconds"]) * math.ceil(extra / size)
+
+
+def final_cost(trial: FrozenTrial, data_share: float = 1.25) -> float:
+    """Estimated seconds of the final fit: one run of the trial alone, on train+val (``data_share`` the larger set)."""
+    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0, "size": 1}
+    return float(pop["seconds"]) / math.sqrt(pop["size"]) * data_share
+
+
+def finishing_cost(search: Search, study: optuna.Study) -> float:
+    """What the finalists and the final fit will take, estimated from the current top trials."""
+    top = top_trials(study, max(1, search.cfg.search.finalists))
+    if not top:
+        return 0.0
+    extra = sum(seed_cost(search, t) for t in top) if len(top) >= 2 else 0.0
+    return final_cost(top[0]) + extra
+
+
+def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
+    """Re-train the finalists that fit in the time left, choose by mean score. None when there is nothing to choose
+    between (finalists off, fewer than two complete trials, or no time left for two)."""
+    n = search.cfg.search.finalists
+    if n < 2:
+        return None
+    top = top_trials(study, n)
+    if top:
+        # the search stopped with the reserve left, give or take its last population's overrun
+        room = max(budget.left(), budget.reserve) - final_cost(top[0])
+        while len(top) >= 2 and sum(seed_cost(search, t) for t in top) > room:
+            top.pop()
+    if len(top) < 2:
+        return {"skipped": "fewer than two finalists fit the time left" if budget.timeout else
+                "fewer than two complete trials", "chosen": None}
+    started = time.perf_counter()
+    seeds = search.cfg.search.finalist_seeds
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = []
+    for t in top:
+        cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
+        runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
+        fits = fit_configs(runs, search.data_for, search.population_size(cfg))
+        scores = [float(t.value)] + [_score(fit, search.monitor) for _, fit in fits]
+        finite = [s for s in scores if math.isfinite(s)]
+        rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,
+                     "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
+                     "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None})
+    ranked = [r for r in rows if r["mean"] is not None] or rows[:1]
+    best = max(ranked, key=lambda r: r["mean"] if maximize else -r["mean"]) if ranked[0]["mean"] is not None \
+        else ranked[0]
+    return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
+            "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}
+
+
+def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    return apply_overrides(cfg, {"seed": seed})
+
+
+def _score(fit, monitor: str) -> float:
+    if fit.stop_reason.startswith("non-finite"):
+        return math.nan
+    return float(fit.best.get(monitor, math.nan))

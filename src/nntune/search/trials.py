@@ -1,0 +1,236 @@
+"""Run a study's trials as populations: ask one trial, fill a population with its structure, train, tell.
+
+A population is K Optuna trials that share one structure (family, depth, widths, activation, batch norm, dropout
+placement, scaler, augmentation preset, batch size, optimizer, schedule kind): the first trial is sampled freely, the
+other K-1 are enqueued with its structure values fixed, so the sampler fills in their continuous settings (LR, weight
+decay, dropout rate, augmentation strength, schedule parameters, patience). Waiting trials already in the study
+(defaults, retries of crashed trials, another worker's enqueued members) are taken first and train in a population of
+their own structure. Every member is an ordinary trial: the pruner judges each one every epoch, and each is told its
+own result, so the study, resume, workers, trials.csv and the report see trials as before.
+
+Optuna's ``study.optimize`` runs one trial at a time, so this module drives ask/tell itself and records the
+heartbeats of all running members (a crashed process's members are failed by the heartbeat and retried once).
+K is measured per model family (:func:`nntune.training.pipeline.choose_population_size`) unless
+``search.population`` sets it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from nntune import artifacts
+from nntune.config import RunConfig, apply_overrides
+from nntune.errors import NNTuneError
+from nntune.search.budget import Budget
+from nntune.search.progress import LiveTrials
+from nntune.search.space import sample, structure_values
+from nntune.training.callbacks import Callback
+from nntune.training.diagnostics import diagnose
+from nntune.training.pipeline import fit_population
+from nntune.training.population import structure_key
+
+if TYPE_CHECKING:
+    from nntune.search.study import Search
+
+MAX_FAILURE_STREAK = 10  # this many failed trials in a row (fewer when the trial cap is smaller) end the search
+
+
+class OptunaPruning(Callback):
+    """Reports the monitored value each epoch and stops training when Optuna's pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor, self.pruned = trial, monitor, False
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        value = logs[self.monitor]
+        if not math.isfinite(value):
+            return
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.stop(f"pruned at epoch {epoch}")
+
+
+class Deadline(Callback):
+    """Ends training after the epoch during which the search's time ran out."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self.budget.search_left() <= 0:
+            trainer.stop(f"time budget at epoch {epoch}")
+
+
+class Heartbeats:
+    """Records a heartbeat for every running member trial until the population ends (Optuna's own heartbeat thread
+    covers one trial of ``optimize`` at a time)."""
+
+    def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+        self.storage = study._storage  # the storage object is not public on Study; RDBStorage has heartbeats
+        self.ids = [t._trial_id for t in trials]
+        self.interval = self.storage.get_heartbeat_interval() if hasattr(self.storage, "get_heartbeat_interval") \
+            else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.ids:
+                self.storage.record_heartbeat(trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeats:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="nntune-heartbeats")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+Member = tuple[optuna.Trial, RunConfig]
+
+
+def _waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _ask(search: Search, study: optuna.Study) -> tuple[Member, dict]:
+    """One new trial with its sampled config (trial epochs, no LR range test) recorded as user attributes."""
+    with warnings.catch_warnings():  # ask() warns that heartbeats need optimize(); Heartbeats records them here
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    cfg, values = sample(trial, search.params, search.cfg)
+    cfg = apply_overrides(cfg, {"train.epochs": search.trial_epochs, "train.lr_auto": False})
+    trial.set_user_attr("config", cfg.to_dict())
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    return (trial, cfg), values
+
+
+def ask_population(search: Search, study: optuna.Study, cap: int | float) -> list[Member]:
+    """Up to ``cap`` trials: one sampled freely, then members with its structure (waiting trials first)."""
+    first, values = _ask(search, study)
+    size = min(cap, search.population_size(first[1]))
+    members = [first]
+    fixed = structure_values(values)
+    while len(members) < size:
+        if not _waiting(study):
+            study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
+        members.append(_ask(search, study)[0])
+    return members
+
+
+def train_population(search: Search, study: optuna.Study, members: list[Member], budget: Budget) -> list[str]:
+    """Train the members (grouped by structure; one group is one population) and tell each trial its result.
+    Returns each member's final state name (COMPLETE, PRUNED or FAIL)."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        groups.setdefault(structure_key(m[1]), []).append(m)
+    states = []
+    for group in groups.values():
+        states += _train_group(search, study, group, budget)
+    return states
+
+
+def _train_group(search: Search, study: optuna.Study, group: list[Member], budget: Budget) -> list[str]:
+    monitor = search.monitor
+    trials, cfgs = [t for t, _ in group], [c for _, c in group]
+    pruning = [OptunaPruning(t, monitor) for t in trials]
+    data = search.data_for(cfgs[0])
+    first = trials[0].number
+    started = time.perf_counter()
+    try:
+        with Heartbeats(study, trials):
+            fits = fit_population(cfgs, data, [[p, Deadline(budget)] for p in pruning])
+    except (NNTuneError, torch.OutOfMemoryError) as err:
+        if isinstance(err, torch.OutOfMemoryError):
+            search.shrink_population(cfgs[0], len(cfgs))
+        for t in trials:
+            t.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
+            study.tell(t, state=TrialState.FAIL)
+        return ["FAIL"] * len(trials)
+    except BaseException:  # Ctrl-C or a bug: the members fail (not retried) and the error goes on
+        for t in trials:
+            study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    wall = time.perf_counter() - started
+    states = []
+    for trial, cfg, prune, (model, fit) in zip(trials, cfgs, pruning, fits):
+        attrs = {"seconds": round(wall / len(trials), 3), "population": {"first": first, "size": len(trials),
+                                                                         "seconds": round(wall, 3)},
+                 "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
+                 "history": [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history],
+                 "findings": [f.to_dict() for f in diagnose(fit.history, model, data.x_val, fit.initial_val_loss)]}
+        if fit.stop_reason.startswith("non-finite"):
+            attrs["fail_reason"] = fit.stop_reason
+            state, value = TrialState.FAIL, None
+        elif prune.pruned:
+            state, value = TrialState.PRUNED, None
+        else:
+            artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
+            attrs["val"] = fit.best_val
+            state, value = TrialState.COMPLETE, fit.best[monitor]
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
+        study.tell(trial, value, state=state)
+        states.append(state.name)
+    return states
+
+
+def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bool = False,
+               finishing_cost=None) -> bool:
+    """Run populations of trials until the budget ends (with a live table when ``progress``); ``finishing_cost``
+    (study -> seconds) tells how much time to keep back for what follows. Returns False when Ctrl-C ended it."""
+    optuna.storages.fail_stale_trials(study)
+    live = LiveTrials(study, budget) if progress else None
+    streak, last_reason = 0, ""
+    limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
+    try:
+        if live:
+            live.__enter__()
+        while not budget.check(study):
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                budget.stopped_by = "grid"
+                break
+            cap = budget.trials_left(study)
+            if cap <= 0:  # the rest of the trial cap is running in other workers
+                budget.stopped_by = "trials"
+                break
+            optuna.storages.fail_stale_trials(study)
+            members = ask_population(search, study, cap)
+            for state in train_population(search, study, members, budget):
+                streak = streak + 1 if state == "FAIL" else 0
+            if live:
+                live.refresh()
+            if streak >= max(1, limit):
+                failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                last_reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "unknown"
+                raise NNTuneError(f"every one of the last {streak} trials failed (last: {last_reason}); fix the "
+                                  "config or search space and --resume")
+            if finishing_cost is not None:
+                budget.keep_back(finishing_cost(study))
+    except KeyboardInterrupt:
+        budget.end_search("interrupted")
+        return False
+    finally:
+        if budget.search_seconds is None:
+            budget.end_search()
+        if live:
+            live.__exit__(None, None, None)
+    return True
