@@ -1,60 +1,237 @@
-"""Search quality: nntune's default search (TPE, multivariate, median pruning) vs Optuna random search without
-pruning over the same space and trial budget. Prints JSON with test accuracy of each final model and the time taken.
+"""Search quality at a fixed wall-clock budget: nntune's search against its own other settings, its untuned defaults,
+Keras Tuner's Hyperband and (for tables) scikit-learn references. Prints one JSON line per run and a JSON summary
+(mean ± std of test accuracy per dataset and arm) at the end.
 
-Both arms use the same data split, space, epochs per trial and final step (retrain best config on train+val, test
-once). Results vary with the seed; pass several with --seeds to see the spread.
+Arms (every one sees the same split: 70 % train, 15 % validation, 15 % test, seeded 0; the test split is used once):
+- ``nntune``: ``nntune tune --timeout B`` (populations, defaults first, finalists);
+- ``nntune_pop1``: the same with ``--population 1`` (one trial at a time);
+- ``optuna_random``: Optuna's random sampler over nntune's space, no pruning, no populations, no defaults, no
+  finalists (a plain random search);
+- ``untuned_mlp`` / ``untuned_cnn``: ``nntune train`` with the default config of the family (no budget: it trains
+  until early stopping);
+- ``keras_hyperband``: Keras Tuner's Hyperband (Keras 3, torch backend) over an equivalent MLP / CNN space, stopped
+  at the budget; its best model is tested as trained. Needs ``pip install keras keras-tuner`` (benchmark only);
+- tables only: ``sk_hgb`` (HistGradientBoostingClassifier, defaults) and ``sk_mlp_random`` (MLPClassifier, random
+  search in the budget, chosen on the validation split).
+
+Run with ``--threads 1`` to give every arm the same single core (the other core stays free for the machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 import json
+import math
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
-
-from nntune.config import RunConfig, apply_overrides
-from nntune.search.study import tune
-
-ARMS = {"nntune_default": {"search.sampler": "tpe", "search.pruner": "median"},
-        "optuna_random": {"search.sampler": "random", "search.pruner": "none"}}
+ARMS = ("nntune", "nntune_pop1", "optuna_random", "untuned_mlp", "untuned_cnn", "keras_hyperband", "sk_hgb",
+        "sk_mlp_random")
+NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
+               "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
+                                 "search.defaults_first": False, "search.finalists": 0}}
 
 
-def run(dataset: str, trials: int, epochs: int, seed: int, arm: str) -> dict:
-    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, "search.trials": trials,
-                                        "search.epochs": epochs, **ARMS[arm]})
+def _split(dataset: str):
+    from nntune.config import RunConfig, apply_overrides
+    from nntune.training.pipeline import prepare_data
+
+    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "preprocess.scaler": "none"})
+    return prepare_data(cfg)
+
+
+def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
+    from nntune.config import RunConfig, apply_overrides
+    from nntune.search.study import tune
+
+    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, "search.timeout": budget,
+                                        **NNTUNE_ARMS[arm]})
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        result = tune(cfg, out)
-    print(f"{dataset} {arm} seed {seed}: test {result['test']['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s",
-          file=sys.stderr)
-    return {"test_accuracy": round(result["test"]["accuracy"], 4), "best_val": round(result["best_value"], 4),
-            "trials": result["trials"], "seconds": round(time.perf_counter() - t0, 1)}
+        r = tune(cfg, out)
+    return {"test_accuracy": r["test"]["accuracy"], "trials": r["trials"], "stopped_by": r["budget"]["stopped_by"],
+            "family": r["final"]["config"]["model"]["family"], "population_sizes": r["study"]["population_sizes"]}
+
+
+def untuned_arm(family: str, dataset: str, seed: int) -> dict | None:
+    from nntune.config import RunConfig, apply_overrides
+    from nntune.training.pipeline import train
+
+    if family == "cnn" and dataset in ("breast_cancer", "wine"):
+        return None
+    r = train(apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, "model.family": family}))
+    return {"test_accuracy": r["test"]["accuracy"], "epochs": len(r["history"])}
+
+
+def keras_arm(dataset: str, seed: int, budget: float, started: float) -> dict:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    import keras_tuner as kt
+    import numpy as np
+
+    from nntune.search.space import trial_epochs
+
+    d = _split(dataset)
+    x_tr, x_va, x_te = (t.numpy() for t in (d.x_train, d.x_val, d.x_test))
+    y_tr, y_va, y_te = (t.numpy() for t in (d.y_train, d.y_val, d.y_test))
+    axes = (0,) if x_tr.ndim == 2 else (0, 2) if x_tr.ndim == 3 else (0, 2, 3)
+    mean, std = x_tr.mean(axis=axes, keepdims=True), x_tr.std(axis=axes, keepdims=True) + 1e-8
+    x_tr, x_va, x_te = ((x - mean) / std for x in (x_tr, x_va, x_te))
+    if x_tr.ndim > 2:  # Keras convolutions take channels last
+        x_tr, x_va, x_te = (np.moveaxis(x, 1, -1) for x in (x_tr, x_va, x_te))
+    n_classes, kind = int(y_tr.max()) + 1, {2: "tabular", 3: "signal", 4: "image"}[d.x_train.dim()]
+    deadline = started + budget
+    keras.utils.set_random_seed(seed)
+
+    def build(hp):
+        family = hp.Choice("family", ["mlp", "cnn"] if kind != "tabular" else ["mlp"])
+        act = hp.Choice("activation", ["relu", "gelu", "tanh", "elu"])
+        inputs = keras.Input(x_tr.shape[1:])
+        h = inputs
+        if family == "cnn":
+            conv, pool = (keras.layers.Conv1D, keras.layers.MaxPooling1D) if kind == "signal" else \
+                (keras.layers.Conv2D, keras.layers.MaxPooling2D)
+            size = x_tr.shape[1] if kind == "signal" else min(x_tr.shape[1:3])
+            blocks = max(1, min(3, int(math.log2(max(2, size / 2)))))
+            kernel = hp.Choice("kernel", [3, 5, 7] if kind == "signal" else [3, 5], parent_name="family",
+                               parent_values=["cnn"])
+            for b in range(hp.Int("blocks", 1, blocks, parent_name="family", parent_values=["cnn"])):
+                h = conv(hp.Int(f"filters_{b}", 8, 64, sampling="log", parent_name="family",
+                                parent_values=["cnn"]), kernel, padding="same", activation=act)(h)
+                h = pool(2, padding="same")(h)
+            h = keras.layers.Flatten()(h)
+            h = keras.layers.Dense(hp.Int("fc_units", 32, 256, sampling="log", parent_name="family",
+                                          parent_values=["cnn"]), activation=act)(h)
+        else:
+            h = keras.layers.Flatten()(h)
+            for i in range(hp.Int("layers", 1, 4, parent_name="family", parent_values=["mlp"])):
+                h = keras.layers.Dense(hp.Int(f"units_{i}", 32, 512, sampling="log", parent_name="family",
+                                              parent_values=["mlp"]), activation=act)(h)
+        h = keras.layers.Dropout(hp.Float("dropout", 0.0, 0.5))(h)
+        model = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(h))
+        model.compile(optimizer=keras.optimizers.Adam(hp.Float("lr", 1e-4, 3e-2, sampling="log")),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    class TimeUp(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.monotonic() > deadline:
+                self.model.stop_training = True
+
+    class TimedHyperband(kt.Hyperband):
+        def pre_create_trial(self):
+            if time.monotonic() > deadline:
+                raise kt.errors.FatalError("time budget")
+
+    with tempfile.TemporaryDirectory() as out:
+        tuner = TimedHyperband(build, objective="val_accuracy", max_epochs=trial_epochs(len(x_tr)), factor=3,
+                               seed=seed, directory=out, project_name="b", overwrite=True)
+        try:
+            tuner.search(x_tr, y_tr, validation_data=(x_va, y_va), batch_size=64, verbose=0,
+                         callbacks=[TimeUp(), keras.callbacks.EarlyStopping(patience=5)])
+        except kt.errors.FatalError:
+            pass
+        trials = len(tuner.oracle.trials)
+        model = tuner.get_best_models(1)[0]
+        acc = float((model.predict(x_te, verbose=0).argmax(-1) == y_te).mean())
+    return {"test_accuracy": acc, "trials": trials}
+
+
+def sklearn_arm(arm: str, dataset: str, seed: int, budget: float, started: float) -> dict | None:
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if dataset not in ("breast_cancer", "wine"):
+        return None
+    d = _split(dataset)
+    x_tr, x_va, x_te = (t.numpy() for t in (d.x_train, d.x_val, d.x_test))
+    y_tr, y_va, y_te = (t.numpy() for t in (d.y_train, d.y_val, d.y_test))
+    if arm == "sk_hgb":
+        m = HistGradientBoostingClassifier(random_state=seed).fit(np.concatenate([x_tr, x_va]),
+                                                                   np.concatenate([y_tr, y_va]))
+        return {"test_accuracy": float(m.score(x_te, y_te))}
+    rng = np.random.default_rng(seed)
+    best, best_val, trials = None, -1.0, 0
+    while time.monotonic() < started + budget:
+        layers = tuple(int(2 ** rng.uniform(4, 9)) for _ in range(rng.integers(1, 4)))
+        m = make_pipeline(StandardScaler(), MLPClassifier(layers, alpha=10 ** rng.uniform(-6, -1),
+                                                          learning_rate_init=10 ** rng.uniform(-4, -1.5),
+                                                          max_iter=300, random_state=int(rng.integers(1 << 30))))
+        m.fit(x_tr, y_tr)
+        trials += 1
+        if (v := m.score(x_va, y_va)) > best_val:
+            best, best_val = m, v
+    return {"test_accuracy": float(best.score(x_te, y_te)), "trials": trials}
+
+
+def run(arm: str, dataset: str, seed: int, budget: float) -> dict | None:
+    started = time.monotonic()
+    if arm in NNTUNE_ARMS:
+        out = nntune_arm(arm, dataset, seed, budget)
+    elif arm.startswith("untuned_"):
+        out = untuned_arm(arm.removeprefix("untuned_"), dataset, seed)
+    elif arm == "keras_hyperband":
+        out = keras_arm(dataset, seed, budget, started)
+    else:
+        out = sklearn_arm(arm, dataset, seed, budget, started)
+    if out is None:
+        return None
+    return {"dataset": dataset, "arm": arm, "seed": seed, "budget_s": budget, **out,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    table: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        table.setdefault((r["dataset"], r["arm"]), []).append(r)
+    out = []
+    for (ds, arm), runs in table.items():
+        accs = [r["test_accuracy"] for r in runs]
+        out.append({"dataset": ds, "arm": arm, "n": len(accs), "mean": round(statistics.fmean(accs), 4),
+                    "std": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
+                    "mean_seconds": round(statistics.fmean(r["seconds"] for r in runs), 1)})
+    return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--datasets", default="digits,mnist5k")
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--epochs", default="digits=30,mnist5k=10", help="max epochs per trial, per dataset")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--threads", type=int, default=2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="digits,mnist5k,signals,breast_cancer,wine")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--budget", type=float, default=60, help="wall-clock seconds per search arm and run")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log", type=Path, help="append each run's JSON line here too (a partial run keeps its rows)")
     args = p.parse_args()
+    warnings.filterwarnings("ignore")  # sklearn's ConvergenceWarning and Keras's notices would drown the rows
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
     torch.set_num_threads(args.threads)
-    epochs = dict(kv.split("=") for kv in args.epochs.split(","))
-    report = []
+    rows = []
     for ds in args.datasets.split(","):
-        for arm in ARMS:
-            runs = [run(ds, args.trials, int(epochs.get(ds, 20)), int(s), arm) for s in args.seeds.split(",")]
-            accs = [r["test_accuracy"] for r in runs]
-            report.append({"dataset": ds, "arm": arm, "mean_test_accuracy": round(statistics.mean(accs), 4),
-                           "mean_seconds": round(statistics.mean(r["seconds"] for r in runs), 1), "runs": runs})
-    print(json.dumps({"benchmark": "search_quality", "machine": platform.machine(), "threads": args.threads,
-                      "trials": args.trials, "seeds": args.seeds, "results": report}, indent=2))
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for arm in args.arms.split(","):
+                row = run(arm, ds, seed, args.budget)
+                if row is None:
+                    continue
+                rows.append(row)
+                line = json.dumps(row)
+                print(line, flush=True)
+                if args.log:
+                    with args.log.open("a") as fh:
+                        fh.write(line + "\n")
+                print(f"{ds} {arm} seed {seed}: {row['test_accuracy']:.4f} in {row['seconds']}s", file=sys.stderr)
+    print(json.dumps({"benchmark": "search_quality", "machine": platform.machine(), "cpu": platform.processor(),
+                      "threads": args.threads, "budget_s": args.budget, "seeds": args.seeds,
+                      "summary": summarize(rows)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ def test_overfitting():
     assert codes(f) == ["overfitting"] and f[0].evidence["best_val_epoch"] == 3
 
 
+def test_overfitting_from_a_perfect_validation_loss():
+    f = history_findings(hist([1, .5, .3, .2, .1, .05], [0.5, 0.0, 0.1, 0.2, 0.3, 0.4]))
+    assert codes(f) == ["overfitting"] and "from 0 to 0.4" in f[0].message
+
+
 def test_diverging_and_non_finite():
     assert codes(history_findings(hist([1, .8, 1.5, 3, 6], [1, .9, 2, 4, 8]))) == ["diverging"]
     f = history_findings(hist([1, float("nan")], [1, float("nan")]))

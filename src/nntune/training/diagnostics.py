@@ -76,8 +76,9 @@ def history_findings(history: list[dict], initial_loss: float | None = None) -> 
     val = [h["val_loss"] for h in history]
     vbest = min(range(len(val)), key=val.__getitem__)
     if (len(val) - vbest >= 3 and val[-1] > (1 + OVERFIT_RISE) * val[vbest] and losses[-1] < losses[vbest]):
+        rise = f"{val[-1] / val[vbest] - 1:.0%}" if val[vbest] > 0 else f"from 0 to {val[-1]:.3g}"
         findings.append(Finding("overfitting", "warning",
-                                f"Validation loss rose {val[-1] / val[vbest] - 1:.0%} after epoch {vbest + 1} while "
+                                f"Validation loss rose {rise} after epoch {vbest + 1} while "
                                 "training loss kept falling: the model is overfitting. Early stopping keeps the best "
                                 "epoch; more dropout, weight decay, augmentation or a smaller model would help.",
                                 {"best_val_epoch": vbest + 1, "best_val_loss": val[vbest], "last_val_loss": val[-1],
