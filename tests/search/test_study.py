@@ -93,8 +93,8 @@ def _finished(db):
 
 def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "nntune", "tune", "--trials", "6", "--trial-epochs", "10", "--out", str(out),
-            "--quiet", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
+    args = [sys.executable, "-m", "nntune", "tune", "--trials", "9", "--trial-epochs", "10", "--out", str(out),
+            "--quiet", "--population", "3", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "study.db"
     deadline = time.monotonic() + 120
@@ -107,7 +107,7 @@ def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
             except Exception:
                 continue
             complete = [t for t in trials if t.state.name == "COMPLETE"]
-            if len(complete) >= 2 and any(t.state.name == "RUNNING" for t in trials):
+            if len(complete) >= 2 and sum(t.state.name == "RUNNING" for t in trials) == 3:  # mid-population
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 before = _finished(db)
@@ -119,7 +119,7 @@ def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
     subprocess.run(args + ["--resume"], check=True, stdout=subprocess.DEVNULL, timeout=300)
     after = {t.number: t for t in _finished(db)}
     assert all(after[n].state.name == "COMPLETE" and after[n].value == v for n, v in done.items())
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) >= 6
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) >= 9
     for n in running:  # the crashed trial is failed and its configuration retried once
         assert after[n].state.name == "FAIL"
         retried = [t for t in after.values()
@@ -165,3 +165,63 @@ def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path):
     assert proc.returncode == 0, err.decode()[-1000:]
     result = json.loads((out / "result.json").read_text())
     assert result["interrupted"] and result["trials"]["complete"] >= 2 and (out / "best").is_dir()
+
+
+def _load(out):
+    return optuna.load_study(study_name="nntune", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_defaults_come_first_and_are_not_enqueued_again_on_resume(tmp_path):
+    from nntune.search.space import default_trials, resolve_space
+
+    cfg = apply_overrides(RunConfig(), {"search.trials": 4, "search.epochs": 2, "search.finalists": 0})
+    tune(cfg, tmp_path)
+    trials = _load(tmp_path).trials
+    expected = default_trials(resolve_space(cfg, "image", (1, 8, 8)), cfg, "image")  # digits: MLP and CNN
+    assert [t.params for t in trials[:2]] == expected
+    assert [t.user_attrs.get("default") for t in trials] == [True, True, None, None]
+    tune(apply_overrides(cfg, {"search.trials": 6}), tmp_path, resume=True)
+    trials = _load(tmp_path).trials
+    assert len(trials) == 6 and sum(bool(t.user_attrs.get("default")) for t in trials) == 2
+
+
+def test_members_of_a_population_share_the_structure_and_are_separate_trials(tmp_path):
+    from nntune.search.space import structure_values
+
+    cfg = apply_overrides(RunConfig(), {"search.trials": 8, "search.epochs": 2, "search.population": 4,
+                                        "search.defaults_first": False, "search.finalists": 0,
+                                        "search.space": {"model.family": "mlp"}})
+    result = tune(cfg, tmp_path)
+    assert result["study"]["population_sizes"] == {"all": 4}
+    populations: dict[int, list] = {}
+    for t in _load(tmp_path).trials:
+        populations.setdefault(t.user_attrs["population"]["first"], []).append(t)
+    assert [len(p) for p in populations.values()] == [4, 4]
+    for first, members in populations.items():
+        assert len({json.dumps(structure_values(t.params), sort_keys=True) for t in members}) == 1
+        assert len({t.params["train.lr"] for t in members}) == 4  # the sampler filled each member's own LR
+        assert all(t.user_attrs.get("population_of") == first for t in members if t.number != first)
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in members)
+        complete = [t for t in members if t.state.name == "COMPLETE"]
+        assert all(t.value == t.user_attrs["val"]["accuracy"] for t in complete)
+        assert all((tmp_path / "trials" / str(t.number)).is_dir() for t in complete)
+
+
+def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 20, "search.epochs": 2})
+    result = tune(cfg, tmp_path)
+    finished = result["trials"]["complete"] + result["trials"]["pruned"]
+    assert finished > 20 and result["budget"]["stopped_by"] == "timeout" and result["budget"]["trials"] is None
+    assert 15 <= result["seconds"] <= 24
+    assert result["budget"]["fraction_used"] == pytest.approx(result["seconds"] / 20, abs=0.02)
+
+
+def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
+    cfg = apply_overrides(RunConfig(), {"search.trials": 6, "search.epochs": 3, "search.finalists": 3,
+                                        "search.finalist_seeds": 2, "search.space": {"model.family": "mlp"}})
+    result = tune(cfg, tmp_path)
+    fin = result["finalists"]
+    assert len(fin["finalists"]) == 3 and all(len(r["scores"]) == 2 for r in fin["finalists"])
+    best = max(fin["finalists"], key=lambda r: r["mean"])
+    assert fin["chosen"] == best["trial"] == result["best_trial"]
+    assert result["final"]["config"]["model"] == _load(tmp_path).trials[best["trial"]].user_attrs["config"]["model"]

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nntune.config import RunConfig, apply_overrides, build_config
-from nntune.search.budget import Budget
+from nntune.search.budget import MAX_RESERVE, Budget
 from nntune.training.pipeline import fit_configs
 
 if TYPE_CHECKING:
@@ -53,34 +53,43 @@ def seed_cost(search: Search, trial: FrozenTrial) -> float:
 
 
 def final_cost(trial: FrozenTrial, data_share: float = 1.25) -> float:
-    """Estimated seconds of the final fit: one run of the trial alone, on train+val (``data_share`` the larger set)."""
-    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0, "size": 1}
-    return float(pop["seconds"]) / math.sqrt(pop["size"]) * data_share
+    """Estimated seconds of the final fit: the wall time of the trial's population (an upper bound on one run of
+    the trial alone) times the larger train+val set (``data_share``)."""
+    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0}
+    return float(pop["seconds"]) * data_share
 
 
-def finishing_cost(search: Search, study: optuna.Study) -> float:
-    """What the finalists and the final fit will take, estimated from the current top trials."""
-    top = top_trials(study, max(1, search.cfg.search.finalists))
-    if not top:
+def plan(search: Search, study: optuna.Study, room: float) -> list[FrozenTrial]:
+    """The finalists (best first) whose extra seeds fit in ``room`` seconds; none when fewer than two fit."""
+    top = top_trials(study, search.cfg.search.finalists) if search.cfg.search.finalists >= 2 else []
+    while len(top) >= 2 and sum(seed_cost(search, t) for t in top) > room:
+        top.pop()
+    return top if len(top) >= 2 else []
+
+
+def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float:
+    """What the finalists and the final fit will take, estimated from the current top trials (only the finalists
+    that fit in the share of the budget kept back count)."""
+    best = top_trials(study, 1)
+    if not best:
         return 0.0
-    extra = sum(seed_cost(search, t) for t in top) if len(top) >= 2 else 0.0
-    return final_cost(top[0]) + extra
+    final = final_cost(best[0])
+    room = MAX_RESERVE * budget.timeout - final if budget.timeout else math.inf
+    return final + sum(seed_cost(search, t) for t in plan(search, study, room))
 
 
 def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
-    """Re-train the finalists that fit in the time left, choose by mean score. None when there is nothing to choose
-    between (finalists off, fewer than two complete trials, or no time left for two)."""
-    n = search.cfg.search.finalists
-    if n < 2:
+    """Re-train the finalists that fit in the time left, choose by mean score. None when finalists are off; a
+    ``skipped`` reason when there is nothing to choose between (fewer than two complete trials, or no time)."""
+    if search.cfg.search.finalists < 2:
         return None
-    top = top_trials(study, n)
-    if top:
-        # the search stopped with the reserve left, give or take its last population's overrun
-        room = max(budget.left(), budget.reserve) - final_cost(top[0])
-        while len(top) >= 2 and sum(seed_cost(search, t) for t in top) > room:
-            top.pop()
-    if len(top) < 2:
-        return {"skipped": "fewer than two finalists fit the time left" if budget.timeout else
+    best = top_trials(study, 1)
+    # the search stopped with the reserve left, give or take its last population's overrun
+    room = max(budget.left(), budget.reserve) - (final_cost(best[0]) if best else 0.0)
+    top = plan(search, study, room)
+    if not top:
+        enough = len(top_trials(study, 2)) >= 2
+        return {"skipped": "fewer than two finalists fit the time left" if enough else
                 "fewer than two complete trials", "chosen": None}
     started = time.perf_counter()
     seeds = search.cfg.search.finalist_seeds
@@ -95,9 +104,8 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
         rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
                      "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None})
-    ranked = [r for r in rows if r["mean"] is not None] or rows[:1]
-    best = max(ranked, key=lambda r: r["mean"] if maximize else -r["mean"]) if ranked[0]["mean"] is not None \
-        else ranked[0]
+    steady = [r for r in rows if r["mean"] is not None]  # every seed trained to a finite score
+    best = max(steady, key=lambda r: r["mean"] if maximize else -r["mean"]) if steady else rows[0]
     return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
             "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}
 

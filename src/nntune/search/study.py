@@ -248,7 +248,7 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
     search = prepare_search(cfg, out)
     monitor, direction = objective_spec(search.task)
     study = open_study(search, resume)
-    completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s))
+    completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s, budget))
     write_trials_csv(study, out / "trials.csv")
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if n["complete"] == 0:

@@ -74,23 +74,31 @@ class Deadline(Callback):
 
 
 class Heartbeats:
-    """Records a heartbeat for every running member trial until the population ends (Optuna's own heartbeat thread
-    covers one trial of ``optimize`` at a time)."""
+    """Records a heartbeat for every trial of a population, from its ``ask`` until the population ends (Optuna's own
+    heartbeat thread covers one trial of ``optimize`` at a time). A trial gets its first beat when it is added, so a
+    process killed at any moment after ``ask`` leaves trials that go stale and are retried."""
 
-    def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+    def __init__(self, study: optuna.Study) -> None:
         self.storage = study._storage  # the storage object is not public on Study; RDBStorage has heartbeats
-        self.ids = [t._trial_id for t in trials]
         self.interval = self.storage.get_heartbeat_interval() if hasattr(self.storage, "get_heartbeat_interval") \
             else None
+        self.ids: list[int] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def add(self, trial: optuna.Trial) -> None:
+        if self.interval:
+            self.storage.record_heartbeat(trial._trial_id)
+            with self._lock:
+                self.ids.append(trial._trial_id)
+
     def _beat(self) -> None:
-        while True:
-            for trial_id in self.ids:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.ids)
+            for trial_id in ids:
                 self.storage.record_heartbeat(trial_id)
-            if self._stop.wait(self.interval):
-                return
 
     def __enter__(self) -> Heartbeats:
         if self.interval:
@@ -111,11 +119,12 @@ def _waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _ask(search: Search, study: optuna.Study) -> tuple[Member, dict]:
+def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member, dict]:
     """One new trial with its sampled config (trial epochs, no LR range test) recorded as user attributes."""
     with warnings.catch_warnings():  # ask() warns that heartbeats need optimize(); Heartbeats records them here
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
+    beats.add(trial)
     cfg, values = sample(trial, search.params, search.cfg)
     cfg = apply_overrides(cfg, {"train.epochs": search.trial_epochs, "train.lr_auto": False})
     trial.set_user_attr("config", cfg.to_dict())
@@ -123,16 +132,16 @@ def _ask(search: Search, study: optuna.Study) -> tuple[Member, dict]:
     return (trial, cfg), values
 
 
-def ask_population(search: Search, study: optuna.Study, cap: int | float) -> list[Member]:
+def ask_population(search: Search, study: optuna.Study, cap: int | float, beats: Heartbeats) -> list[Member]:
     """Up to ``cap`` trials: one sampled freely, then members with its structure (waiting trials first)."""
-    first, values = _ask(search, study)
+    first, values = _ask(search, study, beats)
     size = min(cap, search.population_size(first[1]))
     members = [first]
     fixed = structure_values(values)
     while len(members) < size:
         if not _waiting(study):
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
-        members.append(_ask(search, study)[0])
+        members.append(_ask(search, study, beats)[0])
     return members
 
 
@@ -156,8 +165,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     first = trials[0].number
     started = time.perf_counter()
     try:
-        with Heartbeats(study, trials):
-            fits = fit_population(cfgs, data, [[p, Deadline(budget)] for p in pruning])
+        fits = fit_population(cfgs, data, [[p, Deadline(budget)] for p in pruning])
     except (NNTuneError, torch.OutOfMemoryError) as err:
         if isinstance(err, torch.OutOfMemoryError):
             search.shrink_population(cfgs[0], len(cfgs))
@@ -197,7 +205,6 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                finishing_cost=None) -> bool:
     """Run populations of trials until the budget ends (with a live table when ``progress``); ``finishing_cost``
     (study -> seconds) tells how much time to keep back for what follows. Returns False when Ctrl-C ended it."""
-    optuna.storages.fail_stale_trials(study)
     live = LiveTrials(study, budget) if progress else None
     streak, last_reason = 0, ""
     limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
@@ -205,6 +212,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
         if live:
             live.__enter__()
         while not budget.check(study):
+            optuna.storages.fail_stale_trials(study)  # before counting: a crashed worker's trials stop counting
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 budget.stopped_by = "grid"
                 break
@@ -212,9 +220,10 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
             if cap <= 0:  # the rest of the trial cap is running in other workers
                 budget.stopped_by = "trials"
                 break
-            optuna.storages.fail_stale_trials(study)
-            members = ask_population(search, study, cap)
-            for state in train_population(search, study, members, budget):
+            with Heartbeats(study) as beats:
+                members = ask_population(search, study, cap, beats)
+                states = train_population(search, study, members, budget)
+            for state in states:
                 streak = streak + 1 if state == "FAIL" else 0
             if live:
                 live.refresh()

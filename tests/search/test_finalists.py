@@ -1,0 +1,70 @@
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from nntune.config import RunConfig, apply_overrides
+from nntune.search import finalists
+from nntune.search.budget import Budget
+from nntune.training.trainer import FitResult
+
+
+def _study(values: dict[float, str]):
+    """A study with one complete trial per (value, activation), each with a config and a population record."""
+    study = optuna.create_study(direction="maximize")
+    for value, act in values.items():
+        cfg = apply_overrides(RunConfig(), {"model.activation": act})
+        study.enqueue_trial({"model.activation": act})
+        t = study.ask()
+        t.suggest_categorical("model.activation", ["relu", "gelu", "tanh"])
+        t.set_user_attr("config", cfg.to_dict())
+        t.set_user_attr("population", {"first": t.number, "size": 1, "seconds": 1.0})
+        study.tell(t, value)
+    return study
+
+
+def _search(seeds=3):
+    cfg = apply_overrides(RunConfig(), {"search.finalists": 3, "search.finalist_seeds": seeds})
+    return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c: 4, data_for=lambda c: None)
+
+
+def _fits(scores_by_activation):
+    def fake_fit_configs(cfgs, data_for, size):
+        out = []
+        for c in cfgs:
+            fit = FitResult(history=[{"epoch": 1, "val_accuracy": scores_by_activation[c.model.activation][c.seed]}],
+                            best_epoch=1)
+            out.append((None, fit))
+        return out
+    return fake_fit_configs
+
+
+def test_a_lucky_seed_loses_to_the_best_mean(monkeypatch):
+    # relu's trial scored 0.99 by luck (its other seeds: 0.80, 0.82); gelu is steady around 0.95
+    study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
+    scores = {"relu": {1000: 0.80, 2000: 0.82}, "gelu": {1000: 0.94, 2000: 0.96}, "tanh": {1000: 0.9, 2000: 0.9}}
+    monkeypatch.setattr(finalists, "fit_configs", _fits(scores))
+    out = finalists.run_finalists(_search(), study, Budget(None, None))
+    rows = {r["trial"]: r for r in out["finalists"]}
+    assert out["chosen"] == 1 and study.best_trial.number == 0
+    assert rows[0]["scores"] == [0.99, 0.80, 0.82] and rows[0]["seeds"] == [0, 1000, 2000]
+    assert rows[1]["mean"] == pytest.approx(0.95) and rows[1]["std"] == pytest.approx(0.01)
+    assert out["by"] == "mean val accuracy over 3 seeds"
+
+
+def test_a_seed_that_diverges_disqualifies_its_config(monkeypatch):
+    study = _study({0.99: "relu", 0.95: "gelu"})
+    scores = {"relu": {1000: 0.98, 2000: float("nan")}, "gelu": {1000: 0.9, 2000: 0.9}}
+    monkeypatch.setattr(finalists, "fit_configs", _fits(scores))
+    out = finalists.run_finalists(_search(), study, Budget(None, None))
+    assert out["chosen"] == 1 and out["finalists"][0]["mean"] is None
+
+
+def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
+    study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
+    monkeypatch.setattr(finalists, "fit_configs", _fits({a: {1000: 0.9, 2000: 0.9} for a in ("relu", "gelu",
+                                                                                           "tanh")}))
+    budget = Budget(None, 3.5)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s: two fit
+    out = finalists.run_finalists(_search(), study, budget)
+    assert [r["trial"] for r in out["finalists"]] == [0, 1]
+    assert finalists.run_finalists(_search(), study, Budget(None, 2.0))["chosen"] is None  # not even two
