@@ -99,6 +99,19 @@ def test_tune_predict_and_worker(capsys, tmp_path):
     assert code == 2 and "--resume" in err
 
 
+def test_tune_with_a_time_budget_prints_what_ended_it_and_the_finalists(capsys, tmp_path):
+    out = tmp_path / "w"
+    text = run_ok(capsys, "tune", "--dataset", "wine", "--timeout", "12s", "--trial-epochs", "3", "--population", "2",
+                  "--quiet", "--out", str(out), "--json", str(tmp_path / "r.json"))
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["budget"]["stopped_by"] == "timeout" and result["study"]["population_sizes"] == {"all": 2}
+    assert "search stopped by" in text and "timeout" in text and "chosen trial" in text
+    if result["finalists"].get("finalists"):
+        assert "finalist trial" in text and "(chosen)" in text
+    else:
+        assert result["finalists"]["skipped"]
+
+
 def test_predict_csv_needs_feature_columns(capsys, tmp_path):
     csv = tmp_path / "d.csv"
     rows = ["a,b,y"] + [f"{i % 7},{(i * 3) % 5},{i % 2}" for i in range(60)]

@@ -40,6 +40,11 @@ def test_tune_report_has_ten_sections_and_embeds_everything(tune_dir):
     for evidence in ("q5_lr_find", "q10_learning_curves", "q6_activation", "optimization_history"):
         assert (tune_dir / "figures" / f"{evidence}.png").exists()
     assert "Test split, evaluated once" in page and "Range test suggestions" in page
+    result = json.loads((tune_dir / "result.json").read_text())
+    assert "The search was stopped by <b>trials</b>" in page
+    assert "Finalists, each re-trained with other seeds" in page
+    for row in result["finalists"]["finalists"]:
+        assert f"<td>{row['trial']}</td>" in page
 
 
 def test_train_report(tmp_path):

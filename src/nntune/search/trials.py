@@ -125,8 +125,13 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     beats.add(trial)
-    cfg, values = sample(trial, search.params, search.cfg)
-    cfg = apply_overrides(cfg, {"train.epochs": search.trial_epochs, "train.lr_auto": False})
+    try:
+        cfg, values = sample(trial, search.params, search.cfg)
+        cfg = apply_overrides(cfg, {"train.epochs": search.trial_epochs, "train.lr_auto": False})
+    except NNTuneError as err:  # values that are valid alone but not together: this trial fails, the search goes on
+        trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     trial.set_user_attr("config", cfg.to_dict())
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     return (trial, cfg), values
@@ -141,7 +146,10 @@ def ask_population(search: Search, study: optuna.Study, cap: int | float, beats:
     while len(members) < size:
         if not _waiting(study):
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
-        members.append(_ask(search, study, beats)[0])
+        try:
+            members.append(_ask(search, study, beats)[0])
+        except NNTuneError:  # told FAIL by _ask; train the members asked so far
+            break
     return members
 
 
@@ -221,8 +229,11 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                 budget.stopped_by = "trials"
                 break
             with Heartbeats(study) as beats:
-                members = ask_population(search, study, cap, beats)
-                states = train_population(search, study, members, budget)
+                try:
+                    members = ask_population(search, study, cap, beats)
+                except NNTuneError:
+                    members = []
+                states = train_population(search, study, members, budget) if members else ["FAIL"]
             for state in states:
                 streak = streak + 1 if state == "FAIL" else 0
             if live:
