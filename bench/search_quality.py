@@ -206,6 +206,7 @@ def main() -> None:
     p.add_argument("--datasets", default="digits,mnist5k,signals,breast_cancer,wine")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--budget", type=float, default=60, help="wall-clock seconds per search arm and run")
+    p.add_argument("--budget-for", default="", help="per-dataset budgets overriding --budget, e.g. mnist5k=120")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", type=Path, help="append each run's JSON line here too (a partial run keeps its rows)")
@@ -215,11 +216,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.budget_for.split(",") if kv)}
     rows = []
     for ds in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in args.arms.split(","):
-                row = run(arm, ds, seed, args.budget)
+                row = run(arm, ds, seed, budgets.get(ds, args.budget))
                 if row is None:
                     continue
                 rows.append(row)
@@ -230,7 +232,8 @@ def main() -> None:
                         fh.write(line + "\n")
                 print(f"{ds} {arm} seed {seed}: {row['test_accuracy']:.4f} in {row['seconds']}s", file=sys.stderr)
     print(json.dumps({"benchmark": "search_quality", "machine": platform.machine(), "cpu": platform.processor(),
-                      "threads": args.threads, "budget_s": args.budget, "seeds": args.seeds,
+                      "threads": args.threads, "budget_s": {ds: budgets.get(ds, args.budget)
+                                                            for ds in args.datasets.split(",")}, "seeds": args.seeds,
                       "summary": summarize(rows)}, indent=2))
 
 

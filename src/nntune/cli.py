@@ -441,7 +441,8 @@ def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
     search = prepare_search(cfg, out)
     study = open_study(search, resume=True, worker=True)
     run_trials(search, study, budget, progress=not quiet)
-    out_console.print(f"worker done: the study {study.study_name!r} has {count(study)} finished trials")
+    out_console.print(f"worker done ({budget.stopped_by}, {budget.elapsed():.0f} s): the study "
+                      f"{study.study_name!r} has {count(study)} finished trials")
 
 
 def _summary_table(command: str, result: dict) -> tuple[str, Table]:
@@ -458,9 +459,9 @@ def _print_tune_summary(result: dict, out: Path) -> None:
     n = result["trials"]
     table.add_row("trials (complete / pruned / failed)", f"{n['complete']} / {n['pruned']} / {n['fail']}")
     b = result["budget"]
-    used = f"{b['seconds']:.0f} s" + (f" of {b['timeout']:.0f} s ({100 * b['fraction_used']:.0f}%)" if b["timeout"]
+    used = f"{b['seconds']:.0f} s" + (f" of {b['timeout']:.0f} s, {100 * b['fraction_used']:.0f}%" if b["timeout"]
                                       else "")
-    table.add_row("search stopped by", f"{b['stopped_by']} ({used})")
+    table.add_row("search stopped by", f"{b['stopped_by']}; run took {used}")
     table.add_row("chosen trial", str(result["best_trial"]))
     table.add_row(f"its {result['study']['objective'].replace('_', ' ')}", f"{result['best_value']:.4f}")
     fin = result.get("finalists") or {}
@@ -475,7 +476,7 @@ def _print_tune_summary(result: dict, out: Path) -> None:
         table.add_row(f"ensemble of top {e['k']} test {metric}", f"{e['test'][metric]:.4f}")
     table.add_row("seconds", f"{result['seconds']:.1f}")
     out_console.print(table)
-    params = Table(title="best configuration", show_header=False)
+    params = Table(title="chosen configuration", show_header=False)
     for k, v in result["best_params"].items():
         params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     out_console.print(params)

@@ -43,6 +43,7 @@ def test_tune_report_has_ten_sections_and_embeds_everything(tune_dir):
     result = json.loads((tune_dir / "result.json").read_text())
     assert "The search was stopped by <b>trials</b>" in page
     assert "Finalists, each re-trained with other seeds" in page
+    assert "default configurations ran first" in page and "mlp (trial 0)" in page and "cnn (trial 1)" in page
     for row in result["finalists"]["finalists"]:
         assert f"<td>{row['trial']}</td>" in page
 

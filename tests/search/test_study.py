@@ -174,11 +174,14 @@ def _load(out):
 def test_defaults_come_first_and_are_not_enqueued_again_on_resume(tmp_path):
     from nntune.search.space import default_trials, resolve_space
 
-    cfg = apply_overrides(RunConfig(), {"search.trials": 4, "search.epochs": 2, "search.finalists": 0})
+    cfg = apply_overrides(RunConfig(), {"search.trials": 4, "search.epochs": 2, "search.finalists": 0,
+                                        "train.epochs": 3})
     tune(cfg, tmp_path)
     trials = _load(tmp_path).trials
     expected = default_trials(resolve_space(cfg, "image", (1, 8, 8)), cfg, "image")  # digits: MLP and CNN
     assert [t.params for t in trials[:2]] == expected
+    # defaults train as `nntune train` would (the config's epochs), the other trials for the trial epochs
+    assert [t.user_attrs["config"]["train"]["epochs"] for t in trials] == [3, 3, 2, 2]
     assert [t.user_attrs.get("default") for t in trials] == [True, True, None, None]
     tune(apply_overrides(cfg, {"search.trials": 6}), tmp_path, resume=True)
     trials = _load(tmp_path).trials

@@ -444,6 +444,12 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
         body.append(f"<p>{n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed trials "
                     f"(sampler {view.result['study']['sampler']}, pruner {view.result['study']['pruner']}), "
                     "best first:</p>" + _table(rows, cols, limit=30))
+        defaults = [t for t in view.trials if t.attrs.get("default")]
+        if defaults:
+            scores = ", ".join(f"{t.params.get('model.family', view.config.model.family)} (trial {t.number}) "
+                               + (f"{t.value:.4f}" if t.value is not None else t.state.lower()) for t in defaults)
+            body.append(f"<p>nntune's default configurations ran first, as the baseline the search must beat: "
+                        f"{html.escape(scores)}.</p>")
         body += _budget_and_finalists_html(view.result)
         out.append(Section("The search", "How the search went and which settings mattered.", body))
     findings = view.findings()

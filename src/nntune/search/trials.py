@@ -127,7 +127,9 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
     beats.add(trial)
     try:
         cfg, values = sample(trial, search.params, search.cfg)
-        cfg = apply_overrides(cfg, {"train.epochs": search.trial_epochs, "train.lr_auto": False})
+        # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
+        epochs = cfg.train.epochs if trial.user_attrs.get("default") else search.trial_epochs
+        cfg = apply_overrides(cfg, {"train.epochs": epochs, "train.lr_auto": False})
     except NNTuneError as err:  # values that are valid alone but not together: this trial fails, the search goes on
         trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
         study.tell(trial, state=TrialState.FAIL)
