@@ -150,3 +150,12 @@ def test_structure_and_member_keys():
                                         "model.dropout_placement": "after_fc", "train.batch_size": 64,
                                         "train.schedule.name": "step", "preprocess.augment": "light"}
     assert is_member_key("train.lr") and not is_member_key("train.optimizer")
+
+
+def test_default_trials_snap_to_the_step_grid_inside_the_range_and_skip_unset_values():
+    space = {"model.family": "mlp", "train.early_stopping.patience": {"low": 3, "high": 10, "step": 4},
+             "train.grad_clip": {"low": 0.5, "high": 5.0}}
+    base = apply_overrides(RunConfig(), {"search.space": space})  # default patience 10, no gradient clipping
+    (only,) = default_trials(resolve_space(base, "tabular", (4,)), base, "tabular")
+    assert only["train.early_stopping.patience"] == 7  # 3 + 4k inside [3, 10], nearest to 10
+    assert "train.grad_clip" not in only

@@ -228,3 +228,25 @@ def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     best = max(fin["finalists"], key=lambda r: r["mean"])
     assert fin["chosen"] == best["trial"] == result["best_trial"]
     assert result["final"]["config"]["model"] == _load(tmp_path).trials[best["trial"]].user_attrs["config"]["model"]
+
+
+def test_grid_search_runs_populations_and_stops_when_the_grid_is_exhausted(tmp_path):
+    from nntune.search.space import default_space
+
+    base = RunConfig()
+    flat = {f"{sec}.{k}": v for sec in ("model", "train", "preprocess") for k, v in getattr(base, sec)}
+    flat.update({f"train.schedule.{k}": v for k, v in base.train.schedule})
+    flat.update({f"train.early_stopping.{k}": v for k, v in base.train.early_stopping})
+    space = {k: flat[k] for k in default_space("tabular", (13,))}
+    space.update({"model.activation": ["relu", "tanh"], "train.lr": [1e-3, 1e-2], "preprocess.scaler": "zscore"})
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.sampler": "grid", "search.population": 2,
+                                        "search.trials": 10, "search.epochs": 2, "search.space": space})
+    result = tune(cfg, tmp_path)
+    trials = _load(tmp_path).trials
+    assert result["budget"]["stopped_by"] == "grid" and len(trials) == 4  # every point once, none again
+    assert sorted((t.params["model.activation"], t.params["train.lr"]) for t in trials) == [
+        ("relu", 1e-3), ("relu", 1e-2), ("tanh", 1e-3), ("tanh", 1e-2)]
+    populations: dict[int, set] = {}
+    for t in trials:  # points asked together train together when their structure (activation) is the same
+        populations.setdefault(t.user_attrs["population"]["first"], set()).add(t.params["model.activation"])
+    assert all(len(acts) == 1 for acts in populations.values())

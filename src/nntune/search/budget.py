@@ -40,7 +40,9 @@ class Budget:
     @classmethod
     def from_config(cls, search: SearchConfig, started: float | None = None) -> Budget:
         trials = search.trials if (search.trials or search.timeout) else DEFAULT_TRIALS
-        return cls(trials, search.timeout, started if started is not None else time.monotonic())
+        budget = cls(trials, search.timeout, started if started is not None else time.monotonic())
+        budget.keep_back(math.inf)  # the most, until trials have measured what the finishing steps will take
+        return budget
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

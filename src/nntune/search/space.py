@@ -306,9 +306,11 @@ def default_trials(params: list[Param], base: RunConfig, kind: str) -> list[dict
                 if value in p.choices:
                     values[p.key] = value
                 continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue  # e.g. no gradient clipping (None) by default: the sampler picks
             value = min(max(value, p.low), p.high)
-            if p.step:
-                value = p.low + round((value - p.low) / p.step) * p.step
+            if p.step:  # the nearest point of the step grid that is inside the range
+                value = p.low + min(round((value - p.low) / p.step), math.floor((p.high - p.low) / p.step)) * p.step
             values[p.key] = int(round(value)) if p.kind == "int" else float(value)
         trials.append(values)
     return trials

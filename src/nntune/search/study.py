@@ -13,6 +13,7 @@ finished (complete or pruned) trials in the study, so a resumed search runs only
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -56,6 +57,24 @@ def objective_spec(task: str) -> tuple[str, str]:
     return ("val_accuracy", "maximize") if task == "classification" else ("val_loss", "minimize")
 
 
+class GridSearch(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` after the last point, which only works inside
+    ``study.optimize`` (the search loop asks ``is_exhausted`` itself), and able to say how many points no trial has
+    started yet (so a population does not re-run a point)."""
+
+    def __init__(self, search_space: dict[str, list], seed: int | None = None) -> None:
+        super().__init__(search_space, seed=seed)
+        self.points = math.prod(len(v) for v in search_space.values())
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+    def unstarted(self, study: optuna.Study) -> int:
+        started = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
+                   if "grid_id" in t.system_attrs and t.state != TrialState.FAIL}
+        return self.points - len(started)
+
+
 def make_sampler(name: str, seed: int, params: list[Param]) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
@@ -63,7 +82,7 @@ def make_sampler(name: str, seed: int, params: list[Param]) -> optuna.samplers.B
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler({p.key: p.grid_values() for p in params if p.kind != "fixed"}, seed=seed)
+        return GridSearch({p.key: p.grid_values() for p in params if p.kind != "fixed"}, seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if name == "cmaes":
@@ -117,10 +136,11 @@ class Search:
 
     def population_size(self, cfg: RunConfig) -> int:
         """Members per population for ``cfg``'s family: ``search.population``, else measured on the first
-        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`)."""
-        if self.cfg.search.population:
-            return self.cfg.search.population
-        family = cfg.model.family
+        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
+        out of memory, half the size that did."""
+        family, fixed = cfg.model.family, self.cfg.search.population
+        if fixed:
+            return min(fixed, self.sizes.get(family, fixed))
         if family not in self.sizes:
             self.sizes[family] = choose_population_size(cfg, self.data_for(cfg))
         return self.sizes[family]
@@ -171,7 +191,7 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
         raise ConfigError(f"study {name!r} in {url} optimizes {study.direction.name.lower()}, this task needs "
                           f"{direction}")
     study.set_user_attr("storage", url)
-    if n_before == 0 and cfg.search.defaults_first:
+    if n_before == 0 and cfg.search.defaults_first and cfg.search.sampler != "grid":  # a grid enumerates its own
         for values in default_trials(params, cfg, search.base_data.dataset.kind):
             study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=True)
     return study

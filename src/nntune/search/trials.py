@@ -76,29 +76,34 @@ class Deadline(Callback):
 class Heartbeats:
     """Records a heartbeat for every trial of a population, from its ``ask`` until the population ends (Optuna's own
     heartbeat thread covers one trial of ``optimize`` at a time). A trial gets its first beat when it is added, so a
-    process killed at any moment after ``ask`` leaves trials that go stale and are retried."""
+    process killed at any moment after ``ask`` leaves trials that go stale and are retried; an error or Ctrl-C inside
+    the block fails every trial not told yet, so none is left RUNNING."""
 
     def __init__(self, study: optuna.Study) -> None:
+        self.study = study
         self.storage = study._storage  # the storage object is not public on Study; RDBStorage has heartbeats
         self.interval = self.storage.get_heartbeat_interval() if hasattr(self.storage, "get_heartbeat_interval") \
             else None
-        self.ids: list[int] = []
+        self.trials: list[optuna.Trial] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self.trials.append(trial)
         if self.interval:
             self.storage.record_heartbeat(trial._trial_id)
-            with self._lock:
-                self.ids.append(trial._trial_id)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                ids = list(self.ids)
+                ids = [t._trial_id for t in self.trials]
             for trial_id in ids:
-                self.storage.record_heartbeat(trial_id)
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as err:  # e.g. a locked SQLite file: try again at the next beat
+                    warnings.warn(f"heartbeat not recorded for trial id {trial_id}: {err}", stacklevel=1)
 
     def __enter__(self) -> Heartbeats:
         if self.interval:
@@ -106,10 +111,13 @@ class Heartbeats:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if exc_type is not None:
+            for t in self.trials:
+                self.study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
 
 
 Member = tuple[optuna.Trial, RunConfig]
@@ -132,21 +140,24 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
         cfg = apply_overrides(cfg, {"train.epochs": epochs, "train.lr_auto": False})
     except NNTuneError as err:  # values that are valid alone but not together: this trial fails, the search goes on
         trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     trial.set_user_attr("config", cfg.to_dict())
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     return (trial, cfg), values
 
 
-def ask_population(search: Search, study: optuna.Study, cap: int | float, beats: Heartbeats) -> list[Member]:
-    """Up to ``cap`` trials: one sampled freely, then members with its structure (waiting trials first)."""
+def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: Heartbeats) -> list[Member]:
+    """Trials within the budget's cap: one sampled freely, then members with its structure (waiting trials first).
+    A grid sampler gives every trial its own grid point, so there the members are plain trials, grouped later."""
     first, values = _ask(search, study, beats)
-    size = min(cap, search.population_size(first[1]))
+    size = search.population_size(first[1])
     members = [first]
-    fixed = structure_values(values)
-    while len(members) < size:
-        if not _waiting(study):
+    grid = study.sampler if hasattr(study.sampler, "unstarted") else None
+    fixed = None if grid else structure_values(values)
+    # the cap is counted again before each member: other workers' trials are running too
+    while len(members) < size and budget.trials_left(study) > 0 and not (grid and grid.unstarted(study) == 0):
+        if fixed is not None and not _waiting(study):
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
         try:
             members.append(_ask(search, study, beats)[0])
@@ -157,7 +168,8 @@ def ask_population(search: Search, study: optuna.Study, cap: int | float, beats:
 
 def train_population(search: Search, study: optuna.Study, members: list[Member], budget: Budget) -> list[str]:
     """Train the members (grouped by structure; one group is one population) and tell each trial its result.
-    Returns each member's final state name (COMPLETE, PRUNED or FAIL)."""
+    Returns each member's final state name (COMPLETE, PRUNED or FAIL; RETRY when it ran out of memory in a
+    population and was enqueued again for a smaller one)."""
     groups: dict[str, list[Member]] = {}
     for m in members:
         groups.setdefault(structure_key(m[1]), []).append(m)
@@ -177,16 +189,17 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     try:
         fits = fit_population(cfgs, data, [[p, Deadline(budget)] for p in pruning])
     except (NNTuneError, torch.OutOfMemoryError) as err:
-        if isinstance(err, torch.OutOfMemoryError):
-            search.shrink_population(cfgs[0], len(cfgs))
+        retry = isinstance(err, torch.OutOfMemoryError) and len(trials) > 1
         for t in trials:
             t.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
-            study.tell(t, state=TrialState.FAIL)
-        return ["FAIL"] * len(trials)
-    except BaseException:  # Ctrl-C or a bug: the members fail (not retried) and the error goes on
-        for t in trials:
             study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
-        raise
+        if not retry:
+            return ["FAIL"] * len(trials)
+        # out of memory as a population: the same trials again, in populations half the size
+        search.shrink_population(cfgs[0], len(cfgs))
+        for t in trials:
+            study.enqueue_trial(t.params, user_attrs={"retry_of_oom": t.number})
+        return ["RETRY"] * len(trials)
     wall = time.perf_counter() - started
     states = []
     for trial, cfg, prune, (model, fit) in zip(trials, cfgs, pruning, fits):
@@ -206,7 +219,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
             state, value = TrialState.COMPLETE, fit.best[monitor]
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
-        study.tell(trial, value, state=state)
+        study.tell(trial, value, state=state, skip_if_finished=True)
         states.append(state.name)
     return states
 
@@ -215,6 +228,8 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                finishing_cost=None) -> bool:
     """Run populations of trials until the budget ends (with a live table when ``progress``); ``finishing_cost``
     (study -> seconds) tells how much time to keep back for what follows. Returns False when Ctrl-C ended it."""
+    if finishing_cost is None:
+        budget.keep_back(0.0)  # nothing follows (a worker): the search may use the whole budget
     live = LiveTrials(study, budget) if progress else None
     streak, last_reason = 0, ""
     limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
@@ -226,18 +241,17 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 budget.stopped_by = "grid"
                 break
-            cap = budget.trials_left(study)
-            if cap <= 0:  # the rest of the trial cap is running in other workers
+            if budget.trials_left(study) <= 0:  # the rest of the trial cap is running in other workers
                 budget.stopped_by = "trials"
                 break
             with Heartbeats(study) as beats:
                 try:
-                    members = ask_population(search, study, cap, beats)
+                    members = ask_population(search, study, budget, beats)
                 except NNTuneError:
                     members = []
                 states = train_population(search, study, members, budget) if members else ["FAIL"]
             for state in states:
-                streak = streak + 1 if state == "FAIL" else 0
+                streak = streak + 1 if state == "FAIL" else 0 if state != "RETRY" else streak
             if live:
                 live.refresh()
             if streak >= max(1, limit):
