@@ -180,6 +180,7 @@ def train_population(search: Search, study: optuna.Study, members: list[Member],
 
 
 def _train_group(search: Search, study: optuna.Study, group: list[Member], budget: Budget) -> list[str]:
+    """One population of same-structure members: train, record each member's history and findings, tell it."""
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
@@ -198,7 +199,8 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
         # out of memory as a population: the same trials again, in populations half the size
         search.shrink_population(cfgs[0], len(cfgs))
         for t in trials:
-            study.enqueue_trial(t.params, user_attrs={"retry_of_oom": t.number})
+            keep = {"default": True} if t.user_attrs.get("default") else {}
+            study.enqueue_trial(t.params, user_attrs={"retry_of_oom": t.number, **keep})
         return ["RETRY"] * len(trials)
     wall = time.perf_counter() - started
     states = []
