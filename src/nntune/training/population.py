@@ -758,20 +758,23 @@ class PopulationTrainer:
         lrs.after_batch()
         return out, losses, norms
 
-    def probe(self, x_train: torch.Tensor, y_train: torch.Tensor, steps: int = 3) -> tuple[float, int]:
-        """(member-steps per second, peak bytes of GPU memory or 0) over ``steps`` training steps after one warm-up
-        step, on random batches: what :func:`choose_population_size` compares."""
+    def probe(self, x_train: torch.Tensor, y_train: torch.Tensor, steps: int = 5,
+              min_seconds: float = 0.2) -> tuple[float, int]:
+        """(member-steps per second, peak bytes of GPU memory or 0) from the fastest of at least ``steps`` training
+        steps (more until ``min_seconds`` of them, at most 50) after one warm-up step, on random batches: what
+        :func:`choose_population_size` compares. The fastest step is the one least disturbed by other processes."""
         dev, K = self.device, len(self.members)
         cuda = dev.type == "cuda"
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             before = torch.cuda.memory_allocated(dev)
-        model, optimizer, lrs = self._start(steps + 1)
+        most = max(steps, 50)
+        model, optimizer, lrs = self._start(most + 1)
         bs = min(self.cfgs[0].batch_size, len(x_train))
         gen = torch.Generator().manual_seed(0)
-        times = []
-        for i in range(steps + 1):
+        times: list[float] = []
+        while len(times) <= steps or (sum(times[1:]) < min_seconds and len(times) <= most):
             idx = torch.randint(0, len(x_train), (K, bs), generator=gen).to(dev)
             xb = x_train[idx]
             if self.transforms is not None:
@@ -783,7 +786,7 @@ class PopulationTrainer:
             times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated(dev) - before if cuda else 0
         self.model = None
-        return K / sorted(times[1:])[len(times[1:]) // 2], peak
+        return K / min(times[1:]), peak
 
     def _compact(self, kept: list[int], optimizer: StackedOptimizer | MemberwiseOptimizer, lrs: MemberLRs,
                  best: dict[str, torch.Tensor] | None) -> list[int]:
