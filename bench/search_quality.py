@@ -2,7 +2,8 @@
 Keras Tuner's Hyperband and (for tables) scikit-learn references. Prints one JSON line per run and a JSON summary
 (mean ± std of test accuracy per dataset and arm) at the end.
 
-Arms (every one sees the same split: 70 % train, 15 % validation, 15 % test, seeded 0; the test split is used once):
+Arms (for one seed every arm sees the same split: 70 % train, 15 % validation, 15 % test, stratified, split by the
+seed as nntune does; the test split is used once):
 - ``nntune``: ``nntune tune --timeout B`` (populations, defaults first, finalists);
 - ``nntune_pop1``: the same with ``--population 1`` (one trial at a time);
 - ``optuna_random``: Optuna's random sampler over nntune's space, no pruning, no populations, no defaults, no
@@ -38,11 +39,12 @@ NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                                  "search.defaults_first": False, "search.finalists": 0}}
 
 
-def _split(dataset: str):
+def _split(dataset: str, seed: int):
+    """The split nntune's arms use for ``seed`` (nntune splits by the run's seed), unscaled."""
     from nntune.config import RunConfig, apply_overrides
     from nntune.training.pipeline import prepare_data
 
-    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "preprocess.scaler": "none"})
+    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "preprocess.scaler": "none", "seed": seed})
     return prepare_data(cfg)
 
 
@@ -76,7 +78,7 @@ def keras_arm(dataset: str, seed: int, budget: float, started: float) -> dict:
 
     from nntune.search.space import trial_epochs
 
-    d = _split(dataset)
+    d = _split(dataset, seed)
     x_tr, x_va, x_te = (t.numpy() for t in (d.x_train, d.x_val, d.x_test))
     y_tr, y_va, y_te = (t.numpy() for t in (d.y_train, d.y_val, d.y_test))
     axes = (0,) if x_tr.ndim == 2 else (0, 2) if x_tr.ndim == 3 else (0, 2, 3)
@@ -151,7 +153,7 @@ def sklearn_arm(arm: str, dataset: str, seed: int, budget: float, started: float
 
     if dataset not in ("breast_cancer", "wine"):
         return None
-    d = _split(dataset)
+    d = _split(dataset, seed)
     x_tr, x_va, x_te = (t.numpy() for t in (d.x_train, d.x_val, d.x_test))
     y_tr, y_va, y_te = (t.numpy() for t in (d.y_train, d.y_val, d.y_test))
     if arm == "sk_hgb":
