@@ -82,7 +82,8 @@ def test_train_lr_auto_records_range_test(capsys, tmp_path):
 
 def test_tune_predict_and_worker(capsys, tmp_path):
     out = tmp_path / "t"
-    data = json.loads(run_ok(capsys, "tune", "--trials", "2", "--trial-epochs", "3", "--quiet", "--out", str(out),
+    data = json.loads(run_ok(capsys, "tune", "--trials", "2", "--trial-epochs", "3", "--epochs", "3", "--quiet",
+                             "--out", str(out),
                              "--json"))
     assert data["trials"]["complete"] + data["trials"]["pruned"] == 2
     import numpy as np

@@ -19,7 +19,8 @@ from nntune.training.pipeline import train
 @pytest.fixture(scope="module")
 def tune_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tuned")
-    tune(apply_overrides(RunConfig(), {"search.trials": 5, "search.epochs": 4, "train.lr_auto": True}), out)
+    tune(apply_overrides(RunConfig(), {"search.trials": 5, "search.epochs": 4, "train.lr_auto": True,
+                                       "train.epochs": 6}), out)
     return out
 
 

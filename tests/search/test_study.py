@@ -24,7 +24,8 @@ def test_parse_duration():
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
-    cfg = apply_overrides(RunConfig(), {"search.trials": 8, "search.ensemble": 3})
+    cfg = apply_overrides(RunConfig(), {"search.trials": 8, "search.ensemble": 3, "search.epochs": 12,
+                                        "train.epochs": 20})
     return tune(cfg, out), out
 
 
@@ -60,7 +61,8 @@ def test_resume_runs_only_what_is_left(tuned, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    cfg = apply_overrides(RunConfig(), {"search.trials": 10, "search.final": "best_trial"})
+    cfg = apply_overrides(RunConfig(), {"search.trials": 10, "search.final": "best_trial", "search.epochs": 12,
+                                        "train.epochs": 20})
     result = tune(cfg, copy, resume=True)
     assert result["trials"]["complete"] + result["trials"]["pruned"] == 10
     assert result["final"]["mode"] == "best_trial"
@@ -71,7 +73,7 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
     space = {"model.family": "mlp", "train.optimizer": "sgd", "train.lr": {"choice": [10.0, 1e-3]},
              "preprocess.scaler": "none", "train.schedule.name": "none", "model.batch_norm": False}
     cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.space": space, "search.epochs": 3,
-                                        "search.sampler": "random", "train.momentum": 0.99})
+                                        "search.sampler": "random", "train.momentum": 0.99, "train.epochs": 3})
     result = tune(cfg, tmp_path)
     study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")
     failed = [t for t in study.trials if t.state.name == "FAIL"]
@@ -81,6 +83,7 @@ def test_failed_trials_are_recorded_and_search_goes_on(tmp_path):
 
 def test_pruner_prunes(tmp_path):
     cfg = apply_overrides(RunConfig(), {"search.trials": 10, "search.pruner": "asha", "search.epochs": 8,
+                                        "train.epochs": 8,
                                         "search.sampler": "random", "search.space": {"model.family": "mlp"}})
     result = tune(cfg, tmp_path)
     assert result["trials"]["pruned"] >= 1
@@ -93,7 +96,8 @@ def _finished(db):
 
 def test_sigkill_mid_search_then_resume_keeps_every_finished_trial(tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "nntune", "tune", "--trials", "9", "--trial-epochs", "10", "--out", str(out),
+    args = [sys.executable, "-m", "nntune", "tune", "--trials", "9", "--trial-epochs", "10", "--epochs", "10",
+            "--out", str(out),
             "--quiet", "--population", "3", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "study.db"
@@ -141,7 +145,7 @@ def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
     # warmup 3 with a best epoch that can be below it: the retrain must not shorten the schedule
     space = {"model.family": "mlp", "train.schedule.name": "cosine", "train.schedule.warmup_epochs": 3}
     cfg = apply_overrides(RunConfig(), {"search.trials": 2, "search.epochs": 6, "search.space": space,
-                                        "train.early_stopping.patience": 0})
+                                        "train.early_stopping.patience": 0, "train.epochs": 6})
     result = tune(cfg, tmp_path)
     assert result["final"]["config"]["train"]["epochs"] == 6
     assert len(result["final"]["history"]) == result["final"]["epochs"]
@@ -150,6 +154,7 @@ def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
 def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nntune", "tune", "--trials", "50", "--trial-epochs", "10",
+                             "--epochs", "10",
                              "--out", str(out), "--quiet", "--set", "search.space={model.family: mlp}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -221,6 +226,7 @@ def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
 
 def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     cfg = apply_overrides(RunConfig(), {"search.trials": 6, "search.epochs": 3, "search.finalists": 3,
+                                        "train.epochs": 3,
                                         "search.finalist_seeds": 2, "search.space": {"model.family": "mlp"}})
     result = tune(cfg, tmp_path)
     fin = result["finalists"]
