@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from nntune.config import EarlyStoppingConfig, RunConfig, TrainConfig, apply_overrides
+from nntune.config import RunConfig, TrainConfig, apply_overrides
 from nntune.data.sources import Dataset
 from nntune.training.callbacks import Callback
 from nntune.training.early_stopping import EarlyStopping

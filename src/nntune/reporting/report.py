@@ -289,7 +289,7 @@ def _q5(view: RunView, figs: Figures) -> Section:
     if found:
         body.append(figs.embed(_plots().lr_find_plot(found), "q5_lr_find",
                                "LR range test: smoothed loss vs LR, suggestions marked"))
-        body.append(f"<p>Range test suggestions: " + ", ".join(f"{k} {v:.3g}" for k, v in
+        body.append("<p>Range test suggestions: " + ", ".join(f"{k} {v:.3g}" for k, v in
                                                               found["suggestions"].items()) + ".</p>")
     else:
         body.append("<p class='note'>No LR range test in this run (use <code>--lr auto</code>).</p>")
@@ -419,7 +419,7 @@ def _plots():
 def _extras(view: RunView, figs: Figures) -> list[Section]:
     out = []
     test = view.result["test"]
-    lines = [f"<p>Test split, evaluated once at the end: " + ", ".join(f"{k} <b>{v:.4f}</b>" for k, v in test.items())
+    lines = ["<p>Test split, evaluated once at the end: " + ", ".join(f"{k} <b>{v:.4f}</b>" for k, v in test.items())
              + ".</p>"]
     if view.result.get("ensemble"):
         e = view.result["ensemble"]

@@ -22,7 +22,6 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import optuna
