@@ -24,6 +24,21 @@ class Callback:
         """Called once after the last epoch, also when training was stopped or interrupted."""
 
 
+class StopRequest:
+    """What callbacks stop training through (``trainer.stop(reason)``), shared by the Trainer and each member of a
+    population: the first reason given is kept in ``stop_reason``."""
+
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ask training to end after the current epoch (the first reason given is kept)."""
+        self.stop_reason = self.stop_reason or reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_reason is not None
+
+
 class ProgressBar(Callback):
     """A rich progress bar over epochs showing the latest losses and metric."""
 

@@ -28,7 +28,7 @@ from torch import nn
 from nntune.config import RunConfig, TrainConfig
 from nntune.errors import SpecError
 from nntune.models.builders import ConvBlock
-from nntune.training.callbacks import Callback
+from nntune.training.callbacks import Callback, StopRequest
 from nntune.training.early_stopping import Patience, check_monitor, monitor_mode
 from nntune.training.schedules import Schedule, replay
 from nntune.training.trainer import FitResult, resolve_device, weighted_layers
@@ -496,7 +496,7 @@ class MemberLRs:
             self._current = self._current[slots]
 
 
-class MemberHandle:
+class MemberHandle(StopRequest):
     """What a callback sees as ``trainer`` for one member: it can stop the member and read its model and history."""
 
     def __init__(self, population: PopulationTrainer, member: int) -> None:
@@ -505,15 +505,6 @@ class MemberHandle:
         self.epochs = self.cfg.epochs
         self.task, self.metric_name = population.task, population.metric_name
         self.history: list[dict] = []
-        self.stop_reason: str | None = None
-
-    def stop(self, reason: str) -> None:
-        """Ask this member to end after the current epoch (the first reason given is kept)."""
-        self.stop_reason = self.stop_reason or reason
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_reason is not None
 
     @property
     def model(self) -> nn.Module:

@@ -19,7 +19,7 @@ from torch import nn
 from nntune.config import TrainConfig
 from nntune.errors import ConfigError
 from nntune.models.builders import forward_batched
-from nntune.training.callbacks import Callback
+from nntune.training.callbacks import Callback, StopRequest
 from nntune.training.early_stopping import EarlyStopping, monitor_mode
 from nntune.training.schedules import Schedule
 
@@ -89,7 +89,7 @@ def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, m.weight) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
-class Trainer:
+class Trainer(StopRequest):
     """Fits a model on in-memory tensors with the optimizer, schedule and callbacks the config asks for."""
 
     def __init__(
@@ -117,15 +117,6 @@ class Trainer:
         self.grad_stats = grad_stats
         self.epochs = self.cfg.epochs
         self.history: list[dict] = []
-        self._stop_reason: str | None = None
-
-    def stop(self, reason: str) -> None:
-        """Ask training to end after the current epoch (the first reason given is kept)."""
-        self._stop_reason = self._stop_reason or reason
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop_reason is not None
 
     def _outputs(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.classification else out.reshape(-1)
@@ -157,7 +148,7 @@ class Trainer:
         # a frozen batch norm keeps its running statistics too (Keras runs frozen BN in inference mode)
         frozen_norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                         and not any(p.requires_grad for p in m.parameters())]
-        self.history, self._stop_reason = [], None
+        self.history, self.stop_reason = [], None
         result = FitResult()
         started = time.perf_counter()
         result.initial_val_loss = self.evaluate(x_val, y_val)["loss"]
@@ -220,7 +211,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self)
         result.history = self.history
-        result.stop_reason = self._stop_reason or "max_epochs"
+        result.stop_reason = self.stop_reason or "max_epochs"
         result.best_epoch = self._best_epoch()
         result.seconds = time.perf_counter() - started
         return result
