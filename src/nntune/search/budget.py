@@ -38,24 +38,22 @@ class Budget:
     search_seconds: float | None = None
 
     @classmethod
-    def from_config(cls, search: SearchConfig, started: float | None = None) -> Budget:
+    def from_config(cls, search: SearchConfig) -> Budget:
         trials = search.trials if (search.trials or search.timeout) else DEFAULT_TRIALS
-        budget = cls(trials, search.timeout, started if started is not None else time.monotonic())
+        budget = cls(trials, search.timeout)
         budget.keep_back(math.inf)  # the most, until trials have measured what the finishing steps will take
         return budget
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def search_left(self) -> float:
-        """Seconds left for search trials (inf without a timeout)."""
-        if self.timeout is None:
-            return math.inf
-        return self.timeout - self.reserve - self.elapsed()
-
     def left(self) -> float:
         """Seconds left of the whole budget (inf without a timeout)."""
         return math.inf if self.timeout is None else self.timeout - self.elapsed()
+
+    def search_left(self) -> float:
+        """Seconds left for search trials: the budget left minus the reserve (inf without a timeout)."""
+        return self.left() - self.reserve
 
     def keep_back(self, seconds: float) -> None:
         """Reserve ``seconds`` (capped at a third of the timeout) for what follows the search."""

@@ -43,39 +43,45 @@ def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
     return top
 
 
+def _population_seconds(trial: FrozenTrial) -> float:
+    """Wall time of the population the trial trained in (its own time for a trial from before populations)."""
+    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0}
+    return float(pop["seconds"])
+
+
 def seed_cost(search: Search, trial: FrozenTrial) -> float:
     """Estimated seconds to train ``trial``'s configuration with the extra seeds (its population's wall time per
     population of extra seeds)."""
-    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0}
     extra = search.cfg.search.finalist_seeds - 1
     size = search.population_size(build_config(trial.user_attrs["config"]))
-    return float(pop["seconds"]) * math.ceil(extra / size)
+    return _population_seconds(trial) * math.ceil(extra / size)
 
 
 def final_cost(trial: FrozenTrial, data_share: float = 1.25) -> float:
     """Estimated seconds of the final fit: the wall time of the trial's population (an upper bound on one run of
     the trial alone) times the larger train+val set (``data_share``)."""
-    pop = trial.user_attrs.get("population") or {"seconds": trial.user_attrs.get("seconds") or 0.0}
-    return float(pop["seconds"]) * data_share
+    return _population_seconds(trial) * data_share
 
 
-def plan(search: Search, study: optuna.Study, room: float) -> list[FrozenTrial]:
-    """The finalists (best first) whose extra seeds fit in ``room`` seconds; none when fewer than two fit."""
-    top = top_trials(study, search.cfg.search.finalists) if search.cfg.search.finalists >= 2 else []
-    while len(top) >= 2 and sum(seed_cost(search, t) for t in top) > room:
-        top.pop()
-    return top if len(top) >= 2 else []
+def plan(search: Search, candidates: list[FrozenTrial], room: float) -> tuple[list[FrozenTrial], float]:
+    """The best of ``candidates`` (best first) whose extra seeds fit in ``room`` seconds, and their estimated
+    seconds; none when fewer than two fit."""
+    costs = [seed_cost(search, t) for t in candidates]
+    n = len(candidates)
+    while n >= 2 and sum(costs[:n]) > room:
+        n -= 1
+    return (candidates[:n], sum(costs[:n])) if n >= 2 else ([], 0.0)
 
 
 def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float:
     """What the finalists and the final fit will take, estimated from the current top trials (only the finalists
     that fit in the share of the budget kept back count)."""
-    best = top_trials(study, 1)
-    if not best:
+    top = top_trials(study, max(1, search.cfg.search.finalists))
+    if not top:
         return 0.0
-    final = final_cost(best[0])
+    final = final_cost(top[0])
     room = MAX_RESERVE * budget.timeout - final if budget.timeout else math.inf
-    return final + sum(seed_cost(search, t) for t in plan(search, study, room))
+    return final + plan(search, top, room)[1]
 
 
 def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
@@ -83,13 +89,12 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
     ``skipped`` reason when there is nothing to choose between (fewer than two complete trials, or no time)."""
     if search.cfg.search.finalists < 2:
         return None
-    best = top_trials(study, 1)
+    candidates = top_trials(study, search.cfg.search.finalists)
     # the search stopped with the reserve left, give or take its last population's overrun
-    room = max(budget.left(), budget.reserve) - (final_cost(best[0]) if best else 0.0)
-    top = plan(search, study, room)
+    room = max(budget.left(), budget.reserve) - (final_cost(candidates[0]) if candidates else 0.0)
+    top, _ = plan(search, candidates, room)
     if not top:
-        enough = len(top_trials(study, 2)) >= 2
-        return {"skipped": "fewer than two finalists fit the time left" if enough else
+        return {"skipped": "fewer than two finalists fit the time left" if len(candidates) >= 2 else
                 "fewer than two complete trials", "chosen": None}
     started = time.perf_counter()
     seeds = search.cfg.search.finalist_seeds

@@ -232,7 +232,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
     if finishing_cost is None:
         budget.keep_back(0.0)  # nothing follows (a worker): the search may use the whole budget
     live = LiveTrials(study, budget) if progress else None
-    streak, last_reason = 0, ""
+    streak = 0
     limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
     try:
         if live:
@@ -251,8 +251,11 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                 except NNTuneError:
                     members = []
                 states = train_population(search, study, members, budget) if members else ["FAIL"]
-            for state in states:
-                streak = streak + 1 if state == "FAIL" else 0 if state != "RETRY" else streak
+            for state in states:  # a member retried after running out of memory neither fails nor succeeds
+                if state == "FAIL":
+                    streak += 1
+                elif state != "RETRY":
+                    streak = 0
             if live:
                 live.refresh()
             if streak >= max(1, limit):
