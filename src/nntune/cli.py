@@ -15,7 +15,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from nntune.config import ACTIVATIONS, BUILTIN_DATASETS, OPTIMIZERS, SCALERS, SCHEDULES, RunConfig, apply_overrides, load_config
+from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, OPTIMIZERS, SCALERS, SCHEDULES,
+                           RunConfig, apply_overrides, load_config)
 from nntune.errors import NNTuneError
 
 console = Console(stderr=True)
@@ -54,7 +55,7 @@ MODEL_OPTIONS = [
 ]
 TRAIN_OPTIONS = [
     ("--scaler", "preprocess.scaler", click.Choice(SCALERS), "normalization method"),
-    ("--augment", "preprocess.augment", click.Choice(["none", "light", "digits", "natural"]), "augmentation preset"),
+    ("--augment", "preprocess.augment", click.Choice(["none", "light", "digits", "natural", "signal"]), "augmentation preset"),
     ("--augment-strength", "preprocess.augment_strength", float, "augmentation strength in [0, 1]"),
     ("--epochs", "train.epochs", int, "maximum epochs"),
     ("--batch-size", "train.batch_size", int, "batch size"),
@@ -269,7 +270,7 @@ def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: s
 @cli.command("augment")
 @_common
 @_add_options(DATA_OPTIONS)
-@click.option("--preset", type=click.Choice(["none", "light", "digits", "natural"]), default=None,
+@click.option("--preset", type=click.Choice(["none", "light", "digits", "natural", "signal"]), default=None,
               help="augmentation preset (default: the config's preprocess.augment)")
 @click.option("--strength", type=float, default=None, help="0..1, scales every magnitude")
 @click.option("--samples", type=int, default=6, show_default=True, help="rows in the grid")
@@ -292,7 +293,8 @@ def augment_cmd(preset: str | None, strength: float | None, samples: int, copies
     strength = cfg.preprocess.augment_strength if strength is None else strength
     ds = load_configured(cfg.data)
     train_x = ds.x[split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed).train]
-    augmenter = build_augmenter(preset, strength, ds.input_shape, train_x)
+    augmenter = build_augmenter(preset, strength, ds.input_shape, train_x,
+                                cfg.preprocess.augment_ops if preset == "custom" else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     picks = torch.randperm(len(train_x), generator=gen)[:samples]
     grid = preview_grid(train_x[picks], augmenter, copies, seed=cfg.seed)
@@ -324,12 +326,38 @@ SEARCH_OPTIONS = [
 ]
 
 
+EVIDENCE_OPTIONS = [
+    ("--seeds", "evidence.seeds", int, "seeds per variant, the same for every variant (default 3)"),
+    ("--evidence-budget", "evidence.budget", str, "time budget of the evidence, e.g. 300, 5m, 1h (default 10m); "
+     "variants run most informative first, the rest are reported as skipped"),
+    ("--questions", "evidence.questions", str, "comma-separated questions to answer (default all): "
+     + ",".join(EVIDENCE_QUESTIONS)),
+]
+
+
+def _evidence_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """--evidence-budget and --questions as config values (a duration, a list)."""
+    from nntune.search.study import parse_duration
+
+    flags = {}
+    budget = kwargs.pop("evidence__budget", None)
+    if budget is not None:
+        flags["evidence.budget"] = parse_duration(budget)
+    questions = kwargs.pop("evidence__questions", None)
+    if questions is not None:
+        flags["evidence.questions"] = [q.strip() for q in questions.split(",") if q.strip()]
+    return flags
+
+
 def _search_config(kwargs: dict[str, Any]) -> RunConfig:
     from nntune.search.study import parse_duration
 
     space_file = kwargs.pop("space_file", None)
     timeout = kwargs.pop("search__timeout", None)
+    evidence = _evidence_flags(kwargs)
     cfg = _config_from(kwargs)
+    if evidence:
+        cfg = apply_overrides(cfg, evidence)
     if timeout is not None:
         cfg = apply_overrides(cfg, {"search.timeout": parse_duration(timeout)})
     if space_file is not None:
@@ -354,23 +382,72 @@ SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=P
 @_add_options(DATA_OPTIONS)
 @_add_options(SEARCH_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
+@_add_options(EVIDENCE_OPTIONS)
 @SPACE_OPTION
+@click.option("--evidence", is_flag=True, help="after the final fit, measure each question's alternatives around the "
+              "chosen configuration (as nntune explain does)")
 @click.option("--resume", is_flag=True, help="continue the study of the same name; finished trials are kept")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True,
               help="run directory: study.db, trials.csv, trials/, best/, result.json")
 @click.option("--quiet", is_flag=True, help="no live table")
 @JSON_OPTION
-def tune_cmd(resume: bool, out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
     """Search architecture and training settings with Optuna, then fit and test the best model."""
+    from nntune.evidence.explain import explain
     from nntune.search.study import tune
 
     cfg = _search_config(kwargs)
     result = tune(cfg, out, resume=resume, progress=not quiet)
+    if evidence:
+        result["evidence"] = explain(out, progress=not quiet)
     report = _build_report(out, quiet or json_out == "-")
     if json_out != "-":
         _print_tune_summary(result, out)
+        if evidence:
+            _print_evidence(result["evidence"])
         out_console.print(f"report: {report}")
     _emit_json(result, json_out)
+
+
+@cli.command("explain")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_add_options(EVIDENCE_OPTIONS)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@JSON_OPTION
+def explain_cmd(run_dir: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+    """Answer the ten questions for a finished tune or train run by measurement: train controlled variants of the
+    chosen configuration (one change each) with several seeds and report each effect with its 95 % CI.
+
+    The evidence goes into RUN_DIR/result.json (key "evidence") and the rebuilt RUN_DIR/report.html."""
+    from nntune.evidence.explain import explain
+
+    flags = _evidence_flags(kwargs)
+    seeds = kwargs.pop("evidence__seeds", None)
+    evidence = explain(run_dir, seeds=seeds, budget=flags.get("evidence.budget"),
+                       questions=flags.get("evidence.questions"), progress=not quiet and json_out != "-")
+    report = _build_report(run_dir, quiet or json_out == "-")
+    if json_out != "-":
+        _print_evidence(evidence)
+        out_console.print(f"report: {report}")
+    _emit_json(evidence, json_out)
+
+
+def _print_evidence(evidence: dict) -> None:
+    """One row per question: its verdict; then what was run and skipped."""
+    setup = evidence["setup"]
+    table = Table(title=f"evidence: {setup['metric']} over seeds {', '.join(map(str, setup['seeds']))} "
+                        f"({setup['method']})", show_lines=True)
+    table.add_column("question", no_wrap=True)
+    table.add_column("verdict")
+    for key, entry in evidence.items():
+        if key != "setup":
+            table.add_row(key, entry["verdict"])
+    out_console.print(table)
+    seeds = len(setup["seeds"])
+    out_console.print(f"{setup['runs']} runs ({setup['runs'] // seeds} of {setup['variants'] + 1} configurations × "
+                      f"{seeds} seeds) in {setup['seconds']:.0f} s of {setup['budget']:.0f} s; {setup['skipped']} "
+                      "skipped"
+                      + (" (interrupted)" if setup.get("interrupted") else ""))
 
 
 def _build_report(out: Path, quiet: bool) -> Path:

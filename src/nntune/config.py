@@ -22,7 +22,9 @@ SCHEDULES = (
 )
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "breast_cancer", "wine")
-DEFAULT_TRIALS = 20  # the trial budget of a search given neither --trials nor --timeout
+DEFAULT_TRIALS = 20
+EVIDENCE_QUESTIONS = ("trainable", "dropout", "depth", "width", "lr", "activation", "normalization", "augmentation",
+                      "schedule", "early_stopping")  # the trial budget of a search given neither --trials nor --timeout
 
 
 class _Section(BaseModel):
@@ -50,8 +52,17 @@ class PreprocessConfig(_Section):
     """Normalization and augmentation."""
 
     scaler: Literal[SCALERS] = Field("auto", description="auto: channel for images/signals, zscore for tables")
-    augment: str = Field("none", description="augmentation preset: none, light, digits, natural")
+    augment: str = Field("none", description="augmentation preset: none, light, digits, natural, signal, or custom "
+                                             "(the ops in augment_ops)")
     augment_strength: float = Field(0.5, ge=0, le=1)
+    augment_ops: list[dict[str, Any]] | None = Field(None, description="explicit ops for augment: custom, e.g. "
+                                                                     "[{op: hflip}, {op: noise, std: 0.02}]")
+
+    @model_validator(mode="after")
+    def _custom_ops(self) -> PreprocessConfig:
+        if (self.augment == "custom") != (self.augment_ops is not None):
+            raise ValueError("augment: custom and augment_ops go together (augment_ops lists the custom ops)")
+        return self
 
 
 class ModelConfig(_Section):
@@ -178,8 +189,27 @@ class SearchConfig(_Section):
                                                  "is failed as crashed and retried once")
 
 
+class EvidenceConfig(_Section):
+    """Controlled ablations around the chosen configuration (``nntune explain``, ``tune --evidence``)."""
+
+    seeds: int = Field(3, ge=2, description="seeds per variant (the same seeds for every variant, so differences "
+                                            "are paired)")
+    budget: float = Field(600.0, gt=0, description="time budget in seconds; variants run most informative first "
+                                                   "and the rest are listed as skipped")
+    questions: list[str] | None = Field(None, description="questions to answer (default: all ten): trainable, "
+                                                         "dropout, depth, width, lr, activation, normalization, "
+                                                         "augmentation, schedule, early_stopping")
+
+    @model_validator(mode="after")
+    def _known_questions(self) -> EvidenceConfig:
+        unknown = [q for q in self.questions or [] if q not in EVIDENCE_QUESTIONS]
+        if unknown:
+            raise ValueError(f"unknown question {unknown[0]!r} (choose from {', '.join(EVIDENCE_QUESTIONS)})")
+        return self
+
+
 class RunConfig(_Section):
-    """A whole run: data, preprocess, model, train, search and the seed."""
+    """A whole run: data, preprocess, model, train, search, evidence and the seed."""
 
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -187,6 +217,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

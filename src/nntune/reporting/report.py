@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from nntune.config import RunConfig, build_config
+from nntune.config import EVIDENCE_QUESTIONS, RunConfig, build_config
 from nntune.errors import ArtifactError
 
 QUESTIONS = [
@@ -334,7 +334,8 @@ def _q8(view: RunView, figs: Figures) -> Section:
         d = view.config.data
         train_x = ds.x[split_dataset(ds, d.val_fraction, d.test_fraction, view.config.seed).train]
         preset = p.augment if p.augment != "none" else "light"
-        aug = build_augmenter(preset, p.augment_strength if p.augment != "none" else 0.5, ds.input_shape, train_x)
+        aug = build_augmenter(preset, p.augment_strength if p.augment != "none" else 0.5, ds.input_shape, train_x,
+                              p.augment_ops)
         grid = preview_grid(train_x[:6], aug, copies=6, seed=view.config.seed)
         title = (f"chosen pipeline: {p.augment}, strength {p.augment_strength:.2f}" if p.augment != "none"
                  else "no augmentation chosen; preview of 'light' at 0.5 for comparison")
@@ -396,6 +397,55 @@ def _q10(view: RunView, figs: Figures) -> Section:
     answer = (f"Best epoch <b>{best}</b>, stopped at <b>{stopped or 'the last epoch'}</b> ({html.escape(reason)}); "
               f"{policy}.")
     return Section(QUESTIONS[9], answer, body)
+
+
+def _evidence_html(view: RunView, figs: Figures, number: int, key: str) -> list[str]:
+    """A question's controlled evidence: the verdict, a forest plot and the variants' table (or how to get it)."""
+    evidence = view.result.get("evidence") or {}
+    entry = evidence.get(key)
+    if entry is None:
+        why = ("not part of this evidence run" if evidence else
+               f"no controlled evidence in this run yet: <code>nntune explain {html.escape(str(view.directory))}</code> "
+               "trains each alternative with several seeds and reports the effect with its confidence interval")
+        return [f"<p class='note'>Controlled evidence: {why}.</p>"]
+    setup = evidence["setup"]
+    points = setup.get("points", False)
+    scale, unit = (100.0, " (points)") if points else (1.0, "")
+    metric = setup["metric"]
+    out = [f"<p class='verdict'><b>Measured:</b> {html.escape(entry['verdict'])}</p>"]
+    rows = entry["variants"]
+    if any(r.get("diff") is not None for r in rows):
+        label = f"difference in {metric}{unit}, variant − chosen"
+        out.append(figs.embed(_plots().forest_plot(rows, entry["chosen"], label, scale, setup.get("maximize", True)),
+                              f"q{number}_evidence", f"Q{number}: each variant against the chosen "
+                              f"{entry['chosen']}, {setup['method']}"))
+        table = []
+        for r in rows:
+            ci = (f"{scale * r['ci_low']:+.2f} .. {scale * r['ci_high']:+.2f}" if r.get("ci_low") is not None
+                  else "")
+            row = {"variant": r["name"], f"mean {metric}": r["mean"],
+                   f"difference{unit}": None if r.get("diff") is None else round(scale * r["diff"], 3),
+                   "95 % CI": ci, "n": r["n"]}
+            if "epochs" in r:
+                row.update({"epochs": r["epochs"], "epochs saved": r["epochs_saved"]})
+            else:
+                row["seconds"] = r["seconds"]
+            table.append(row)
+        chosen_mean = entry.get("chosen_mean")
+        head = (f"<p>Chosen: <b>{html.escape(entry['chosen'])}</b>"
+                + (f", mean {metric} {chosen_mean:.4f}" if chosen_mean is not None else "")
+                + f"; seeds {', '.join(map(str, setup['seeds']))}; {html.escape(setup['score'])}.</p>")
+        out += [head, _table(table)]
+    if entry.get("skipped"):
+        out.append("<p class='note'>Not run: " + "; ".join(f"{html.escape(s['name'])} ({html.escape(s['reason'])})"
+                                                           for s in entry["skipped"]) + ".</p>")
+    return out
+
+
+def _observational(view: RunView) -> str:
+    return ("<h3>Observational: what the search's own trials show</h3><p class='note'>These trials differ in many "
+            "settings at once and ran once each, so the comparisons below are confounded; the measured answer is "
+            "above.</p>") if view.kind == "tune" else ""
 
 
 def _findings_html(findings: list[dict]) -> str:
@@ -509,7 +559,8 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 .note{color:#666;font-style:italic}figure{margin:1em 0}img{max-width:100%}
 figcaption{color:#555;font-size:.85em}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left}th{background:#f5f5f5}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}nav ol{columns:2}
+.verdict{background:#f1f8f1;border-left:4px solid #3c9a3c;padding:.6em .9em}
+h3{font-size:1em;margin-top:1.4em}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}nav ol{columns:2}
 """
 
 
@@ -518,6 +569,8 @@ def build_report(directory: str | Path) -> Path:
     view = load_run(directory)
     figs = Figures(view.directory)
     sections = [q(view, figs) for q in (_q1, _q2, _q3, _q4, _q5, _q6, _q7, _q8, _q9, _q10)]
+    for i, (section, key) in enumerate(zip(sections, EVIDENCE_QUESTIONS), 1):
+        section.body = _evidence_html(view, figs, i, key) + [_observational(view)] + section.body
     extras = _extras(view, figs)
     data = view.result["data"]
     title = f"nntune report: {data['name']} ({data['task']})"

@@ -285,6 +285,7 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
                   ({"all": cfg.search.population} if cfg.search.population else {})},
         "best_trial": chosen.number,
         "best_params": chosen.params,
+        "chosen_config": chosen.user_attrs["config"],
         "best_value": chosen.value,
         "search_best_trial": study.best_trial.number,
         "val": chosen.user_attrs.get("val", {}),

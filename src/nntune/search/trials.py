@@ -34,7 +34,7 @@ from nntune.errors import NNTuneError
 from nntune.search.budget import Budget
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
-from nntune.training.callbacks import Callback
+from nntune.training.callbacks import Callback, TimeLimit
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import fit_population
 from nntune.training.population import structure_key
@@ -59,17 +59,6 @@ class OptunaPruning(Callback):
         if self.trial.should_prune():
             self.pruned = True
             trainer.stop(f"pruned at epoch {epoch}")
-
-
-class Deadline(Callback):
-    """Ends training after the epoch during which the search's time ran out."""
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-
-    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-        if self.budget.search_left() <= 0:
-            trainer.stop(f"time budget at epoch {epoch}")
 
 
 class Heartbeats:
@@ -187,7 +176,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     first = trials[0].number
     started = time.perf_counter()
     try:
-        fits = fit_population(cfgs, data, [[p, Deadline(budget)] for p in pruning])
+        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left)] for p in pruning])
     except (NNTuneError, torch.OutOfMemoryError) as err:
         retry = isinstance(err, torch.OutOfMemoryError) and len(trials) > 1
         for t in trials:

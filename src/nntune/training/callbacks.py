@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,3 +103,15 @@ class StopAtEpoch(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         if epoch >= self.epoch:
             trainer.stop(f"fixed length: {self.epoch} epochs")
+
+
+class TimeLimit(Callback):
+    """End training after the epoch during which a time budget ran out (``seconds_left`` is asked each epoch)."""
+
+    def __init__(self, seconds_left: Callable[[], float], what: str = "time budget") -> None:
+        self.seconds_left = seconds_left
+        self.what = what
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self.seconds_left() <= 0:
+            trainer.stop(f"{self.what} at epoch {epoch}")

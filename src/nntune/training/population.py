@@ -53,12 +53,13 @@ Op = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
 def structure_key(cfg: RunConfig) -> str:
-    """What members of one population must share: the config without :data:`MEMBER_KEYS` (and the search section,
-    which does not change how one model trains)."""
+    """What members of one population must share: the config without :data:`MEMBER_KEYS` (and the search and evidence
+    sections, which do not change how one model trains)."""
     import json
 
     data = cfg.to_dict()
     data.pop("search", None)
+    data.pop("evidence", None)
     for key in MEMBER_KEYS:
         *path, last = key.split(".")
         node = data
@@ -75,7 +76,7 @@ def check_same_structure(cfgs: Sequence[RunConfig]) -> None:
         if structure_key(cfg) != keys:
             ref, other = _flat(cfgs[0].to_dict()), _flat(cfg.to_dict())
             diff = next((k for k in ref if ref[k] != other.get(k) and k not in MEMBER_KEYS
-                         and not k.startswith("search.")), "?")
+                         and not k.startswith(("search.", "evidence."))), "?")
             raise SpecError(f"population: member {i} differs from member 0 in {diff} ({other.get(diff)!r} vs "
                             f"{ref.get(diff)!r}); members may differ only in {', '.join(MEMBER_KEYS)}")
 

@@ -1,0 +1,324 @@
+"""Run the evidence: controlled ablations × seeds around the chosen configuration, within a time budget.
+
+Every variant (see :mod:`nntune.evidence.ablations`) and the chosen configuration itself train with the same S
+seeds, with early stopping off for the full epoch count; each run's score is the chosen early-stopping policy replayed
+on its curve (exactly what early stopping would have kept, see :mod:`nntune.evidence.replay`), so the same runs also
+answer question 10. Differences to the chosen configuration are paired by seed (:mod:`nntune.evidence.stats`).
+Variants whose configurations differ only in per-member settings (LR, dropout rates, seeds, ...) train together as
+one population. Variants run most informative first (the first alternative of every question, then the second, ...)
+while their estimated cost fits the time left; the rest are listed as skipped, and a run still going when the budget
+ends is cut and its variant skipped too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
+from nntune.errors import ArtifactError, ConfigError
+from nntune.evidence import ablations
+from nntune.evidence.ablations import Variant
+from nntune.evidence.replay import early_stopping_evidence, score
+from nntune.evidence.stats import METHOD, paired_effect, verdict
+from nntune.models.builders import build_model
+from nntune.models.inspect import summary
+from nntune.search.study import Search
+from nntune.storage import make_storage
+from nntune.training.callbacks import TimeLimit
+from nntune.training.lr_finder import lr_find
+from nntune.training.pipeline import fit_configs, prepare_data
+from nntune.training.population import structure_key
+
+SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, none used by the search or finalists
+
+
+@dataclass(eq=False)
+class Unit:
+    """One distinct configuration to run over the seeds (a variant, several identical variants, or the reference)."""
+
+    config: RunConfig
+    variants: list[Variant] = field(default_factory=list)
+    weight: float = 1.0  # relative cost of one population of it (parameter count against the reference)
+    scores: list[float] | None = None
+    curves: list[list[dict]] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str | None = None
+
+
+class CostModel:
+    """Seconds one population will take: measured seconds per population per unit of weight, averaged over what
+    ran so far, times the population's weight (a model with 4× the parameters counts 2×: small models are
+    dominated by fixed per-step costs)."""
+
+    def __init__(self) -> None:
+        self.observed: list[float] = []
+
+    def estimate(self, units: Sequence[Unit], populations: int) -> float:
+        if not self.observed:
+            return 0.0
+        return statistics.fmean(self.observed) * populations * max(u.weight for u in units)
+
+    def record(self, units: Sequence[Unit], populations: int, seconds: float) -> None:
+        self.observed.append(seconds / (populations * max(u.weight for u in units)))
+
+
+def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: float = 600.0,
+                 questions: Sequence[str] | None = None, lr_suggestion: float | None = None,
+                 progress: bool = False) -> dict:
+    """Answer the questions with controlled variants of ``chosen`` on ``search``'s data split (the run's base split,
+    scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``."""
+    started = time.perf_counter()
+    deadline = started + budget
+    questions = list(questions or EVIDENCE_QUESTIONS)
+    unknown = [q for q in questions if q not in EVIDENCE_QUESTIONS]
+    if unknown:
+        raise ConfigError(f"evidence.questions: unknown question {unknown[0]!r} (choose from "
+                          f"{', '.join(EVIDENCE_QUESTIONS)})")
+    ds = search.base_data.dataset
+    maximize = points = ds.task == "classification"
+    resolution = 1 / len(search.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
+    base = apply_overrides(chosen, {"train.early_stopping.enabled": False, "train.lr_auto": False})
+    seed_list = [chosen.seed + SEED_STRIDE * (i + 1) for i in range(seeds)]
+    if "lr" in questions and lr_suggestion is None:
+        lr_suggestion = _range_test(base, search)
+    made = ablations.variants(base, ds.kind, lr_suggestion)
+    reference = Unit(base, weight=1.0)
+    ref_params = _params(base, search)
+    units: dict[str, Unit] = {}
+    valid: dict[str, list[Variant]] = {}
+    skipped: dict[str, list[dict]] = {}
+    for q in questions:
+        if not isinstance(made.get(q), list):
+            continue
+        valid[q], skipped[q] = ablations.build(base, made[q])
+        for i, v in enumerate(sorted(valid[q], key=lambda v: v.rank)):  # ranks count the variants left to run
+            v.rank = i
+        for v in list(valid[q]):
+            try:
+                weight = math.sqrt(min(16.0, max(0.25, _params(v.config, search) / ref_params)))
+            except Exception as err:  # e.g. one more conv block than the input size allows
+                valid[q].remove(v)
+                skipped[q].append({"name": v.name, "reason": f"cannot build: {str(err).splitlines()[0]}"})
+                continue
+            units.setdefault(v.key(), Unit(v.config, weight=weight)).variants.append(v)
+    order = {q: i for i, q in enumerate(EVIDENCE_QUESTIONS)}
+    ranked = sorted((v for vs in valid.values() for v in vs), key=lambda v: (v.rank, order[v.question]))
+    plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked if v.key() in units)}.values())
+    runs, interrupted = _execute(plan, search, seed_list, chosen.train.early_stopping, deadline, progress)
+    result = {q: _answer(q, base, search, made, valid, skipped, units, reference, maximize, points, resolution)
+              for q in questions if q not in ("trainable", "early_stopping")}
+    if "trainable" in questions:
+        result["trainable"] = _trainable(base, search)
+    if "early_stopping" in questions:
+        curves = [c for u in [reference, *units.values()] if u.scores is not None for c in u.curves]
+        result["early_stopping"] = early_stopping_evidence(curves, chosen.train.early_stopping, search.monitor,
+                                                           maximize, points, resolution)
+    n_skipped = sum(1 for u in units.values() if u.skipped)
+    result = {q: result[q] for q in EVIDENCE_QUESTIONS if q in result}
+    result["setup"] = {
+        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": search.monitor,
+        "maximize": maximize, "points": points, "budget": budget, "seconds": round(time.perf_counter() - started, 2),
+        "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
+        "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
+        "score": f"{search.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
+    }
+    return result
+
+
+def _params(cfg: RunConfig, search: Search) -> int:
+    ds = search.base_data.dataset
+    return sum(p.numel() for p in build_model(cfg.model, ds.input_shape, ds.n_outputs).parameters())
+
+
+def _range_test(cfg: RunConfig, search: Search) -> float | None:
+    """The LR range test's suggestion for the chosen model (None when the test fails on this model)."""
+    data = search.data_for(cfg)
+    model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_outputs, seed=cfg.seed)
+    try:
+        return lr_find(model, data.dataset.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed).suggestion
+    except Exception:  # a failed range test only loses that one variant; the answer says it did not run
+        return None
+
+
+def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyStoppingConfig, deadline: float,
+             progress: bool) -> tuple[int, bool]:
+    """Run the units in order (the reference first), each with the seeds, grouping later units of the same
+    structure into its population while there is room and the estimated cost fits the time left. Scores are the
+    chosen early-stopping ``policy`` replayed on each run's curve. Returns (runs finished, interrupted)."""
+    cost = CostModel()
+    runs, reference, pending = 0, units[0], list(units)
+    bar = _Bar(len(units) * len(seeds)) if progress else None
+    try:
+        while pending:
+            unit = pending.pop(0)
+            left = deadline - time.perf_counter()
+            size = search.population_size(unit.config)
+            if unit is not reference and cost.estimate([unit], math.ceil(len(seeds) / size)) > left:
+                unit.skipped = "time budget"
+                if bar:
+                    bar.advance(len(seeds))
+                continue
+            group, key = [unit], structure_key(unit.config)
+            for other in list(pending):
+                if (len(group) + 1) * len(seeds) > size:
+                    break
+                if structure_key(other.config) == key and cost.estimate(group + [other], 1) <= left:
+                    group.append(other)
+                    pending.remove(other)
+            if bar:
+                bar.describe(group)
+            cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
+            limit = TimeLimit(lambda: deadline - time.perf_counter(), "evidence budget")
+            t0 = time.perf_counter()
+            fits = fit_configs(cfgs, search.data_for, size, [[limit] for _ in cfgs])
+            seconds = time.perf_counter() - t0
+            cost.record(group, math.ceil(len(cfgs) / size), seconds)
+            for i, u in enumerate(group):
+                mine = [fit for _, fit in fits[i * len(seeds):(i + 1) * len(seeds)]]
+                u.seconds = seconds * len(seeds) / len(cfgs)
+                if any(f.stop_reason.startswith("evidence budget") for f in mine):
+                    u.skipped = "time budget (cut during its runs)"
+                    continue
+                u.curves = [[{k: v for k, v in h.items() if k != "grad_norms"} for h in f.history] for f in mine]
+                u.scores = [score(c, policy, search.monitor) for c in u.curves]
+                runs += len(mine)
+            if bar:
+                bar.advance(len(cfgs))
+    except KeyboardInterrupt:
+        for u in units:
+            if u.scores is None and u.skipped is None:
+                u.skipped = "interrupted"
+        return runs, True
+    finally:
+        if bar:
+            bar.stop()
+    return runs, False
+
+
+class _Bar:
+    """A rich progress bar over the planned runs, showing the variants in training."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]evidence"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                                 console=Console(stderr=True))
+        self.progress.start()
+        self.task = self.progress.add_task("evidence", total=total, status="")
+
+    def describe(self, group: Sequence[Unit]) -> None:
+        names = [f"{v.question}: {v.name}" for u in group for v in u.variants[:1]] or ["the chosen configuration"]
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+        self.progress.update(self.task, status=shown)
+
+    def advance(self, runs: int) -> None:
+        self.progress.advance(self.task, runs)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: dict[str, list[Variant]],
+            skipped: dict[str, list[dict]], units: dict[str, Unit], reference: Unit, maximize: bool,
+            points: bool, resolution: float) -> dict:
+    """One question's entry: each variant's mean score and paired difference to the chosen configuration."""
+    chosen = ablations.chosen_names(base, search.base_data.dataset.kind)[question]
+    if isinstance(made.get(question), str):
+        return {"verdict": made[question], "chosen": chosen, "variants": [], "skipped": []}
+    rows, effects, missed = [], {}, list(skipped.get(question, []))
+    for v in valid.get(question, []):
+        unit = units[v.key()]
+        if unit.scores is None:
+            missed.append({"name": v.name, "reason": unit.skipped or "not run"})
+            continue
+        pairs = [(s, r) for s, r in zip(unit.scores, reference.scores or []) if math.isfinite(s) and math.isfinite(r)]
+        diverged = sum(1 for s in unit.scores if not math.isfinite(s))
+        row = {"name": v.name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
+               "seconds": round(unit.seconds, 2), "diverged": diverged}
+        if pairs:
+            effect = paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
+            effects[v.name] = effect
+            row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
+                       ci_high=effect.ci_high)
+        rows.append(row)
+    if reference.scores is None:
+        text = ("Not measured: the time budget ended before the chosen configuration's own runs finished; give "
+                "--evidence-budget more time.")
+    elif not effects and missed:
+        text = f"Not measured: every variant was skipped ({missed[0]['reason']}); give --evidence-budget more time."
+    else:
+        text = verdict(chosen, effects, maximize, points)
+        dead = [r["name"] for r in rows if r["diverged"]]
+        if dead:
+            text += f" Diverged on some seeds: {', '.join(dead)}."
+        budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
+        if budget:
+            text += f" {budget} variant(s) skipped for the time budget."
+    finite = [s for s in reference.scores or [] if math.isfinite(s)]
+    return {"verdict": text, "chosen": chosen, "chosen_mean": statistics.fmean(finite) if finite else None,
+            "chosen_seconds": round(reference.seconds, 2), "variants": rows, "skipped": missed}
+
+
+def _trainable(base: RunConfig, search: Search) -> dict:
+    """Question 1: the parameter summary; a model trained from scratch freezes nothing, so there is no experiment."""
+    ds = search.base_data.dataset
+    s = summary(build_model(base.model, ds.input_shape, ds.n_outputs), ds.input_shape)
+    stats = f" ({s.non_trainable:,} non-trainable: batch-norm running statistics, which get no gradients)" \
+        if s.non_trainable else ""
+    text = (f"No experiment: this model is trained from scratch and no layer is frozen, so all {s.trainable:,} "
+            f"weights train{stats}. Freezing is a choice when a trained model is reused.")
+    return {"verdict": text, "chosen": f"{s.trainable:,} trainable, {s.non_trainable:,} non-trainable",
+            "variants": [], "skipped": []}
+
+
+def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None = None,
+            questions: Sequence[str] | None = None, progress: bool = False) -> dict:
+    """Run the evidence for a finished ``tune`` or ``train`` run directory, store it in its result.json (key
+    ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "result.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; is {run_dir} a run directory of nntune train or tune?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: corrupt ({err})") from None
+    if "study" in result:
+        run_cfg = load_config(run_dir / "config.yaml")
+        chosen = build_config(result.get("chosen_config") or _trial_config(result), where=str(path))
+    else:
+        run_cfg = chosen = build_config(result["config"], where=str(path))
+    ev = run_cfg.evidence
+    data = prepare_data(run_cfg)
+    search = Search(run_cfg, run_dir, [], base_data=data)
+    search.data_by_scaler[data.scaler.method] = data
+    evidence = run_evidence(chosen, search, seeds or ev.seeds, budget or ev.budget, questions or ev.questions,
+                            (result.get("lr_find") or {}).get("suggestion"), progress)
+    result["evidence"] = evidence
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return evidence
+
+
+def _trial_config(result: dict) -> dict:
+    """The chosen trial's configuration from the study (run directories written before ``chosen_config``)."""
+    info = result["study"]
+    try:
+        study = optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == result["best_trial"])
+    except Exception as err:
+        raise ArtifactError(f"cannot read the chosen trial {result.get('best_trial')} from {info['storage']} "
+                            f"({err.__class__.__name__})") from None
+    return trial.user_attrs["config"]

@@ -1,0 +1,116 @@
+"""Early-stopping policies replayed on recorded learning curves (question 10), with no retraining.
+
+Evidence runs train for the full epoch count with early stopping off, so every curve is complete. Whether a policy
+(monitor, patience, min_delta, restore) would have stopped, and which epoch's weights it would have kept, is then a
+pure function of the curve: the LR schedule depends on the epoch count, not on the stop, so the epochs up to the stop
+are the same with and without early stopping. The replay uses the trainer's own :class:`Patience` decision, and the
+score of any run under the chosen configuration's policy is read off its full curve the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nntune.config import EarlyStoppingConfig
+from nntune.evidence.stats import Effect, format_diff, paired_effect, verdict
+from nntune.training.early_stopping import Patience
+
+PATIENCES = (3, 5, 10, 20)
+MIN_DELTAS = (1e-3, 1e-2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a policy ends a curve: epochs trained, and the epoch whose weights the model keeps."""
+
+    epochs: int
+    kept_epoch: int
+
+
+def replay(history: Sequence[dict], policy: EarlyStoppingConfig) -> Outcome:
+    """The epoch a policy stops at on a full curve (``history`` rows numbered from 1) and the epoch it keeps, as
+    :class:`~nntune.training.trainer.Trainer` would with :class:`~nntune.training.early_stopping.EarlyStopping`."""
+    if not history:
+        return Outcome(0, 0)
+    if not policy.enabled:
+        return Outcome(len(history), len(history))
+    patience = Patience(policy)
+    snapped = False
+    for row in history:
+        snapshot, reason = patience.update(row["epoch"], row.get(policy.monitor, math.nan))
+        snapped = snapped or snapshot
+        if reason:
+            return Outcome(row["epoch"], patience.best_epoch if policy.restore_best_weights and snapped
+                           else row["epoch"])
+    return Outcome(len(history), patience.best_epoch if policy.restore_best_weights and snapped else len(history))
+
+
+def score(history: Sequence[dict], policy: EarlyStoppingConfig, metric: str) -> float:
+    """``metric`` at the epoch the policy keeps (NaN for an empty curve)."""
+    kept = replay(history, policy).kept_epoch
+    row = next((h for h in history if h["epoch"] == kept), None)
+    return float(row.get(metric, math.nan)) if row else math.nan
+
+
+def policy_name(policy: EarlyStoppingConfig) -> str:
+    if not policy.enabled:
+        return "off"
+    delta = f", min_delta {policy.min_delta:g}" if policy.min_delta else ""
+    return f"patience {policy.patience}{delta}"
+
+
+def policies(chosen: EarlyStoppingConfig) -> list[EarlyStoppingConfig]:
+    """Off, patience 3/5/10/20 and two min_delta values at the chosen patience (the chosen policy itself removed)."""
+    base = chosen.model_copy(update={"enabled": True})
+    out = [chosen.model_copy(update={"enabled": False})]
+    out += [base.model_copy(update={"patience": p}) for p in PATIENCES]
+    out += [base.model_copy(update={"min_delta": d}) for d in MIN_DELTAS]
+    seen, unique = {policy_name(chosen)}, []
+    for p in out:
+        if policy_name(p) not in seen:
+            seen.add(policy_name(p))
+            unique.append(p)
+    return unique
+
+
+def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStoppingConfig, metric: str,
+                            maximize: bool, points: bool, resolution: float = 0.0) -> dict:
+    """Question 10: every policy replayed on every curve, its score paired with the chosen policy's curve by curve,
+    and the epochs it trains (``epochs_saved`` is against training to the end); ``resolution`` as in
+    :func:`~nntune.evidence.stats.paired_effect`."""
+    curves = [c for c in curves if c and math.isfinite(score(c, chosen, metric))]
+    chosen_name = policy_name(chosen)
+    if not curves:
+        return {"verdict": "Not measured: no evidence run finished, so there are no curves to replay.",
+                "chosen": chosen_name, "variants": [], "skipped": []}
+    full = statistics.fmean(len(c) for c in curves)
+    ref = [score(c, chosen, metric) for c in curves]
+    ref_epochs = statistics.fmean(replay(c, chosen).epochs for c in curves)
+    rows, effects, epochs = [], {}, {}
+    for p in policies(chosen):
+        scores = [score(c, p, metric) for c in curves]
+        pairs = [(s, r) for s, r in zip(scores, ref) if math.isfinite(s)]
+        name = policy_name(p)
+        effect = paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
+        effects[name] = effect
+        epochs[name] = statistics.fmean(replay(c, p).epochs for c in curves)
+        rows.append({"name": name, "mean": statistics.fmean(s for s, _ in pairs), "diff": effect.mean,
+                     "ci_low": effect.ci_low, "ci_high": effect.ci_high, "n": effect.n, "seconds": 0.0,
+                     "epochs": round(epochs[name], 2), "epochs_saved": round(full - epochs[name], 2)})
+    lead = (f"The chosen {chosen_name} trains {ref_epochs:.1f} of {full:.0f} epochs on average "
+            f"({100 * (1 - ref_epochs / full):.0f} % saved) over {len(curves)} full curves. ")
+    text = lead + verdict(chosen_name, effects, maximize, points)
+    cheaper = [n for n in effects if not _loses(effects[n], maximize) and epochs[n] < ref_epochs]
+    if cheaper:
+        best = min(cheaper, key=epochs.get)
+        text += (f" Fewest epochs with no measurable loss: {best} ({epochs[best]:.1f} epochs, "
+                 f"{format_diff(effects[best].mean, points)}{' points' if points else ''}).")
+    return {"verdict": text, "chosen": chosen_name, "chosen_mean": statistics.fmean(ref),
+            "chosen_epochs": round(ref_epochs, 2), "full_epochs": round(full, 2), "variants": rows, "skipped": []}
+
+
+def _loses(effect: Effect, maximize: bool) -> bool:
+    return effect.measurable and ((effect.ci_high < 0) if maximize else (effect.ci_low > 0))
