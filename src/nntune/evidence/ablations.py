@@ -8,6 +8,7 @@ every question before the later ones. A question that cannot be tested on this m
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,3 +224,13 @@ def build(chosen: RunConfig, made: list[Variant]) -> tuple[list[Variant], list[d
             seen.add(key)
             ok.append(v)
     return ok, skipped
+
+
+def order(valid: dict[str, list[Variant]], questions: Sequence[str]) -> list[Variant]:
+    """Most informative first: every question's first remaining variant (in ``questions`` order), then every
+    question's second, and so on; a question whose first variants were dropped does not wait behind the others."""
+    rounds = []
+    for q, vs in valid.items():
+        for i, v in enumerate(sorted(vs, key=lambda v: v.rank)):
+            rounds.append((i, questions.index(q), v))
+    return [v for _, _, v in sorted(rounds, key=lambda t: (t[0], t[1]))]

@@ -55,20 +55,21 @@ class Unit:
 
 
 class CostModel:
-    """Seconds one population will take: measured seconds per population per unit of weight, averaged over what
-    ran so far, times the population's weight (a model with 4× the parameters counts 2×: small models are
-    dominated by fixed per-step costs)."""
+    """Seconds a set of units will take: the measured seconds per run per unit of weight, averaged over what ran
+    so far, times their runs and weights (a model with 4× the parameters counts 2×: small models are dominated by
+    fixed per-step costs). Pessimistic where populations pay (a GPU), which only makes the plan more careful."""
 
-    def __init__(self) -> None:
+    def __init__(self, seeds: int) -> None:
+        self.seeds = seeds
         self.observed: list[float] = []
 
-    def estimate(self, units: Sequence[Unit], populations: int) -> float:
+    def estimate(self, units: Sequence[Unit]) -> float:
         if not self.observed:
             return 0.0
-        return statistics.fmean(self.observed) * populations * max(u.weight for u in units)
+        return statistics.fmean(self.observed) * self.seeds * sum(u.weight for u in units)
 
-    def record(self, units: Sequence[Unit], populations: int, seconds: float) -> None:
-        self.observed.append(seconds / (populations * max(u.weight for u in units)))
+    def record(self, units: Sequence[Unit], seconds: float) -> None:
+        self.observed.append(seconds / (self.seeds * sum(u.weight for u in units)))
 
 
 def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: float = 600.0,
@@ -78,11 +79,7 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
     scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``."""
     started = time.perf_counter()
     deadline = started + budget
-    questions = list(questions or EVIDENCE_QUESTIONS)
-    unknown = [q for q in questions if q not in EVIDENCE_QUESTIONS]
-    if unknown:
-        raise ConfigError(f"evidence.questions: unknown question {unknown[0]!r} (choose from "
-                          f"{', '.join(EVIDENCE_QUESTIONS)})")
+    questions = check_questions(questions)
     ds = search.base_data.dataset
     maximize = points = ds.task == "classification"
     resolution = 1 / len(search.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
@@ -100,8 +97,6 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
         if not isinstance(made.get(q), list):
             continue
         valid[q], skipped[q] = ablations.build(base, made[q])
-        for i, v in enumerate(sorted(valid[q], key=lambda v: v.rank)):  # ranks count the variants left to run
-            v.rank = i
         for v in list(valid[q]):
             try:
                 weight = math.sqrt(min(16.0, max(0.25, _params(v.config, search) / ref_params)))
@@ -110,8 +105,7 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
                 skipped[q].append({"name": v.name, "reason": f"cannot build: {str(err).splitlines()[0]}"})
                 continue
             units.setdefault(v.key(), Unit(v.config, weight=weight)).variants.append(v)
-    order = {q: i for i, q in enumerate(EVIDENCE_QUESTIONS)}
-    ranked = sorted((v for vs in valid.values() for v in vs), key=lambda v: (v.rank, order[v.question]))
+    ranked = ablations.order(valid, EVIDENCE_QUESTIONS)
     plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked if v.key() in units)}.values())
     runs, interrupted = _execute(plan, search, seed_list, chosen.train.early_stopping, deadline, progress)
     result = {q: _answer(q, base, search, made, valid, skipped, units, reference, maximize, points, resolution)
@@ -134,6 +128,15 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
     return result
 
 
+def check_questions(questions: Sequence[str] | None) -> list[str]:
+    """The questions to answer (all ten when none are given); an unknown one is a ConfigError naming it."""
+    unknown = [q for q in questions or () if q not in EVIDENCE_QUESTIONS]
+    if unknown:
+        raise ConfigError(f"evidence.questions: unknown question {unknown[0]!r} (choose from "
+                          f"{', '.join(EVIDENCE_QUESTIONS)})")
+    return list(questions or EVIDENCE_QUESTIONS)
+
+
 def _params(cfg: RunConfig, search: Search) -> int:
     ds = search.base_data.dataset
     return sum(p.numel() for p in build_model(cfg.model, ds.input_shape, ds.n_outputs).parameters())
@@ -154,34 +157,27 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
     """Run the units in order (the reference first), each with the seeds, grouping later units of the same
     structure into its population while there is room and the estimated cost fits the time left. Scores are the
     chosen early-stopping ``policy`` replayed on each run's curve. Returns (runs finished, interrupted)."""
-    cost = CostModel()
-    runs, reference, pending = 0, units[0], list(units)
+    cost = CostModel(len(seeds))
+    runs, reference, queue = 0, units[0], list(units)
     bar = _Bar(len(units) * len(seeds)) if progress else None
     try:
-        while pending:
-            unit = pending.pop(0)
+        while queue:
+            unit = queue.pop(0)
             left = deadline - time.perf_counter()
-            size = search.population_size(unit.config)
-            if unit is not reference and cost.estimate([unit], math.ceil(len(seeds) / size)) > left:
+            if unit is not reference and cost.estimate([unit]) > left:
                 unit.skipped = "time budget"
                 if bar:
                     bar.advance(len(seeds))
                 continue
-            group, key = [unit], structure_key(unit.config)
-            for other in list(pending):
-                if (len(group) + 1) * len(seeds) > size:
-                    break
-                if structure_key(other.config) == key and cost.estimate(group + [other], 1) <= left:
-                    group.append(other)
-                    pending.remove(other)
+            group = _group(unit, queue, cost, left, search.population_size(unit.config), len(seeds))
             if bar:
                 bar.describe(group)
             cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
             limit = TimeLimit(lambda: deadline - time.perf_counter(), "evidence budget")
             t0 = time.perf_counter()
-            fits = fit_configs(cfgs, search.data_for, size, [[limit] for _ in cfgs])
+            fits = fit_configs(cfgs, search.data_for, search.population_size(unit.config), [[limit] for _ in cfgs])
             seconds = time.perf_counter() - t0
-            cost.record(group, math.ceil(len(cfgs) / size), seconds)
+            cost.record(group, seconds)
             for i, u in enumerate(group):
                 mine = [fit for _, fit in fits[i * len(seeds):(i + 1) * len(seeds)]]
                 u.seconds = seconds * len(seeds) / len(cfgs)
@@ -202,6 +198,28 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
         if bar:
             bar.stop()
     return runs, False
+
+
+def _group(unit: Unit, queue: list[Unit], cost: CostModel, left: float, size: int, seeds: int) -> list[Unit]:
+    """``unit`` and the later units of its structure that fill its population, taken out of ``queue``. A later
+    unit joins only while the group's estimated cost plus that of every unit ahead of it in the queue fits the time
+    left, so pulling a unit forward never takes time from a more informative one. Before anything was measured,
+    the unit runs alone."""
+    group = [unit]
+    if not cost.observed:
+        return group
+    key, need, ahead = structure_key(unit.config), cost.estimate([unit]), 0.0
+    for other in list(queue):
+        if (len(group) + 1) * seeds > size:
+            break
+        extra = cost.estimate([other])
+        if structure_key(other.config) == key and need + extra + ahead <= left:
+            group.append(other)
+            queue.remove(other)
+            need += extra
+        else:
+            ahead += extra
+    return group
 
 
 class _Bar:
@@ -286,6 +304,7 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
             questions: Sequence[str] | None = None, progress: bool = False) -> dict:
     """Run the evidence for a finished ``tune`` or ``train`` run directory, store it in its result.json (key
     ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``."""
+    check_questions(questions)
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
     try:

@@ -1,0 +1,120 @@
+"""Planted effects: data built so that one alternative must win, with the interval on the right side of zero."""
+
+import math
+
+import pytest
+import torch
+
+from nntune.config import EVIDENCE_QUESTIONS, RunConfig, apply_overrides
+from nntune.data.sources import Dataset
+from nntune.evidence.explain import run_evidence
+from nntune.evidence.replay import score
+from nntune.evidence.stats import paired_effect, verdict
+from nntune.search.study import Search
+from nntune.training.pipeline import fit_configs, prepare_data
+
+TINY = {"train.epochs": 12, "model.units": 32, "model.hidden_layers": 1, "train.batch_size": 32}
+
+
+def blobs(n=400, features=8, classes=4, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, features, generator=g) * 1.5
+    y = torch.randint(0, classes, (n,), generator=g)
+    return Dataset("blobs", centers[y] + torch.randn(n, features, generator=g), y, "classification",
+                   [str(i) for i in range(classes)])
+
+
+def searching(cfg: RunConfig, ds: Dataset) -> Search:
+    data = prepare_data(cfg, ds)
+    search = Search(cfg, None, [], base_data=data)
+    search.data_by_scaler[data.scaler.method] = data
+    return search
+
+
+def variant(entry: dict, name: str) -> dict:
+    return next(r for r in entry["variants"] if r["name"] == name)
+
+
+def test_wildly_different_feature_scales_need_normalization():
+    # the class shows in four features a thousandth in scale; four features of pure noise are a thousand times larger
+    ds = blobs(n=600, features=4)
+    noise = torch.randn(len(ds), 4, generator=torch.Generator().manual_seed(1))
+    ds.x = torch.cat([ds.x * 2e-3, noise * 1e3], dim=1)
+    cfg = apply_overrides(RunConfig(), {**TINY, "preprocess.scaler": "zscore", "train.lr": 0.01})
+    ev = run_evidence(cfg, searching(cfg, ds), seeds=3, budget=120, questions=["normalization"])
+    entry = ev["normalization"]
+    none = variant(entry, "none")
+    assert none["n"] == 3 and none["ci_high"] < -0.3  # zscore beats none: none - zscore is far below 0
+    assert entry["chosen"] == "zscore" and "none" in entry["verdict"]
+    assert set(ev) == {"normalization", "setup"}
+
+
+def test_augmentation_that_destroys_the_label_is_left_out():
+    # the label says which half of the image is brighter: a horizontal flip turns it into the other class
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.5
+    bright = torch.where(y.bool().view(-1, 1, 1), torch.arange(8) >= 4, torch.arange(8) < 4)
+    x = x + 0.5 * bright.view(n, 1, 1, 8).float()
+    ds = Dataset("halves", x, y, "classification", ["left", "right"])
+    cfg = apply_overrides(RunConfig(), {**TINY, "preprocess.augment": "custom", "preprocess.augment_strength": 1.0,
+                                        "preprocess.augment_ops": [{"op": "hflip"}, {"op": "noise", "std": 0.02}]})
+    ev = run_evidence(cfg, searching(cfg, ds), seeds=3, budget=120, questions=["augmentation"])
+    entry = ev["augmentation"]
+    assert [r["name"] for r in entry["variants"]] == ["none", "without hflip", "without noise"]
+    assert variant(entry, "without hflip")["ci_low"] > 0
+    assert variant(entry, "without hflip")["mean"] > variant(entry, "without noise")["mean"] + 0.2
+    assert entry["verdict"].startswith(("without hflip beats", "none beats"))
+
+
+def test_a_too_high_learning_rate_is_caught():
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.optimizer": "sgd", "train.lr": 4.0,
+                                        "preprocess.scaler": "zscore"})
+    ev = run_evidence(cfg, searching(cfg, blobs()), seeds=3, budget=120, questions=["lr"], lr_suggestion=0.05)
+    entry = ev["lr"]
+    third = variant(entry, "lr ×⅓ (1.33)")
+    assert third["ci_low"] > 0 and third["n"] == 3
+    assert [r["name"] for r in entry["variants"]] == ["lr ×⅓ (1.33)", "lr ×3 (10)", "range test (0.05)"]
+    assert "beats the chosen lr 4" in entry["verdict"]
+
+
+def test_two_identical_configurations_show_no_difference():
+    """The same configuration under two independent sets of seeds: pure seed noise, so the interval contains 0."""
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.early_stopping.enabled": False})
+    search = searching(cfg, blobs(seed=1))
+    runs = fit_configs([apply_overrides(cfg, {"seed": s}) for s in (11, 12, 13, 21, 22, 23)], search.data_for, 2)
+    scores = [score(fit.history, RunConfig().train.early_stopping, "val_accuracy") for _, fit in runs]
+    effect = paired_effect(scores[3:], scores[:3], resolution=1 / len(search.base_data.split.val))
+    assert effect.ci_low <= 0 <= effect.ci_high
+    assert verdict("A", {"B": effect}, maximize=True, points=True).startswith("No measurable difference")
+
+
+def test_all_questions_within_the_budget():
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 30})
+    # some 140,000 optimizer steps in all: far more than 3 s on any machine, while the chosen configuration's two
+    # runs take well under a second
+    ev = run_evidence(cfg, searching(cfg, blobs(n=2000)), seeds=2, budget=3, lr_suggestion=0.01)
+    assert list(ev) == [*EVIDENCE_QUESTIONS, "setup"]
+    setup = ev["setup"]
+    assert setup["seconds"] <= 3 + 1.5  # a run in flight stops after its epoch
+    assert setup["runs"] >= 2  # the chosen configuration always runs first
+    for q in EVIDENCE_QUESTIONS:
+        entry = ev[q]
+        assert entry["verdict"] and "chosen" in entry and isinstance(entry["variants"], list)
+        for r in entry["variants"]:
+            assert {"name", "mean", "ci_low", "ci_high", "n", "seconds"} <= set(r)
+            assert r["n"] == 2 or q == "early_stopping"
+    assert ev["trainable"]["variants"] == [] and ev["trainable"]["verdict"].startswith("No experiment")
+    assert ev["augmentation"]["verdict"].startswith("Not applicable")
+    ran = sum(len(ev[q]["variants"]) for q in EVIDENCE_QUESTIONS if q != "early_stopping")
+    skipped = sum(len(ev[q]["skipped"]) for q in EVIDENCE_QUESTIONS)
+    assert skipped > 0 and ran + skipped >= 30  # a budget this small cannot run everything; the rest is listed
+    assert all(s["reason"].startswith("time budget") for q in EVIDENCE_QUESTIONS for s in ev[q]["skipped"])
+
+
+def test_unknown_question_is_a_one_line_error():
+    cfg = apply_overrides(RunConfig(), TINY)
+    with pytest.raises(Exception, match="evidence.questions: unknown question 'dropouts'"):
+        run_evidence(cfg, searching(cfg, blobs(n=100)), questions=["dropouts"])
+    assert math.isfinite(1.0)

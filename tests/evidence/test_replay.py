@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from nntune.config import EarlyStoppingConfig, RunConfig, apply_overrides
+from nntune.data.sources import Dataset
+from nntune.evidence.replay import Outcome, early_stopping_evidence, policies, policy_name, replay, score
+from nntune.training.pipeline import fit_model, prepare_data
+
+
+def curve(losses, accs=None):
+    accs = accs or [0.5 + 0.01 * i for i in range(len(losses))]
+    return [{"epoch": i + 1, "val_loss": v, "val_accuracy": a} for i, (v, a) in enumerate(zip(losses, accs))]
+
+
+def test_replay_by_hand():
+    c = curve([1.0, 0.8, 0.7, 0.75, 0.72, 0.71, 0.9, 0.95])
+    es = EarlyStoppingConfig(patience=3)
+    assert replay(c, es) == Outcome(epochs=6, kept_epoch=3)  # no better than 0.7 for epochs 4, 5, 6
+    assert replay(c, es.model_copy(update={"patience": 5})) == Outcome(8, 3)  # ran out of curve: best restored
+    assert replay(c, es.model_copy(update={"enabled": False})) == Outcome(8, 8)  # off keeps the last weights
+    assert replay(c, es.model_copy(update={"restore_best_weights": False})) == Outcome(6, 6)
+    # min_delta 0.15: 0.8 improves on 1.0 by more than that, 0.7 and 0.75 do not improve on 0.8 by enough
+    assert replay(c, es.model_copy(update={"min_delta": 0.15, "patience": 2})) == Outcome(4, 2)
+    assert score(c, es, "val_accuracy") == pytest.approx(0.52)
+    assert replay([], es) == Outcome(0, 0)
+
+
+def test_policies_drop_the_chosen_one():
+    names = [policy_name(p) for p in policies(EarlyStoppingConfig(patience=10))]
+    assert names == ["off", "patience 3", "patience 5", "patience 20", "patience 10, min_delta 0.001",
+                     "patience 10, min_delta 0.01"]
+    assert "off" not in [policy_name(p) for p in policies(EarlyStoppingConfig(enabled=False))]
+
+
+def test_replay_matches_training_with_early_stopping():
+    """The oracle: training with early stopping and replaying its policy on the same run without it agree exactly."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(300, generator=g) > 0).long()  # noisy: validation loss turns up early
+    ds = Dataset("noisy", x, y, "classification", ["0", "1"])
+    cfg = apply_overrides(RunConfig(), {"train.epochs": 40, "model.units": 64, "train.lr": 0.01,
+                                        "train.early_stopping.patience": 3, "train.schedule.name": "none"})
+    data = prepare_data(cfg, ds)
+    _, _, stopped = fit_model(cfg, data)
+    _, _, full = fit_model(apply_overrides(cfg, {"train.early_stopping.enabled": False}), data)
+    assert stopped.stop_reason.startswith("early stopping") and len(full.history) == 40
+    out = replay(full.history, cfg.train.early_stopping)
+    assert out == Outcome(stopped.stopped_epoch, stopped.best_epoch)
+    assert score(full.history, cfg.train.early_stopping, "val_accuracy") == stopped.best["val_accuracy"]
+
+
+def test_early_stopping_question_reports_epochs_saved_and_score_lost():
+    # validation loss bottoms out at epoch 4; accuracy peaks there too and decays slowly after
+    curves = []
+    for k in range(6):
+        losses = [1.0, 0.7, 0.6, 0.5 + 0.001 * k] + [0.55 + 0.02 * i for i in range(16)]
+        accs = [0.6, 0.7, 0.75, 0.8] + [0.79 - 0.005 * i - 0.001 * k for i in range(16)]
+        curves.append(curve(losses, accs))
+    entry = early_stopping_evidence(curves, EarlyStoppingConfig(patience=5), "val_accuracy", maximize=True,
+                                    points=True)
+    rows = {r["name"]: r for r in entry["variants"]}
+    assert entry["chosen"] == "patience 5" and entry["full_epochs"] == 20 and entry["chosen_epochs"] == 9
+    assert rows["patience 3"]["epochs"] == 7 and rows["patience 3"]["diff"] == pytest.approx(0)
+    assert rows["off"]["epochs_saved"] == 0 and rows["off"]["ci_high"] < 0  # the last epoch is worse than the best
+    assert rows["patience 20"]["n"] == 6
+    assert "Fewest epochs with no measurable loss: patience 3" in entry["verdict"]
