@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/nntune tune --dataset digits --timeout 90s --ensemble 3 --resume --out runs/demo
+	$(VENV)/bin/nntune tune --dataset digits --timeout 90s --ensemble 3 --evidence --evidence-budget 150s --resume \
+		--out runs/demo
 	@echo "open the report: $$(pwd)/runs/demo/report.html"
 
 test: install

@@ -41,3 +41,13 @@ def test_funnel_widths():
     cfg = build_config({"model": {"hidden_layers": 3, "units": 256, "funnel": 0.5}}).model
     assert cfg.hidden_widths() == [256, 128, 64]
     assert build_config({"model": {"filters": 16, "conv_blocks": 3}}).model.block_filters() == [16, 32, 64]
+
+
+def test_custom_augmentation_needs_its_ops_and_evidence_questions_are_checked():
+    with pytest.raises(ConfigError, match="augment: custom needs augment_ops"):
+        apply_overrides(RunConfig(), {"preprocess.augment": "custom"})
+    cfg = apply_overrides(RunConfig(), {"preprocess.augment": "custom", "preprocess.augment_ops": [{"op": "hflip"}]})
+    assert cfg.preprocess.custom_ops() == [{"op": "hflip"}]
+    assert apply_overrides(cfg, {"preprocess.augment": "light"}).preprocess.custom_ops() is None  # a preset wins
+    with pytest.raises(ConfigError, match="evidence.questions: Value error, unknown question 'colour'"):
+        apply_overrides(RunConfig(), {"evidence.questions": ["lr", "colour"]})

@@ -55,7 +55,8 @@ MODEL_OPTIONS = [
 ]
 TRAIN_OPTIONS = [
     ("--scaler", "preprocess.scaler", click.Choice(SCALERS), "normalization method"),
-    ("--augment", "preprocess.augment", click.Choice(["none", "light", "digits", "natural", "signal"]), "augmentation preset"),
+    ("--augment", "preprocess.augment", click.Choice(["none", "light", "digits", "natural", "signal"]),
+     "augmentation preset"),
     ("--augment-strength", "preprocess.augment_strength", float, "augmentation strength in [0, 1]"),
     ("--epochs", "train.epochs", int, "maximum epochs"),
     ("--batch-size", "train.batch_size", int, "batch size"),
@@ -294,7 +295,7 @@ def augment_cmd(preset: str | None, strength: float | None, samples: int, copies
     ds = load_configured(cfg.data)
     train_x = ds.x[split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed).train]
     augmenter = build_augmenter(preset, strength, ds.input_shape, train_x,
-                                cfg.preprocess.augment_ops if preset == "custom" else None)
+                                cfg.preprocess.custom_ops() if preset == "custom" else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     picks = torch.randperm(len(train_x), generator=gen)[:samples]
     grid = preview_grid(train_x[picks], augmenter, copies, seed=cfg.seed)

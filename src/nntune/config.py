@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nntune.errors import ConfigError
 
@@ -55,14 +55,19 @@ class PreprocessConfig(_Section):
     augment: str = Field("none", description="augmentation preset: none, light, digits, natural, signal, or custom "
                                              "(the ops in augment_ops)")
     augment_strength: float = Field(0.5, ge=0, le=1)
-    augment_ops: list[dict[str, Any]] | None = Field(None, description="explicit ops for augment: custom, e.g. "
-                                                                     "[{op: hflip}, {op: noise, std: 0.02}]")
+    augment_ops: list[dict[str, Any]] | None = Field(None, description="the ops of augment: custom, e.g. "
+                                                                     "[{op: hflip}, {op: noise, std: 0.02}] "
+                                                                     "(ignored by the presets)")
 
     @model_validator(mode="after")
     def _custom_ops(self) -> PreprocessConfig:
-        if (self.augment == "custom") != (self.augment_ops is not None):
-            raise ValueError("augment: custom and augment_ops go together (augment_ops lists the custom ops)")
+        if self.augment == "custom" and self.augment_ops is None:
+            raise ValueError("augment: custom needs augment_ops, the list of ops, e.g. [{op: hflip}]")
         return self
+
+    def custom_ops(self) -> list[dict[str, Any]] | None:
+        """The explicit ops when ``augment`` is ``custom``; None for a preset."""
+        return self.augment_ops if self.augment == "custom" else None
 
 
 class ModelConfig(_Section):
@@ -200,12 +205,13 @@ class EvidenceConfig(_Section):
                                                          "dropout, depth, width, lr, activation, normalization, "
                                                          "augmentation, schedule, early_stopping")
 
-    @model_validator(mode="after")
-    def _known_questions(self) -> EvidenceConfig:
-        unknown = [q for q in self.questions or [] if q not in EVIDENCE_QUESTIONS]
+    @field_validator("questions")
+    @classmethod
+    def _known_questions(cls, questions: list[str] | None) -> list[str] | None:
+        unknown = [q for q in questions or [] if q not in EVIDENCE_QUESTIONS]
         if unknown:
             raise ValueError(f"unknown question {unknown[0]!r} (choose from {', '.join(EVIDENCE_QUESTIONS)})")
-        return self
+        return questions
 
 
 class RunConfig(_Section):

@@ -335,7 +335,7 @@ def _q8(view: RunView, figs: Figures) -> Section:
         train_x = ds.x[split_dataset(ds, d.val_fraction, d.test_fraction, view.config.seed).train]
         preset = p.augment if p.augment != "none" else "light"
         aug = build_augmenter(preset, p.augment_strength if p.augment != "none" else 0.5, ds.input_shape, train_x,
-                              p.augment_ops)
+                              p.custom_ops())
         grid = preview_grid(train_x[:6], aug, copies=6, seed=view.config.seed)
         title = (f"chosen pipeline: {p.augment}, strength {p.augment_strength:.2f}" if p.augment != "none"
                  else "no augmentation chosen; preview of 'light' at 0.5 for comparison")
@@ -404,9 +404,10 @@ def _evidence_html(view: RunView, figs: Figures, number: int, key: str) -> list[
     evidence = view.result.get("evidence") or {}
     entry = evidence.get(key)
     if entry is None:
+        command = f"<code>nntune explain {html.escape(str(view.directory))}</code>"
         why = ("not part of this evidence run" if evidence else
-               f"no controlled evidence in this run yet: <code>nntune explain {html.escape(str(view.directory))}</code> "
-               "trains each alternative with several seeds and reports the effect with its confidence interval")
+               f"no controlled evidence in this run yet: {command} trains each alternative with several seeds "
+               "and reports the effect with its confidence interval")
         return [f"<p class='note'>Controlled evidence: {why}.</p>"]
     setup = evidence["setup"]
     points = setup.get("points", False)

@@ -141,7 +141,8 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
     return space
 
 
-NOT_SEARCHABLE = ("data.", "search.", "evidence.", "seed", "train.epochs", "train.lr_auto", "train.device", "train.threads")
+NOT_SEARCHABLE = ("data.", "search.", "evidence.", "seed", "train.epochs", "train.lr_auto", "train.device",
+                  "train.threads")
 
 
 def _known_key(key: str) -> bool:

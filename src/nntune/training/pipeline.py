@@ -80,7 +80,7 @@ def train_inputs(cfg: RunConfig, data: PreparedData) -> tuple[torch.Tensor, Call
     if p.augment == "none" or p.augment_strength == 0:
         return data.x_train, None
     raw = data.dataset.x[data.split.train]
-    augmenter = build_augmenter(p.augment, p.augment_strength, data.dataset.input_shape, raw, p.augment_ops)
+    augmenter = build_augmenter(p.augment, p.augment_strength, data.dataset.input_shape, raw, p.custom_ops())
     if augmenter.identity:
         return data.x_train, None
     scale = data.scaler.transform
