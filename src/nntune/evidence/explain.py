@@ -17,7 +17,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +74,11 @@ class CostModel:
 
 def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: float = 600.0,
                  questions: Sequence[str] | None = None, lr_suggestion: float | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Answer the questions with controlled variants of ``chosen`` on ``search``'s data split (the run's base split,
-    scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``."""
-    started = time.perf_counter()
+    scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``.
+    ``budget`` is in seconds of ``clock`` (the tests pass a clock that ticks per call, to plan deterministically)."""
+    started = clock()
     deadline = started + budget
     questions = check_questions(questions)
     ds = search.base_data.dataset
@@ -88,8 +89,39 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
     if "lr" in questions and lr_suggestion is None:
         lr_suggestion = _range_test(base, search)
     made = ablations.variants(base, ds.kind, lr_suggestion)
-    reference = Unit(base, weight=1.0)
-    ref_params = _params(base, search)
+    reference, units, valid, skipped = _plan(base, made, questions, search)
+    ranked = ablations.order(valid, EVIDENCE_QUESTIONS)
+    plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked)}.values())
+    needs_runs = any(q != "trainable" for q in questions)
+    runs, interrupted = _execute(plan if needs_runs else [], search, seed_list, chosen.train.early_stopping,
+                                 deadline, progress, clock)
+    result = {}
+    for q in (q for q in EVIDENCE_QUESTIONS if q in questions):
+        if q == "trainable":
+            result[q] = _trainable(base, search)
+        elif q == "early_stopping":
+            curves = [c for u in plan if u.scores is not None for c in u.curves]
+            result[q] = early_stopping_evidence(curves, chosen.train.early_stopping, search.monitor, maximize,
+                                                points, resolution)
+        else:
+            result[q] = _answer(q, base, search, made, valid, skipped, units, reference, maximize, points,
+                                resolution)
+    n_skipped = sum(1 for u in units.values() if u.skipped)
+    result["setup"] = {
+        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": search.monitor,
+        "maximize": maximize, "points": points, "budget": budget, "seconds": round(clock() - started, 2),
+        "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
+        "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
+        "score": f"{search.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
+    }
+    return result
+
+
+def _plan(base: RunConfig, made: dict, questions: Sequence[str],
+          search: Search) -> tuple[Unit, dict[str, Unit], dict[str, list[Variant]], dict[str, list[dict]]]:
+    """The reference unit, one unit per distinct variant configuration (keyed by it), and per question its
+    buildable variants and the skipped ones with the reason."""
+    reference, ref_params = Unit(base, weight=1.0), _params(base, search)
     units: dict[str, Unit] = {}
     valid: dict[str, list[Variant]] = {}
     skipped: dict[str, list[dict]] = {}
@@ -105,27 +137,7 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
                 skipped[q].append({"name": v.name, "reason": f"cannot build: {str(err).splitlines()[0]}"})
                 continue
             units.setdefault(v.key(), Unit(v.config, weight=weight)).variants.append(v)
-    ranked = ablations.order(valid, EVIDENCE_QUESTIONS)
-    plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked if v.key() in units)}.values())
-    runs, interrupted = _execute(plan, search, seed_list, chosen.train.early_stopping, deadline, progress)
-    result = {q: _answer(q, base, search, made, valid, skipped, units, reference, maximize, points, resolution)
-              for q in questions if q not in ("trainable", "early_stopping")}
-    if "trainable" in questions:
-        result["trainable"] = _trainable(base, search)
-    if "early_stopping" in questions:
-        curves = [c for u in [reference, *units.values()] if u.scores is not None for c in u.curves]
-        result["early_stopping"] = early_stopping_evidence(curves, chosen.train.early_stopping, search.monitor,
-                                                           maximize, points, resolution)
-    n_skipped = sum(1 for u in units.values() if u.skipped)
-    result = {q: result[q] for q in EVIDENCE_QUESTIONS if q in result}
-    result["setup"] = {
-        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": search.monitor,
-        "maximize": maximize, "points": points, "budget": budget, "seconds": round(time.perf_counter() - started, 2),
-        "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
-        "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
-        "score": f"{search.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
-    }
-    return result
+    return reference, units, valid, skipped
 
 
 def check_questions(questions: Sequence[str] | None) -> list[str]:
@@ -153,17 +165,17 @@ def _range_test(cfg: RunConfig, search: Search) -> float | None:
 
 
 def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyStoppingConfig, deadline: float,
-             progress: bool) -> tuple[int, bool]:
+             progress: bool, clock: Callable[[], float]) -> tuple[int, bool]:
     """Run the units in order (the reference first), each with the seeds, grouping later units of the same
     structure into its population while there is room and the estimated cost fits the time left. Scores are the
     chosen early-stopping ``policy`` replayed on each run's curve. Returns (runs finished, interrupted)."""
     cost = CostModel(len(seeds))
-    runs, reference, queue = 0, units[0], list(units)
+    runs, reference, queue = 0, units[0] if units else None, list(units)
     bar = _Bar(len(units) * len(seeds)) if progress else None
     try:
         while queue:
             unit = queue.pop(0)
-            left = deadline - time.perf_counter()
+            left = deadline - clock()
             if unit is not reference and cost.estimate([unit]) > left:
                 unit.skipped = "time budget"
                 if bar:
@@ -173,10 +185,10 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
             if bar:
                 bar.describe(group)
             cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
-            limit = TimeLimit(lambda: deadline - time.perf_counter(), "evidence budget")
-            t0 = time.perf_counter()
+            limit = TimeLimit(lambda: deadline - clock(), "evidence budget")
+            t0 = clock()
             fits = fit_configs(cfgs, search.data_for, search.population_size(unit.config), [[limit] for _ in cfgs])
-            seconds = time.perf_counter() - t0
+            seconds = clock() - t0
             cost.record(group, seconds)
             for i, u in enumerate(group):
                 mine = [fit for _, fit in fits[i * len(seeds):(i + 1) * len(seeds)]]
