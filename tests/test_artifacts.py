@@ -51,3 +51,17 @@ def test_wrong_input_shape(saved):
 def test_empty_input_gives_empty_predictions(saved):
     art = artifacts.load(saved[0])
     assert art.predict_proba(torch.zeros(0, 1, 8, 8)).shape == (0, 10)
+
+
+def test_result_json_round_trip_leaves_no_temporary_file(tmp_path):
+    from nntune.artifacts import read_result, write_result
+
+    write_result(tmp_path, {"a": 1})
+    write_result(tmp_path, {"a": 2, "evidence": {"lr": {}}})
+    assert read_result(tmp_path) == {"a": 2, "evidence": {"lr": {}}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    (tmp_path / "result.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="result.json: corrupt"):
+        read_result(tmp_path)
+    with pytest.raises(ArtifactError, match="result.json: missing"):
+        read_result(tmp_path / "elsewhere")

@@ -2,12 +2,14 @@
 
 A ``best/`` directory holds ``weights.safetensors``, ``scaler.safetensors`` and ``model.json`` (the run config, the
 data description and the scaler method), which is everything :func:`load` needs to rebuild the model and predict
-on raw inputs.
+on raw inputs. A run directory's ``result.json`` is read and written here too (written atomically: a reader never
+sees half a file).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +116,26 @@ def _read_tensors(path: Path, expected: dict[str, torch.Tensor] | None = None) -
         if problems:
             raise ArtifactError(f"{path}: weights do not fit the saved config ({problems[0]})")
     return tensors
+
+
+def read_result(run_dir: str | Path) -> dict:
+    """``RUN_DIR/result.json`` of a ``train`` or ``tune`` run; a missing or corrupt file is a one-line error."""
+    path = Path(run_dir) / "result.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; is {run_dir} a run directory of nntune train or tune?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: corrupt ({err})") from None
+
+
+def write_result(run_dir: str | Path, result: dict) -> Path:
+    """Write ``RUN_DIR/result.json`` through a temporary file in the same directory, fsync'd and renamed over it."""
+    path = Path(run_dir) / "result.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(result, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return path

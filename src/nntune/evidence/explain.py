@@ -12,9 +12,7 @@ ends is cut and its variant skipped too.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import optuna
 
+from nntune.artifacts import read_result, write_result
 from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
 from nntune.errors import ArtifactError, ConfigError
 from nntune.evidence import ablations
@@ -319,12 +318,7 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     check_questions(questions)
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; is {run_dir} a run directory of nntune train or tune?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: corrupt ({err})") from None
+    result = read_result(run_dir)
     if "study" in result:
         run_cfg = load_config(run_dir / "config.yaml")
         chosen = build_config(result.get("chosen_config") or _trial_config(result), where=str(path))
@@ -337,9 +331,7 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     evidence = run_evidence(chosen, search, seeds or ev.seeds, budget or ev.budget, questions or ev.questions,
                             (result.get("lr_find") or {}).get("suggestion"), progress)
     result["evidence"] = evidence
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    write_result(run_dir, result)
     return evidence
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nntune.artifacts import read_result
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, build_config
 from nntune.errors import ArtifactError
 
@@ -93,12 +94,7 @@ def load_run(directory: str | Path) -> RunView:
     """Read a run directory written by ``nntune train`` or ``nntune tune``."""
     directory = Path(directory)
     path = directory / "result.json"
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; is {directory} a run directory of nntune train or tune?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: corrupt ({err})") from None
+    result = read_result(directory)
     kind = "tune" if "study" in result else "train"
     config = build_config(result["config"] if kind == "train" else result["final"]["config"], where=str(path))
     task = result["data"]["task"]

@@ -12,7 +12,6 @@ finished (complete or pruned) trials in the study, so a resumed search runs only
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -301,5 +300,5 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
     }
     if cfg.search.ensemble:
         result["ensemble"] = ensemble_test(study, out / "trials", search.base_data, cfg.search.ensemble)
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    artifacts.write_result(out, result)
     return result

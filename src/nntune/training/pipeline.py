@@ -6,7 +6,6 @@ a final fit can never disagree about preprocessing.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -232,5 +231,5 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         artifacts.save(out / "best", model, cfg, data.scaler, ds.meta())
-        (out / "result.json").write_text(json.dumps(result, indent=2))
+        artifacts.write_result(out, result)
     return result
