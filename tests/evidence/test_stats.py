@@ -73,3 +73,5 @@ def test_verdicts():
     assert verdict("zscore", {"none": Effect(-0.5, -0.7, -0.3, 3)}, maximize=False, points=False) \
         .startswith("none beats the chosen zscore (-0.5, 95 % CI -0.7..-0.3, n=3)")
     assert format_effect(Effect(0.5, None, None, 1), points=False) == "+0.5, n=1"
+    assert format_effect(Effect(-0.5, -0.7, -0.3, 3), points=False, metric="val_loss") == \
+        "val_loss -0.5, 95 % CI -0.7..-0.3, n=3"

@@ -287,7 +287,7 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
     elif not effects and missed:
         text = f"Not measured: every variant was skipped ({missed[0]['reason']}); give --evidence-budget more time."
     else:
-        text = verdict(chosen, effects, maximize, points)
+        text = verdict(chosen, effects, maximize, points, search.monitor)
         dead = [r["name"] for r in rows if r["diverged"]]
         if dead:
             text += f" Diverged on some seeds: {', '.join(dead)}."

@@ -102,7 +102,7 @@ def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStopp
                      "epochs": round(epochs[name], 2), "epochs_saved": round(full - epochs[name], 2)})
     lead = (f"The chosen {chosen_name} trains {ref_epochs:.1f} of {full:.0f} epochs on average "
             f"({100 * (1 - ref_epochs / full):.0f} % saved) over {len(curves)} full curves. ")
-    text = lead + verdict(chosen_name, effects, maximize, points)
+    text = lead + verdict(chosen_name, effects, maximize, points, metric)
     cheaper = [n for n in effects if not _loses(effects[n], maximize) and epochs[n] < ref_epochs]
     if cheaper:
         best = min(cheaper, key=epochs.get)

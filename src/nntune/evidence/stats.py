@@ -59,15 +59,17 @@ def format_diff(value: float, points: bool) -> str:
     return f"{100 * value:+.1f}" if points else f"{value:+.3g}"
 
 
-def format_effect(effect: Effect, points: bool) -> str:
-    """``+0.9 points, 95 % CI +0.4..+1.4, n=5`` (or without an interval for n=1)."""
+def format_effect(effect: Effect, points: bool, metric: str = "") -> str:
+    """``+0.9 points, 95 % CI +0.4..+1.4, n=5``, or ``val_loss -0.12, ...`` for other metrics (no interval for
+    n=1)."""
     unit = " points" if points else ""
+    name = f"{metric} " if metric and not points else ""
     ci = (f", 95 % CI {format_diff(effect.ci_low, points)}..{format_diff(effect.ci_high, points)}"
           if effect.ci_low is not None else "")
-    return f"{format_diff(effect.mean, points)}{unit}{ci}, n={effect.n}"
+    return f"{name}{format_diff(effect.mean, points)}{unit}{ci}, n={effect.n}"
 
 
-def verdict(chosen: str, effects: dict[str, Effect], maximize: bool, points: bool) -> str:
+def verdict(chosen: str, effects: dict[str, Effect], maximize: bool, points: bool, metric: str = "") -> str:
     """One sentence: the best measurably better alternative, or the chosen one's standing against the rest."""
     if not effects:
         return f"Nothing to compare: only the chosen {chosen} ran."
@@ -81,7 +83,7 @@ def verdict(chosen: str, effects: dict[str, Effect], maximize: bool, points: boo
     if better:
         name, e = max(better.items(), key=lambda kv: gain(kv[1]))
         others = f" ({len(better) - 1} other alternative(s) also measurably better)" if len(better) > 1 else ""
-        return f"{name} beats the chosen {chosen} ({format_effect(e, points)}){others}."
+        return f"{name} beats the chosen {chosen} ({format_effect(e, points, metric)}){others}."
     n = max(e.n for e in effects.values())
     if not worse:
         lo = min((e.ci_low for e in same.values() if e.ci_low is not None), default=None)
@@ -90,13 +92,13 @@ def verdict(chosen: str, effects: dict[str, Effect], maximize: bool, points: boo
         return f"No measurable difference between the chosen {chosen} and {_names(same, '; ')} (n={n}{span})."
     closest, e = max(worse.items(), key=lambda kv: gain(kv[1]))
     text = (f"The chosen {chosen} is best: {_names(worse)} measurably worse (closest: {closest}, "
-            f"{format_effect(e, points)})")
+            f"{format_effect(e, points, metric)})")
     if same:
         lo = min((s.ci_low for s in same.values() if s.ci_low is not None), default=None)
         hi = max((s.ci_high for s in same.values() if s.ci_high is not None), default=None)
         span = f", CIs within {format_diff(lo, points)}..{format_diff(hi, points)}" if lo is not None else ""
         text = (f"The chosen {chosen} is best or tied: {_names(worse)} measurably worse (closest: {closest}, "
-                f"{format_effect(e, points)}); no measurable difference to {_names(same, '; ')} (n={n}{span})")
+                f"{format_effect(e, points, metric)}); no measurable difference to {_names(same, '; ')} (n={n}{span})")
     return text + "."
 
 
