@@ -343,7 +343,7 @@ def _evidence_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     flags = {}
     budget = kwargs.pop("evidence__budget", None)
     if budget is not None:
-        flags["evidence.budget"] = parse_duration(budget)
+        flags["evidence.budget"] = parse_duration(budget, "--evidence-budget")
     questions = kwargs.pop("evidence__questions", None)
     if questions is not None:
         flags["evidence.questions"] = [q.strip() for q in questions.split(",") if q.strip()]

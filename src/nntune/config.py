@@ -22,9 +22,10 @@ SCHEDULES = (
 )
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "breast_cancer", "wine")
-DEFAULT_TRIALS = 20
+DEFAULT_TRIALS = 20  # the trial budget of a search given neither --trials nor --timeout
+# the keys of the ten questions in result.json's evidence, in the report's order
 EVIDENCE_QUESTIONS = ("trainable", "dropout", "depth", "width", "lr", "activation", "normalization", "augmentation",
-                      "schedule", "early_stopping")  # the trial budget of a search given neither --trials nor --timeout
+                      "schedule", "early_stopping")
 
 
 class _Section(BaseModel):

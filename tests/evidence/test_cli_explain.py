@@ -29,8 +29,11 @@ def test_explain_a_train_run(capsys, tmp_path):
 
 
 def test_explain_errors_are_one_line(capsys, tmp_path):
+    run_ok(capsys, "train", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
     for args, words in ((["explain", str(tmp_path / "nope")], "result.json: missing"),
-                        (["explain", str(tmp_path), "--questions", "depth,colour"], "unknown question 'colour'")):
+                        (["explain", str(tmp_path), "--questions", "depth,colour"], "unknown question 'colour'"),
+                        (["explain", str(tmp_path / "run"), "--seeds", "1"], "evidence.seeds"),
+                        (["explain", str(tmp_path / "run"), "--evidence-budget", "soon"], "--evidence-budget: expected a duration")):
         with pytest.raises(SystemExit) as exc:
             main(args)
         err = capsys.readouterr().err

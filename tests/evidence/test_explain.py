@@ -1,13 +1,12 @@
 """Planted effects: data built so that one alternative must win, with the interval on the right side of zero."""
 
-import math
-
 import pytest
 import torch
 
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, apply_overrides
 from nntune.data.sources import Dataset
-from nntune.evidence.explain import run_evidence
+from nntune.errors import ConfigError
+from nntune.evidence.explain import Unit, _execute, run_evidence
 from nntune.evidence.replay import score
 from nntune.evidence.stats import paired_effect, verdict
 from nntune.search.study import Search
@@ -131,6 +130,29 @@ def test_all_questions_within_the_budget():
 
 def test_unknown_question_is_a_one_line_error():
     cfg = apply_overrides(RunConfig(), TINY)
-    with pytest.raises(Exception, match="evidence.questions: unknown question 'dropouts'"):
-        run_evidence(cfg, searching(cfg, blobs(n=100)), questions=["dropouts"])
-    assert math.isfinite(1.0)
+    search = searching(cfg, blobs(n=100))
+    with pytest.raises(ConfigError, match="evidence.questions: unknown question 'dropouts'"):
+        run_evidence(cfg, search, questions=["dropouts"])
+    with pytest.raises(ConfigError, match="evidence.seeds: at least 2 seeds"):
+        run_evidence(cfg, search, seeds=1)
+    with pytest.raises(ConfigError, match="evidence.budget: must be a positive"):
+        run_evidence(cfg, search, budget=0)
+
+
+def test_variants_pair_with_the_reference_seed_by_seed_inside_one_population():
+    """A variant that cannot change anything (early-stopping patience, with early stopping off for evidence runs),
+    trained second in a population after another variant, must match the reference run alone, seed by seed: any
+    mix-up of seeds or of the population's members between units would show."""
+    cfg = apply_overrides(RunConfig(), {**TINY, "search.population": 8, "train.early_stopping.enabled": False})
+    search = searching(cfg, blobs(n=200))
+    reference = Unit(cfg)
+    other = Unit(apply_overrides(cfg, {"train.lr": 0.03}))
+    twin = Unit(apply_overrides(cfg, {"train.early_stopping.patience": 2}))
+    runs, interrupted = _execute([reference, other, twin], search, [5, 6, 7], RunConfig().train.early_stopping,
+                                 10**9, False, Ticks())
+    assert runs == 9 and not interrupted
+    assert other.seconds == twin.seconds  # one population: the measured time is shared
+    for a, b in zip(twin.curves, reference.curves):  # the same runs, up to float32 summation order
+        assert max(abs(x["val_loss"] - y["val_loss"]) for x, y in zip(a, b)) < 1e-4
+    assert len(set(reference.scores)) > 1 and other.scores != reference.scores  # seeds and LRs do differ
+    assert [len(c) for c in twin.curves] == [12, 12, 12]

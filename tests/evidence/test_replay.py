@@ -3,8 +3,8 @@ import torch
 
 from nntune.config import EarlyStoppingConfig, RunConfig, apply_overrides
 from nntune.data.sources import Dataset
-from nntune.evidence.replay import Outcome, early_stopping_evidence, policies, policy_name, replay, score
-from nntune.training.pipeline import fit_model, prepare_data
+from nntune.evidence.replay import Outcome, diverged, early_stopping_evidence, policies, policy_name, replay, score
+from nntune.training.pipeline import fit_configs, fit_model, prepare_data
 
 
 def curve(losses, accs=None):
@@ -23,6 +23,18 @@ def test_replay_by_hand():
     assert replay(c, es.model_copy(update={"min_delta": 0.15, "patience": 2})) == Outcome(4, 2)
     assert score(c, es, "val_accuracy") == pytest.approx(0.52)
     assert replay([], es) == Outcome(0, 0)
+
+
+def test_a_diverged_row_ends_the_curve_unseen_by_early_stopping():
+    c = curve([1.0, 0.8, 0.9, float("nan"), 0.5])
+    assert diverged(c) and not diverged(c[:3])
+    es = EarlyStoppingConfig(patience=5)
+    assert replay(c, es) == Outcome(4, 2)  # stopped at the NaN, best weights before it restored
+    assert replay(c, es.model_copy(update={"enabled": False})) == Outcome(4, 4)  # no restore: the diverged weights
+    assert replay(curve([float("nan"), 0.5]), es) == Outcome(1, 1)  # nothing seen before it: the last weights
+    good = [curve([1.0, 0.9, 0.8, 0.7]) for _ in range(3)]
+    entry = early_stopping_evidence(good + [c], es, "val_accuracy", maximize=True, points=True)
+    assert entry["variants"][0]["n"] == 3 and entry["full_epochs"] == 4  # the diverged run is not a full curve
 
 
 def test_policies_drop_the_chosen_one():
@@ -47,6 +59,24 @@ def test_replay_matches_training_with_early_stopping():
     out = replay(full.history, cfg.train.early_stopping)
     assert out == Outcome(stopped.stopped_epoch, stopped.best_epoch)
     assert score(full.history, cfg.train.early_stopping, "val_accuracy") == stopped.best["val_accuracy"]
+
+
+def test_replay_matches_early_stopping_in_a_population():
+    """The same oracle on the population path the evidence trains with: each member, with and without early
+    stopping, in one population of three."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(300, generator=g) > 0).long()
+    ds = Dataset("noisy", x, y, "classification", ["0", "1"])
+    base = apply_overrides(RunConfig(), {"train.epochs": 30, "model.units": 64, "train.schedule.name": "none",
+                                         "train.early_stopping.patience": 3})
+    cfgs = [apply_overrides(base, {"seed": s, "train.lr": lr}) for s, lr in ((1, 0.01), (2, 0.003), (3, 0.03))]
+    data = prepare_data(base, ds)
+    stopped = fit_configs(cfgs, lambda _: data, 3)
+    full = fit_configs([apply_overrides(c, {"train.early_stopping.enabled": False}) for c in cfgs], lambda _: data, 3)
+    for (_, a), (_, b), c in zip(stopped, full, cfgs):
+        assert replay(b.history, c.train.early_stopping) == Outcome(a.stopped_epoch or len(a.history), a.best_epoch)
+        assert score(b.history, c.train.early_stopping, "val_accuracy") == a.best["val_accuracy"]
 
 
 def test_early_stopping_question_reports_epochs_saved_and_score_lost():

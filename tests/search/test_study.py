@@ -225,7 +225,7 @@ def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
     result = tune(cfg, tmp_path)
     finished = result["trials"]["complete"] + result["trials"]["pruned"]
     assert finished > 20 and result["budget"]["stopped_by"] == "timeout" and result["budget"]["trials"] is None
-    assert 15 <= result["seconds"] <= 24
+    assert 15 <= result["seconds"] <= 30  # 20 s, with slack for a loaded machine (the finishing cost is estimated)
     assert result["budget"]["fraction_used"] == pytest.approx(result["seconds"] / 20, abs=0.02)
 
 

@@ -26,6 +26,7 @@ from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, ap
 from nntune.errors import ArtifactError, ConfigError
 from nntune.evidence import ablations
 from nntune.evidence.ablations import Variant
+from nntune.evidence.replay import diverged as replay_diverged
 from nntune.evidence.replay import early_stopping_evidence, score
 from nntune.evidence.stats import METHOD, paired_effect, verdict
 from nntune.models.builders import build_model
@@ -54,21 +55,22 @@ class Unit:
 
 
 class CostModel:
-    """Seconds a set of units will take: the measured seconds per run per unit of weight, averaged over what ran
-    so far, times their runs and weights (a model with 4× the parameters counts 2×: small models are dominated by
-    fixed per-step costs). Pessimistic where populations pay (a GPU), which only makes the plan more careful."""
+    """Seconds a set of units will take, from the units that ran alone so far (the reference always does): their
+    measured seconds per unit of weight (a model with 4× the parameters counts 2×: small models are dominated by
+    fixed per-step costs), times the weights. A group is estimated as the sum of its units run alone, an upper bound
+    where populations pay (a GPU), so the plan errs on the careful side."""
 
-    def __init__(self, seeds: int) -> None:
-        self.seeds = seeds
+    def __init__(self) -> None:
         self.observed: list[float] = []
 
     def estimate(self, units: Sequence[Unit]) -> float:
         if not self.observed:
             return 0.0
-        return statistics.fmean(self.observed) * self.seeds * sum(u.weight for u in units)
+        return statistics.fmean(self.observed) * sum(u.weight for u in units)
 
     def record(self, units: Sequence[Unit], seconds: float) -> None:
-        self.observed.append(seconds / (self.seeds * sum(u.weight for u in units)))
+        if len(units) == 1:
+            self.observed.append(seconds / units[0].weight)
 
 
 def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: float = 600.0,
@@ -80,6 +82,10 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
     started = clock()
     deadline = started + budget
     questions = check_questions(questions)
+    if seeds < 2:
+        raise ConfigError(f"evidence.seeds: at least 2 seeds are needed for a confidence interval, got {seeds}")
+    if not budget > 0:
+        raise ConfigError(f"evidence.budget: must be a positive number of seconds, got {budget}")
     ds = search.base_data.dataset
     maximize = points = ds.task == "classification"
     resolution = 1 / len(search.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
@@ -168,7 +174,7 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
     """Run the units in order (the reference first), each with the seeds, grouping later units of the same
     structure into its population while there is room and the estimated cost fits the time left. Scores are the
     chosen early-stopping ``policy`` replayed on each run's curve. Returns (runs finished, interrupted)."""
-    cost = CostModel(len(seeds))
+    cost = CostModel()
     runs, reference, queue = 0, units[0] if units else None, list(units)
     bar = _Bar(len(units) * len(seeds)) if progress else None
     try:
@@ -266,13 +272,14 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
     if isinstance(made.get(question), str):
         return {"verdict": made[question], "chosen": chosen, "variants": [], "skipped": []}
     rows, effects, missed = [], {}, list(skipped.get(question, []))
+    unit_of = {v.name: units[v.key()] for v in valid.get(question, [])}
     for v in valid.get(question, []):
         unit = units[v.key()]
         if unit.scores is None:
             missed.append({"name": v.name, "reason": unit.skipped or "not run"})
             continue
         pairs = [(s, r) for s, r in zip(unit.scores, reference.scores or []) if math.isfinite(s) and math.isfinite(r)]
-        diverged = sum(1 for s in unit.scores if not math.isfinite(s))
+        diverged = sum(1 for c in unit.curves if replay_diverged(c))
         row = {"name": v.name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
                "seconds": round(unit.seconds, 2), "diverged": diverged}
         if pairs:
@@ -284,13 +291,15 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
     if reference.scores is None:
         text = ("Not measured: the time budget ended before the chosen configuration's own runs finished; give "
                 "--evidence-budget more time.")
-    elif not effects and missed:
-        text = f"Not measured: every variant was skipped ({missed[0]['reason']}); give --evidence-budget more time."
+    elif not effects:
+        reasons = sorted({m["reason"] for m in missed} | ({"no finite score on any seed"} if rows else set()))
+        more = "; give --evidence-budget more time" if any(r.startswith("time budget") for r in reasons) else ""
+        text = f"Not measured: no variant has a score to compare ({'; '.join(reasons) or 'none to run'}){more}."
     else:
         text = verdict(chosen, effects, maximize, points, search.monitor)
-        dead = [r["name"] for r in rows if r["diverged"]]
+        dead = [f"{r['name']} ({r['diverged']} of {len(unit_of[r['name']].curves)})" for r in rows if r["diverged"]]
         if dead:
-            text += f" Diverged on some seeds: {', '.join(dead)}."
+            text += f" Diverged (non-finite loss) on some seeds: {', '.join(dead)}."
         budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
         if budget:
             text += f" {budget} variant(s) skipped for the time budget."
@@ -315,21 +324,24 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
             questions: Sequence[str] | None = None, progress: bool = False) -> dict:
     """Run the evidence for a finished ``tune`` or ``train`` run directory, store it in its result.json (key
     ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``."""
-    check_questions(questions)
+    check_questions(questions)  # before any loading, so a typo fails at once
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
     result = read_result(run_dir)
     if "study" in result:
         run_cfg = load_config(run_dir / "config.yaml")
         chosen = build_config(result.get("chosen_config") or _trial_config(result), where=str(path))
+        suggestion = None  # the search's range test ran on the base config: test the chosen model itself
     else:
         run_cfg = chosen = build_config(result["config"], where=str(path))
+        suggestion = (result.get("lr_find") or {}).get("suggestion")  # this very model's range test
+    given = {"evidence.seeds": seeds, "evidence.budget": budget, "evidence.questions": questions}
+    run_cfg = apply_overrides(run_cfg, {k: v for k, v in given.items() if v is not None})
     ev = run_cfg.evidence
     data = prepare_data(run_cfg)
     search = Search(run_cfg, run_dir, [], base_data=data)
     search.data_by_scaler[data.scaler.method] = data
-    evidence = run_evidence(chosen, search, seeds or ev.seeds, budget or ev.budget, questions or ev.questions,
-                            (result.get("lr_find") or {}).get("suggestion"), progress)
+    evidence = run_evidence(chosen, search, ev.seeds, ev.budget, ev.questions, suggestion, progress)
     result["evidence"] = evidence
     write_result(run_dir, result)
     return evidence

@@ -30,22 +30,35 @@ class Outcome:
     kept_epoch: int
 
 
+def diverged(history: Sequence[dict]) -> bool:
+    """Whether a run hit a non-finite training or validation loss (the trainer stops there)."""
+    return any(not _finite(row) for row in history)
+
+
+def _finite(row: dict) -> bool:
+    return math.isfinite(row.get("loss", 0.0)) and math.isfinite(row.get("val_loss", 0.0))
+
+
 def replay(history: Sequence[dict], policy: EarlyStoppingConfig) -> Outcome:
     """The epoch a policy stops at on a full curve (``history`` rows numbered from 1) and the epoch it keeps, as
-    :class:`~nntune.training.trainer.Trainer` would with :class:`~nntune.training.early_stopping.EarlyStopping`."""
+    :class:`~nntune.training.trainer.Trainer` would with :class:`~nntune.training.early_stopping.EarlyStopping`:
+    a row with a non-finite loss ends training without being seen by early stopping, and the best weights seen
+    before it are restored (the last, diverged ones when there are none)."""
     if not history:
         return Outcome(0, 0)
-    if not policy.enabled:
-        return Outcome(len(history), len(history))
     patience = Patience(policy)
     snapped = False
+    restore = policy.enabled and policy.restore_best_weights
     for row in history:
+        if not _finite(row):
+            return Outcome(row["epoch"], patience.best_epoch if restore and snapped else row["epoch"])
+        if not policy.enabled:
+            continue
         snapshot, reason = patience.update(row["epoch"], row.get(policy.monitor, math.nan))
         snapped = snapped or snapshot
         if reason:
-            return Outcome(row["epoch"], patience.best_epoch if policy.restore_best_weights and snapped
-                           else row["epoch"])
-    return Outcome(len(history), patience.best_epoch if policy.restore_best_weights and snapped else len(history))
+            return Outcome(row["epoch"], patience.best_epoch if restore and snapped else row["epoch"])
+    return Outcome(len(history), patience.best_epoch if restore and snapped else len(history))
 
 
 def score(history: Sequence[dict], policy: EarlyStoppingConfig, metric: str) -> float:
@@ -78,15 +91,17 @@ def policies(chosen: EarlyStoppingConfig) -> list[EarlyStoppingConfig]:
 
 def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStoppingConfig, metric: str,
                             maximize: bool, points: bool, resolution: float = 0.0) -> dict:
-    """Question 10: every policy replayed on every curve, its score paired with the chosen policy's curve by curve,
-    and the epochs it trains (``epochs_saved`` is against training to the end); ``resolution`` as in
-    :func:`~nntune.evidence.stats.paired_effect`."""
-    curves = [c for c in curves if c and math.isfinite(score(c, chosen, metric))]
+    """Question 10: every policy replayed on every full curve (runs that diverged are left out), its score paired
+    with the chosen policy's on the same curve, and the epochs it trains (``epochs_saved`` is against training to
+    the end); ``resolution`` as in :func:`~nntune.evidence.stats.paired_effect`. The curves come from all the
+    evidence runs around the chosen configuration, and each counts as one pair."""
+    full_curves = [c for c in curves if c and not diverged(c)]
+    curves = [c for c in full_curves if math.isfinite(score(c, chosen, metric))]
     chosen_name = policy_name(chosen)
     if not curves:
-        return {"verdict": "Not measured: no evidence run finished, so there are no curves to replay.",
-                "chosen": chosen_name, "variants": [], "skipped": []}
-    full = statistics.fmean(len(c) for c in curves)
+        return {"verdict": "Not measured: no evidence run finished without diverging, so there are no curves to "
+                           "replay.", "chosen": chosen_name, "variants": [], "skipped": []}
+    full = max(len(c) for c in curves)
     ref = [score(c, chosen, metric) for c in curves]
     ref_epochs = statistics.fmean(replay(c, chosen).epochs for c in curves)
     rows, effects, epochs = [], {}, {}
@@ -94,14 +109,17 @@ def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStopp
         scores = [score(c, p, metric) for c in curves]
         pairs = [(s, r) for s, r in zip(scores, ref) if math.isfinite(s)]
         name = policy_name(p)
-        effect = paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
-        effects[name] = effect
         epochs[name] = statistics.fmean(replay(c, p).epochs for c in curves)
-        rows.append({"name": name, "mean": statistics.fmean(s for s, _ in pairs), "diff": effect.mean,
-                     "ci_low": effect.ci_low, "ci_high": effect.ci_high, "n": effect.n, "seconds": 0.0,
-                     "epochs": round(epochs[name], 2), "epochs_saved": round(full - epochs[name], 2)})
-    lead = (f"The chosen {chosen_name} trains {ref_epochs:.1f} of {full:.0f} epochs on average "
-            f"({100 * (1 - ref_epochs / full):.0f} % saved) over {len(curves)} full curves. ")
+        row = {"name": name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
+               "seconds": 0.0, "epochs": round(epochs[name], 2), "epochs_saved": round(full - epochs[name], 2)}
+        if pairs:
+            effect = paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
+            effects[name] = effect
+            row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
+                       ci_high=effect.ci_high)
+        rows.append(row)
+    lead = (f"The chosen {chosen_name} trains {ref_epochs:.1f} of {full} epochs on average "
+            f"({100 * (1 - ref_epochs / full):.0f} % saved) over {len(curves)} full curves of the evidence runs. ")
     text = lead + verdict(chosen_name, effects, maximize, points, metric)
     cheaper = [n for n in effects if not _loses(effects[n], maximize) and epochs[n] < ref_epochs]
     if cheaper:
@@ -109,7 +127,7 @@ def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStopp
         text += (f" Fewest epochs with no measurable loss: {best} ({epochs[best]:.1f} epochs, "
                  f"{format_diff(effects[best].mean, points)}{' points' if points else ''}).")
     return {"verdict": text, "chosen": chosen_name, "chosen_mean": statistics.fmean(ref),
-            "chosen_epochs": round(ref_epochs, 2), "full_epochs": round(full, 2), "variants": rows, "skipped": []}
+            "chosen_epochs": round(ref_epochs, 2), "full_epochs": full, "variants": rows, "skipped": []}
 
 
 def _loses(effect: Effect, maximize: bool) -> bool:

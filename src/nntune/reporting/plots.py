@@ -171,8 +171,9 @@ def forest_plot(rows: list[dict], chosen: str, xlabel: str, scale: float = 1.0, 
     for i, r in enumerate(rows):
         lo = r["ci_low"] if r["ci_low"] is not None else r["diff"]
         hi = r["ci_high"] if r["ci_high"] is not None else r["diff"]
-        better = lo > 0 if maximize else hi < 0
-        worse = hi < 0 if maximize else lo > 0
+        measured = r["ci_low"] is not None  # n = 1 has no interval: never coloured as measurable
+        better = measured and (lo > 0 if maximize else hi < 0)
+        worse = measured and (hi < 0 if maximize else lo > 0)
         color = "tab:green" if better else "tab:red" if worse else "0.45"
         y = len(rows) - 1 - i
         ax.plot([lo * scale, hi * scale], [y, y], color=color, lw=2, solid_capstyle="butt")

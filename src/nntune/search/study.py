@@ -41,13 +41,13 @@ from nntune.training.pipeline import PreparedData, choose_population_size, fit_m
 from nntune.training.trainer import compute_metrics, make_loss
 
 
-def parse_duration(text: str | float | None) -> float | None:
-    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+def parse_duration(text: str | float | None, flag: str = "--timeout") -> float | None:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds; errors name ``flag``."""
     if text is None or isinstance(text, (int, float)):
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
     if not m:
-        raise ConfigError(f"--timeout: expected a duration like 90s, 10m or 1h, got {text!r}")
+        raise ConfigError(f"{flag}: expected a duration like 90s, 10m or 1h, got {text!r}")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
