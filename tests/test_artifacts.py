@@ -65,3 +65,130 @@ def test_result_json_round_trip_leaves_no_temporary_file(tmp_path):
         read_result(tmp_path)
     with pytest.raises(ArtifactError, match="result.json: missing"):
         read_result(tmp_path / "elsewhere")
+
+
+def _truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+
+
+def _header_claims_more(path):
+    import json as _json
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = _json.loads(data[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 10_000  # the tensor now claims bytes past the end of the file
+    raw = _json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _edit_meta(path, change):
+    import json as _json
+
+    meta = _json.loads(path.read_text())
+    change(meta)
+    path.write_text(_json.dumps(meta))
+
+
+HOSTILE = [  # (what, file, how to break it, the words of the one-line error)
+    ("truncated weights", "weights.safetensors", lambda p: _truncate(p, -100), "weights.safetensors: corrupt"),
+    ("weights cut inside the header", "weights.safetensors", lambda p: _truncate(p, 20),
+     "weights.safetensors: corrupt"),
+    ("empty scaler", "scaler.safetensors", lambda p: p.write_bytes(b""), "scaler.safetensors: corrupt"),
+    ("header claims more bytes", "weights.safetensors", _header_claims_more, "weights.safetensors: corrupt"),
+    ("binary garbage for model.json", "model.json", lambda p: p.write_bytes(b"\x89PNG\x00\xff"), "model.json: corrupt"),
+    ("model.json not an object", "model.json", lambda p: p.write_text("[1, 2]"), "model.json: corrupt"),
+    ("model.json from a future version", "model.json", lambda p: _edit_meta(p, lambda m: m.update(format=99)),
+     "written by a newer nntune"),
+    ("weights of another architecture", "model.json",
+     lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(units=17)), "weights do not fit the saved config"),
+    ("a missing weights file", "weights.safetensors", lambda p: p.unlink(), "weights.safetensors: missing"),
+    ("a missing model.json", "model.json", lambda p: p.unlink(), "model.json: missing"),
+]
+
+
+@pytest.mark.parametrize("what,name,breaks,words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_artifacts_are_one_line_errors(saved, tmp_path, capsys, what, name, breaks, words):
+    import shutil
+
+    from nntune.cli import main
+
+    out, _, data = saved
+    broken = tmp_path / "best"
+    shutil.copytree(out, broken)
+    breaks(broken / name)
+    with pytest.raises(ArtifactError, match=words):
+        artifacts.load(broken)
+    npz = tmp_path / "x.npz"
+    import numpy as np
+
+    np.savez(npz, x=data.dataset.x[:5].numpy())
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(broken), "--data", str(npz), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and words.split(":")[0] in err and len(err.splitlines()) <= 2
+    assert "Traceback" not in err and not (tmp_path / "p.csv").exists()
+
+
+def test_saving_replaces_the_whole_directory_and_leaves_no_temporary_files(saved, tmp_path):
+    out, _, data = saved
+    art = artifacts.load(out)
+    target = tmp_path / "best"
+    artifacts.save(target, art.model, art.config, art.scaler, art.data)
+    other = apply_overrides(art.config, {"model.units": 32})
+    from nntune.models.builders import build_model
+
+    small = build_model(other.model, data.dataset.input_shape, data.dataset.n_outputs)
+    artifacts.save(target, small, other, art.scaler, art.data)
+    assert artifacts.load(target).config.model.units == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "scaler.safetensors", "weights.safetensors"]
+    # a save interrupted between its two renames left the old directory as best.previous: it still loads
+    (tmp_path / "best").rename(tmp_path / "best.previous")
+    assert artifacts.load(target).config.model.units == 32
+
+
+def test_writing_into_a_read_only_directory_is_a_one_line_error(saved, tmp_path):
+    import os
+
+    from nntune.atomic import write_text
+
+    out, _, _ = saved
+    art = artifacts.load(out)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: nothing to test here
+            pytest.skip("running as root: a read-only directory is still writable")
+        with pytest.raises(ArtifactError, match=r"locked/best: cannot write \(Permission denied\)"):
+            artifacts.save(locked / "best", art.model, art.config, art.scaler, art.data)
+        with pytest.raises(ArtifactError, match=r"result.json: cannot write"):
+            write_text(locked / "result.json", "{}")
+    finally:
+        os.chmod(locked, 0o700)
+
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from nntune import atomic
+
+    target = tmp_path / "result.json"
+    atomic.write_text(target, '{"v": 1}')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(ArtifactError, match=r"result.json: cannot write \(No space left on device\)"):
+        atomic.write_text(target, '{"v": 2}')
+    monkeypatch.undo()
+    assert target.read_text() == '{"v": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    # a parent that is a file, not a directory, also fails in one line
+    with pytest.raises(ArtifactError, match=r"cannot write \(Not a directory\)"):
+        atomic.write_text(target / "x.json", "{}")

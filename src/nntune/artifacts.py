@@ -9,7 +9,6 @@ sees half a file).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nntune import atomic
 from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
 from nntune.errors import ArtifactError
 from nntune.models.builders import build_model, forward_batched
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
+FORMAT = 1  # model.json's format version; a newer one is refused with a message to upgrade nntune
 
 
 @dataclass
@@ -68,25 +69,33 @@ class Artifact:
 
 
 def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Scaler, data: dict) -> Path:
-    """Write the artifact files into ``directory`` (created if needed) and return it."""
+    """Write the artifact files into ``directory`` and return it. The three files are written into a staging
+    directory that then replaces ``directory`` as a whole, so a crash at any moment leaves a loadable model: the new
+    one or the previous one (see :func:`nntune.atomic.replacing_dir`)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / WEIGHTS))
-    save_file(scaler.state_dict(), str(directory / SCALER))
-    meta = {"format": 1, "config": config.to_dict(), "data": data, "scaler": scaler.method}
-    (directory / META).write_text(json.dumps(meta, indent=2))
+    meta = {"format": FORMAT, "config": config.to_dict(), "data": data, "scaler": scaler.method}
+    with atomic.replacing_dir(directory) as staging:
+        for name, tensors in ((WEIGHTS, weights), (SCALER, scaler.state_dict())):
+            with atomic.staged(staging / name) as tmp:
+                save_file(tensors, str(tmp))
+        atomic.write_text(staging / META, json.dumps(meta, indent=2))
     return directory
 
 
 def load(directory: str | Path) -> Artifact:
     """Rebuild a saved model; a missing or corrupt file is an :class:`ArtifactError` naming it."""
-    directory = Path(directory)
+    directory = atomic.existing_dir(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: not a model directory (expected {META}, {WEIGHTS}, {SCALER})")
     meta_path = directory / META
     try:
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
+        if meta.get("format", FORMAT) > FORMAT:
+            raise ArtifactError(f"{meta_path}: written by a newer nntune (format {meta['format']}, this one reads "
+                                f"{FORMAT}); upgrade nntune to load it")
         config = build_config(meta["config"], where=str(meta_path))
         data, method = meta["data"], meta["scaler"]
         n_outputs = len(data["class_names"]) if data["task"] == "classification" else 1
@@ -131,11 +140,4 @@ def read_result(run_dir: str | Path) -> dict:
 
 def write_result(run_dir: str | Path, result: dict) -> Path:
     """Write ``RUN_DIR/result.json`` through a temporary file in the same directory, fsync'd and renamed over it."""
-    path = Path(run_dir) / "result.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
+    return atomic.write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2))

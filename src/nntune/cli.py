@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, OPTIMIZERS, SCALERS, SCHEDULES,
                            RunConfig, apply_overrides, load_config)
+from nntune import atomic
 from nntune.errors import NNTuneError
 
 console = Console(stderr=True)
@@ -143,7 +144,7 @@ def _emit_json(payload: dict, json_out: str | None) -> None:
     if json_out == "-":
         click.echo(text)
     else:
-        Path(json_out).write_text(text)
+        atomic.write_text(json_out, text)
 
 
 JSON_OPTION = click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
@@ -254,7 +255,7 @@ def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: s
                          steps=steps, mode=mode, method=method, seed=cfg.seed).to_dict()
     out.mkdir(parents=True, exist_ok=True)
     save(lr_find_plot(result), out / "lr_find.png")
-    (out / "lr_find.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "lr_find.json", json.dumps(result, indent=2))
     if json_out == "-":
         _emit_json(result, json_out)
         return
@@ -578,7 +579,7 @@ def predict_cmd(model_dir: Path, data_path: Path, out: Path) -> None:
 
     art = artifacts.load(model_dir)
     x = load_features(data_path, art.data.get("feature_names", []), tuple(art.data["input_shape"]))
-    with out.open("w", newline="") as fh:
+    with atomic.replacing(out, "w", newline="") as fh:
         w = csv.writer(fh)
         if art.task == "classification":
             probs = art.predict_proba(x)

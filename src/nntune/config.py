@@ -261,7 +261,10 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the config as YAML (atomically)."""
+    from nntune.atomic import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:

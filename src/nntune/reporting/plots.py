@@ -18,11 +18,17 @@ SUGGESTION_STYLE = {"steepest": ("tab:red", "o"), "valley": ("tab:green", "s"), 
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (atomically) and close it."""
+    import io
+
+    from nntune.atomic import write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return write_bytes(path, buf.getvalue())
 
 
 def lr_find_plot(result: dict) -> Figure:

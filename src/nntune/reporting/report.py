@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nntune import atomic
 from nntune.artifacts import read_result
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, build_config
 from nntune.errors import ArtifactError
@@ -197,7 +198,7 @@ class Figures:
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         data = buf.getvalue()
-        (self.directory / f"{name}.png").write_bytes(data)
+        atomic.write_bytes(self.directory / f"{name}.png", data)
         return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
                 f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>')
 
@@ -587,5 +588,5 @@ def build_report(directory: str | Path) -> Path:
                      + "".join(s.body) + "</section>")
     parts.append("</body></html>")
     path = view.directory / "report.html"
-    path.write_text("\n".join(parts))
+    atomic.write_text(path, "\n".join(parts))
     return path

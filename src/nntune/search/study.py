@@ -24,7 +24,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from nntune import artifacts
+from nntune import artifacts, atomic
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError, NNTuneError
@@ -250,7 +250,7 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
     rows = trials_table(study)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as fh:
+    with atomic.replacing(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)

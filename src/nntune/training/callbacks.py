@@ -80,6 +80,8 @@ class BestCheckpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         from safetensors.torch import save_file
 
+        from nntune.atomic import staged
+
         from nntune.training.early_stopping import is_improvement
 
         value = logs.get(self.monitor)
@@ -89,9 +91,8 @@ class BestCheckpoint(Callback):
             self.best = value
             self.path.parent.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-            tmp = self.path.with_suffix(".tmp")
-            save_file(state, str(tmp), metadata={"epoch": str(epoch), self.monitor: repr(value)})
-            tmp.replace(self.path)
+            with staged(self.path) as tmp:
+                save_file(state, str(tmp), metadata={"epoch": str(epoch), self.monitor: repr(value)})
 
 
 class StopAtEpoch(Callback):
