@@ -16,7 +16,7 @@ def test_defaults_roundtrip_yaml(tmp_path):
 def test_unknown_key_names_path(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lrr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: train.lrr"):
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'train.lrr'; valid keys here: epochs, batch_size"):
         load_config(path)
 
 

@@ -233,6 +233,11 @@ class RunConfig(_Section):
 def _format_error(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    if first["type"] == "extra_forbidden":  # a typo: say which keys that section has
+        section: Any = RunConfig
+        for part in first["loc"][:-1]:
+            section = section.model_fields[part].annotation
+        return f"{where}: unknown key {key!r}; valid keys here: {', '.join(section.model_fields)}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: {key}: {first['msg']}{shown}"

@@ -86,7 +86,12 @@ def load_dataset(
               "breast_cancer": lambda: _sklearn_table("breast_cancer"), "wine": lambda: _sklearn_table("wine")}[dataset]()
     else:
         raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(BUILTIN)} or pass a data path")
-    return _with_task(ds, task) if task != "auto" else ds
+    ds = _with_task(ds, task) if task != "auto" else ds
+    if ds.task == "classification" and ds.n_outputs < 2:
+        where = path if path is not None else ds.name
+        raise DataError(f"{where}: the target has a single class ({ds.class_names[0] if ds.class_names else '?'}); "
+                        "classification needs at least two (or pass --task regression)")
+    return ds
 
 
 def load_configured(data: DataConfig) -> Dataset:
