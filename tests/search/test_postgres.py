@@ -44,3 +44,54 @@ def test_unreachable_server_is_one_clear_line(capsys):
               "--out", "/tmp/nntune-unreachable"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "cannot open the study storage" in err
+
+
+def _fresh_database() -> str:
+    """A new, empty database on the test server (so the workers also race to create Optuna's schema)."""
+    import psycopg
+
+    name = f"nntune_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return URL.rsplit("/", 1)[0] + "/" + name
+
+
+def run_workers(n: int, storage: str, name: str, trials: int, out, extra=()) -> list[str]:
+    """Start ``n`` workers at the same instant; return their stderr (they must all succeed)."""
+    common = ["--storage", storage, "--study-name", name, "--trials", str(trials), "--trial-epochs", "2",
+              "--quiet", "--set", "search.space={model.family: mlp}", *extra]
+    workers = [subprocess.Popen([sys.executable, "-m", "nntune", "worker", *common, "--out", str(out / f"w{i}")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(n)]
+    errors = []
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        errors.append(err.decode())
+        assert w.returncode == 0, err.decode()[-2000:]
+    return errors
+
+
+def check_counts(storage: str, name: str, trials: int, workers: int, errors: list[str]) -> None:
+    from nntune.storage import make_storage
+
+    summaries = optuna.get_all_study_summaries(make_storage(storage))
+    assert [s.study_name for s in summaries] == [name]
+    study = optuna.load_study(study_name=name, storage=make_storage(storage))
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert trials <= len(finished) <= trials + workers, len(finished)  # at most one in flight per worker
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) and sorted(numbers) == list(range(len(numbers)))
+    assert sum(1 for t in study.trials if t.user_attrs.get("default")) == 1  # enqueued once, not once per worker
+    for err in errors:
+        assert "IntegrityError" not in err and "already finished" not in err and "Traceback" not in err, err[-2000:]
+
+
+def test_eight_workers_on_an_empty_postgres_database_reach_exactly_the_budget(tmp_path):
+    storage, name = _fresh_database(), "eight"
+    errors = run_workers(8, storage, name, 40, tmp_path)
+    check_counts(storage, name, 40, 8, errors)
+    out = tmp_path / "final"
+    subprocess.run([sys.executable, "-m", "nntune", "tune", "--storage", storage, "--study-name", name, "--trials",
+                    "40", "--trial-epochs", "2", "--quiet", "--set", "search.space={model.family: mlp}",
+                    "--resume", "--out", str(out)], check=True, stdout=subprocess.DEVNULL, timeout=300)
+    result = json.loads((out / "result.json").read_text())
+    assert result["trials"]["complete"] + result["trials"]["pruned"] >= 40 and result["test"]["accuracy"] > 0.8

@@ -261,3 +261,12 @@ def test_grid_search_runs_populations_and_stops_when_the_grid_is_exhausted(tmp_p
     for t in trials:  # points asked together train together when their structure (activation) is the same
         populations.setdefault(t.user_attrs["population"]["first"], set()).add(t.params["model.activation"])
     assert all(len(acts) == 1 for acts in populations.values())
+
+
+def test_four_workers_on_one_sqlite_file_reach_exactly_the_budget(tmp_path):
+    """SQLite serializes writers; with its busy timeout the four workers wait for each other instead of failing."""
+    from tests.search.test_postgres import check_counts, run_workers
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    errors = run_workers(4, storage, "four", 24, tmp_path)
+    check_counts(storage, "four", 24, 4, errors)

@@ -166,8 +166,8 @@ def prepare_search(cfg: RunConfig, out: Path) -> Search:
 
 
 def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Study:
-    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds. A study
-    without trials gets nntune's defaults enqueued as its first trials (``search.defaults_first``)."""
+    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds. The
+    process that creates the study enqueues nntune's defaults as its first trials (``search.defaults_first``)."""
     cfg, out, params = search.cfg, search.out, search.params
     direction = objective_spec(search.task)[1]
     url = cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -181,16 +181,21 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     # proposals, so its sampler seed also depends on the trials already there and on the process
     n_before = existing[name].n_trials if name in existing else 0
     seed = cfg.seed if (n_before == 0 and not worker) else cfg.seed + 7919 * n_before + os.getpid()
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction=direction, load_if_exists=True,
-        sampler=make_sampler(cfg.search.sampler, seed % 2**31, params),
-        pruner=make_pruner(cfg.search.pruner, search.trial_epochs),
-    )
+    sampler = make_sampler(cfg.search.sampler, seed % 2**31, params)
+    pruner = make_pruner(cfg.search.pruner, search.trial_epochs)
+    try:  # the study name is unique in the storage: of workers starting together, exactly one creates it
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        created = False
     if study.direction.name.lower() != direction:
         raise ConfigError(f"study {name!r} in {url} optimizes {study.direction.name.lower()}, this task needs "
                           f"{direction}")
     study.set_user_attr("storage", url)
-    if n_before == 0 and cfg.search.defaults_first and cfg.search.sampler != "grid":  # a grid enumerates its own
+    # only the process that created the study enqueues the defaults, so racing workers do not enqueue them twice
+    if created and cfg.search.defaults_first and cfg.search.sampler != "grid":  # a grid enumerates its own
         for values in default_trials(params, cfg, search.base_data.dataset.kind):
             study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=True)
     return study

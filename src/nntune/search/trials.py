@@ -49,13 +49,18 @@ class OptunaPruning(Callback):
     """Reports the monitored value each epoch and stops training when Optuna's pruner says so."""
 
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
-        self.trial, self.monitor, self.pruned = trial, monitor, False
+        self.trial, self.monitor, self.pruned, self.lost = trial, monitor, False, False
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         value = logs[self.monitor]
         if not math.isfinite(value):
             return
-        self.trial.report(value, epoch)
+        try:
+            self.trial.report(value, epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.lost = True  # another process failed it as stale (its heartbeat came late); its retry runs elsewhere
+            trainer.stop(f"failed as stale by another worker at epoch {epoch}")
+            return
         if self.trial.should_prune():
             self.pruned = True
             trainer.stop(f"pruned at epoch {epoch}")
@@ -201,16 +206,19 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
         if fit.stop_reason.startswith("non-finite"):
             attrs["fail_reason"] = fit.stop_reason
             state, value = TrialState.FAIL, None
-        elif prune.pruned:
-            state, value = TrialState.PRUNED, None
+        elif prune.pruned or prune.lost:
+            state, value = TrialState.PRUNED if prune.pruned else TrialState.FAIL, None
         else:
             artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
             attrs["val"] = fit.best_val
             state, value = TrialState.COMPLETE, fit.best[monitor]
-        for key, v in attrs.items():
-            trial.set_user_attr(key, v)
-        study.tell(trial, value, state=state, skip_if_finished=True)
-        states.append(state.name)
+        try:
+            for key, v in attrs.items():
+                trial.set_user_attr(key, v)
+            study.tell(trial, value, state=state, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
+            state = TrialState.FAIL
+        states.append("FAIL" if prune.lost else state.name)
     return states
 
 
