@@ -270,3 +270,66 @@ def test_four_workers_on_one_sqlite_file_reach_exactly_the_budget(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     errors = run_workers(4, storage, "four", 24, tmp_path)
     check_counts(storage, "four", 24, 4, errors)
+
+
+def _run_cli(args: list[str]) -> None:
+    """A forked child running one nntune command (the test's imports are shared, so it starts at once)."""
+    import contextlib
+    import io
+
+    from nntune.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(args)
+        except SystemExit:
+            pass
+
+
+def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
+    """Kill `tune` and `worker` processes of one study at seeded random moments, 20 times; every finished trial
+    survives, every trial that was running is failed by its stale heartbeat and retried at most once, and a last
+    `tune --resume` reaches exactly the trial budget and saves a model that loads."""
+    import multiprocessing
+    import random
+
+    from nntune import artifacts
+
+    out, budget = tmp_path / "run", 40
+    db = out / "study.db"
+    common = ["--trials", str(budget), "--trial-epochs", "3", "--epochs", "3", "--population", "3", "--finalists",
+              "0", "--quiet", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
+    tune_args = ["tune", *common, "--out", str(out), "--resume"]
+    worker_args = ["worker", *common, "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "worker")]
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    finished: dict[int, float | None] = {}
+    kills = 0
+    while kills < 20:
+        proc = ctx.Process(target=_run_cli, args=(tune_args if kills % 2 == 0 or not db.exists() else worker_args,))
+        proc.start()
+        proc.join(rng.uniform(0.3, 2.0))
+        if not proc.is_alive():  # it finished its work before the kill: the budget is reached
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        kills += 1
+        if db.exists():
+            now = {t.number: t for t in _finished(db)}
+            for n, value in finished.items():  # nothing finished is ever lost or changed
+                assert now[n].state.name in ("COMPLETE", "PRUNED") and now[n].value == value
+            finished.update({n: t.value for n, t in now.items() if t.state.name in ("COMPLETE", "PRUNED")})
+    assert kills >= 10, "the budget was reached too early for the kills to land mid-search"
+    time.sleep(2.5)  # the last killed process's heartbeats go stale (grace period 2 s)
+    _run_cli(tune_args)
+    trials = {t.number: t for t in _finished(db)}
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials.values()) == budget
+    assert not [t for t in trials.values() if t.state.name in ("RUNNING", "WAITING")]
+    retries: dict[int, int] = {}
+    for t in trials.values():
+        origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        if origin is not None:
+            retries[origin] = retries.get(origin, 0) + 1
+            assert trials[origin].state.name == "FAIL"
+    assert retries and max(retries.values()) == 1  # crashed trials were retried, each at most once
+    assert artifacts.load(out / "best").config.model.family == "mlp"
