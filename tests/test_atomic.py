@@ -24,7 +24,11 @@ def _model(units: int):
 
 
 def _writer(directory: str) -> None:
-    """Save artifacts of alternating sizes and rewrite result.json and a report, as fast as possible, forever."""
+    """Save artifacts of alternating sizes and rewrite result.json and a report, as fast as possible, forever (on
+    one thread: a forked child must not enter the OpenMP pool its parent used)."""
+    import torch
+
+    torch.set_num_threads(1)
     data = {"name": "x", "task": "classification", "kind": "tabular", "input_shape": list(SHAPE),
             "class_names": [str(i) for i in range(OUTPUTS)], "feature_names": []}
     versions = [_model(units) for units in (64, 512)]

@@ -273,11 +273,16 @@ def test_four_workers_on_one_sqlite_file_reach_exactly_the_budget(tmp_path):
 
 
 def _run_cli(args: list[str]) -> None:
-    """A forked child running one nntune command (the test's imports are shared, so it starts at once)."""
+    """A forked child running one nntune command (the test's imports are shared, so it starts at once). It trains
+    on one thread: a forked child that enters the OpenMP thread pool its parent already used hangs."""
     import contextlib
     import io
 
+    import torch
+
     from nntune.cli import main
+
+    torch.set_num_threads(1)
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
@@ -292,8 +297,6 @@ def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
     `tune --resume` reaches exactly the trial budget and saves a model that loads."""
     import multiprocessing
     import random
-
-    from nntune import artifacts
 
     out, budget = tmp_path / "run", 40
     db = out / "study.db"
