@@ -291,14 +291,26 @@ def _run_cli(args: list[str]) -> None:
             pass
 
 
+def _states(db) -> dict[str, int]:
+    """Trial counts by state, read straight from the SQLite file (cheap enough to poll)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    except sqlite3.Error:  # not created yet
+        return {}
+
+
 def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
-    """Kill `tune` and `worker` processes of one study at seeded random moments, 20 times; every finished trial
-    survives, every trial that was running is failed by its stale heartbeat and retried at most once, and a last
-    `tune --resume` reaches exactly the trial budget and saves a model that loads."""
+    """Kill `tune` and `worker` processes of one study 20 times, each time mid-search (after the search made
+    progress, at a seeded random moment); every finished trial survives, every trial that was running is failed by
+    its stale heartbeat and retried at most once, and a last `tune --resume` reaches exactly the trial budget and
+    saves a model that loads."""
     import multiprocessing
     import random
 
-    out, budget = tmp_path / "run", 40
+    out, budget = tmp_path / "run", 90
     db = out / "study.db"
     common = ["--trials", str(budget), "--trial-epochs", "3", "--epochs", "3", "--population", "3", "--finalists",
               "0", "--quiet", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
@@ -307,22 +319,24 @@ def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(0)
     finished: dict[int, float | None] = {}
-    kills = 0
-    while kills < 20:
-        proc = ctx.Process(target=_run_cli, args=(tune_args if kills % 2 == 0 or not db.exists() else worker_args,))
+    for kill in range(20):
+        proc = ctx.Process(target=_run_cli, args=(tune_args if kill % 2 == 0 else worker_args,))
         proc.start()
-        proc.join(rng.uniform(0.3, 2.0))
-        if not proc.is_alive():  # it finished its work before the kill: the budget is reached
-            break
+        target, deadline = len(finished) + 1, time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait for progress, with trials in flight
+            time.sleep(0.05)
+            counts = _states(db)
+            if counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= target and counts.get("RUNNING", 0):
+                break
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert proc.is_alive(), f"the search ended before kill {kill + 1}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
-        kills += 1
-        if db.exists():
-            now = {t.number: t for t in _finished(db)}
-            for n, value in finished.items():  # nothing finished is ever lost or changed
-                assert now[n].state.name in ("COMPLETE", "PRUNED") and now[n].value == value
-            finished.update({n: t.value for n, t in now.items() if t.state.name in ("COMPLETE", "PRUNED")})
-    assert kills >= 10, "the budget was reached too early for the kills to land mid-search"
+        now = {t.number: t for t in _finished(db)}
+        for n, value in finished.items():  # nothing finished is ever lost or changed
+            assert now[n].state.name in ("COMPLETE", "PRUNED") and now[n].value == value
+        finished.update({n: t.value for n, t in now.items() if t.state.name in ("COMPLETE", "PRUNED")})
+    assert len(finished) < budget
     time.sleep(2.5)  # the last killed process's heartbeats go stale (grace period 2 s)
     _run_cli(tune_args)
     trials = {t.number: t for t in _finished(db)}
