@@ -86,6 +86,8 @@ def test_tune_predict_and_worker(capsys, tmp_path):
                              "--out", str(out),
                              "--json"))
     assert data["trials"]["complete"] + data["trials"]["pruned"] == 2
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".previous"))]
+    assert not leftovers, leftovers  # every write is atomic and cleans up after itself
     import numpy as np
     from nntune.data.sources import load_digits
 
