@@ -54,3 +54,41 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
             raise NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
     raise AssertionError("unreachable")
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's :func:`~optuna.storages.fail_stale_trials`, plus the trials of a process killed between ``ask`` and
+    its first heartbeat: a RUNNING trial with no heartbeat at all, started longer than the grace period ago, is failed
+    (and retried) the same way. Optuna skips those, and one would hold a slot of ``--trials`` forever."""
+    import copy
+    from datetime import datetime, timedelta
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    storage = study._storage  # not public on Study; Optuna wraps an RDBStorage in a cache
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage) or rdb.heartbeat_interval is None:
+        return
+    grace = timedelta(seconds=rdb.grace_period or 2 * rdb.heartbeat_interval)
+    trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    query = (sqlalchemy.select(trials.c.trial_id, trials.c.datetime_start)
+             .select_from(trials.outerjoin(beats, trials.c.trial_id == beats.c.trial_id))
+             .where(trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING,
+                    beats.c.trial_heartbeat_id.is_(None)))
+    with rdb.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    now = datetime.now()  # datetime_start is written with the local clock too
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    for trial_id, started in rows:
+        if started is None or now - started <= grace:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
+            continue
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))

@@ -350,3 +350,20 @@ def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
             assert trials[origin].state.name == "FAIL"
     assert retries and max(retries.values()) == 1  # crashed trials were retried, each at most once
     assert artifacts.load(out / "best").config.model.family == "mlp"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+    """A process killed between `ask` and its first heartbeat leaves a RUNNING trial with no heartbeat, which
+    Optuna never fails; nntune fails it after the grace period and retries it, so it cannot hold a trial slot."""
+    from nntune.storage import fail_stale_trials, make_storage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="z")
+    zombie = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # no heartbeat recorded
+    fail_stale_trials(study)
+    assert study.trials[0].state.name == "RUNNING"  # within the grace period (2 s): it may still be alive
+    time.sleep(2.2)
+    fail_stale_trials(study)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "WAITING"] and study.trials[1].params == {"x": zombie.params["x"]}

@@ -34,6 +34,7 @@ from nntune.errors import NNTuneError
 from nntune.search.budget import Budget
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
+from nntune.storage import fail_stale_trials
 from nntune.training.callbacks import Callback, TimeLimit
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import fit_population
@@ -235,7 +236,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
         if live:
             live.__enter__()
         while not budget.check(study):
-            optuna.storages.fail_stale_trials(study)  # before counting: a crashed worker's trials stop counting
+            fail_stale_trials(study)  # before counting: a crashed worker's trials stop counting
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 budget.stopped_by = "grid"
                 break
