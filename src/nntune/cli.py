@@ -15,9 +15,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from nntune import atomic
 from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, OPTIMIZERS, SCALERS, SCHEDULES,
                            RunConfig, apply_overrides, load_config)
-from nntune import atomic
 from nntune.errors import NNTuneError
 
 console = Console(stderr=True)

@@ -12,7 +12,7 @@ import warnings
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from nntune.errors import NNTuneError
+from nntune.errors import ArtifactError, NNTuneError
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,13 +47,26 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
             racing = isinstance(err, IntegrityError) or any(
                 words in str(err) for words in ("already exists", "database is locked"))
             if not racing or attempt == 4:
-                raise NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: "
-                                  f"{str(err).splitlines()[0]})") from None
+                raise _cannot_open(url, err) from None
             time.sleep(0.5 + attempt)
         except Exception as err:  # SQLAlchemy / driver errors: bad URL, server down, missing driver
-            raise NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+            raise _cannot_open(url, err) from None
     raise AssertionError("unreachable")
+
+
+def _cannot_open(url: str, err: Exception) -> NNTuneError:
+    detail = str(err).splitlines()[0] if str(err) else "no detail"
+    return NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: {detail})")
+
+
+def load_recorded_study(info: dict) -> optuna.Study:
+    """The study a run directory's ``result.json`` names (``result["study"]``: its name and storage URL); a missing
+    file or an unreachable server is an :class:`ArtifactError` naming the storage."""
+    try:
+        return optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
+    except Exception as err:  # missing file, server down: say which storage
+        raise ArtifactError(f"cannot open study {info['name']!r} in {info['storage']} "
+                            f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
-
 from nntune.artifacts import read_result, write_result
 from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
 from nntune.errors import ArtifactError, ConfigError
@@ -32,7 +30,7 @@ from nntune.evidence.stats import METHOD, paired_effect, verdict
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.search.study import Search
-from nntune.storage import make_storage
+from nntune.storage import load_recorded_study
 from nntune.training.callbacks import TimeLimit
 from nntune.training.lr_finder import lr_find
 from nntune.training.pipeline import fit_configs, prepare_data
@@ -271,8 +269,7 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
     chosen = ablations.chosen_names(base, search.base_data.dataset.kind)[question]
     if isinstance(made.get(question), str):
         return {"verdict": made[question], "chosen": chosen, "variants": [], "skipped": []}
-    rows, effects, missed = [], {}, list(skipped.get(question, []))
-    unit_of = {v.name: units[v.key()] for v in valid.get(question, [])}
+    rows, effects, missed, dead = [], {}, list(skipped.get(question, [])), []
     for v in valid.get(question, []):
         unit = units[v.key()]
         if unit.scores is None:
@@ -280,6 +277,8 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
             continue
         pairs = [(s, r) for s, r in zip(unit.scores, reference.scores or []) if math.isfinite(s) and math.isfinite(r)]
         diverged = sum(1 for c in unit.curves if replay_diverged(c))
+        if diverged:
+            dead.append(f"{v.name} ({diverged} of {len(unit.curves)})")
         row = {"name": v.name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
                "seconds": round(unit.seconds, 2), "diverged": diverged}
         if pairs:
@@ -297,7 +296,6 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
         text = f"Not measured: no variant has a score to compare ({'; '.join(reasons) or 'none to run'}){more}."
     else:
         text = verdict(chosen, effects, maximize, points, search.monitor)
-        dead = [f"{r['name']} ({r['diverged']} of {len(unit_of[r['name']].curves)})" for r in rows if r["diverged"]]
         if dead:
             text += f" Diverged (non-finite loss) on some seeds: {', '.join(dead)}."
         budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
@@ -349,11 +347,8 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
 
 def _trial_config(result: dict) -> dict:
     """The chosen trial's configuration from the study (run directories written before ``chosen_config``)."""
-    info = result["study"]
-    try:
-        study = optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
-        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == result["best_trial"])
-    except Exception as err:
-        raise ArtifactError(f"cannot read the chosen trial {result.get('best_trial')} from {info['storage']} "
-                            f"({err.__class__.__name__})") from None
+    study = load_recorded_study(result["study"])
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == result["best_trial"]), None)
+    if trial is None:
+        raise ArtifactError(f"the chosen trial {result['best_trial']} is not in {result['study']['storage']}")
     return trial.user_attrs["config"]

@@ -17,18 +17,23 @@ from matplotlib.figure import Figure  # noqa: E402
 SUGGESTION_STYLE = {"steepest": ("tab:red", "o"), "valley": ("tab:green", "s"), "min_div_10": ("tab:purple", "^")}
 
 
-def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG (atomically) and close it."""
+def png(fig: Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     import io
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (atomically) and close it."""
     from nntune.atomic import write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    return write_bytes(path, png(fig, dpi))
 
 
 def lr_find_plot(result: dict) -> Figure:

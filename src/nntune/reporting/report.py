@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import statistics
@@ -22,7 +21,7 @@ import yaml
 from nntune import atomic
 from nntune.artifacts import read_result
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, build_config
-from nntune.errors import ArtifactError
+from nntune.storage import load_recorded_study
 
 QUESTIONS = [
     "Which parameters train, and which stay frozen?",
@@ -105,23 +104,11 @@ def load_run(directory: str | Path) -> RunView:
         metric = "accuracy" if task == "classification" else "mae"
     view = RunView(directory, result, kind, config, task, metric)
     if kind == "tune":
-        view.study = _open_study(result["study"])
+        view.study = load_recorded_study(result["study"])
         view.maximize = result["study"]["direction"] == "maximize"
         view.trials = [Trial(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
                        for t in view.study.get_trials(deepcopy=False)]
     return view
-
-
-def _open_study(study_info: dict) -> Any:
-    import optuna
-
-    from nntune.storage import make_storage
-
-    try:
-        return optuna.load_study(study_name=study_info["name"], storage=make_storage(study_info["storage"]))
-    except Exception as err:  # missing file, server down: say which storage
-        raise ArtifactError(f"cannot open study {study_info['name']!r} in {study_info['storage']} "
-                            f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 # --- evidence helpers -------------------------------------------------------------------------------------------
@@ -192,12 +179,7 @@ class Figures:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def embed(self, fig, name: str, alt: str) -> str:
-        import matplotlib.pyplot as plt
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        data = buf.getvalue()
+        data = _plots().png(fig, dpi=100)
         atomic.write_bytes(self.directory / f"{name}.png", data)
         return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
                 f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>')

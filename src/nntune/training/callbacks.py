@@ -81,7 +81,6 @@ class BestCheckpoint(Callback):
         from safetensors.torch import save_file
 
         from nntune.atomic import staged
-
         from nntune.training.early_stopping import is_improvement
 
         value = logs.get(self.monitor)
