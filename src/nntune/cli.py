@@ -147,6 +147,9 @@ def _emit_json(payload: dict, json_out: str | None) -> None:
         atomic.write_text(json_out, text)
 
 
+LOG_OPTION = click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard", "mlflow"]),
+                          help="also log to TensorBoard (RUN_DIR/tensorboard) or MLflow (MLFLOW_TRACKING_URI, "
+                          "default ./mlflow.db); repeat for both")
 JSON_OPTION = click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
                            help="write machine-readable JSON to FILE, or to stdout when given without a value")
 
@@ -210,14 +213,15 @@ def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: st
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True,
               help="run directory: config.yaml, result.json, best/")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@LOG_OPTION
 @JSON_OPTION
-def train_cmd(out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None, **kwargs: Any) -> None:
     """Train one model, evaluate the test split once, and save the run directory."""
     from nntune.training.pipeline import train
 
     cfg = _config_from(kwargs)
-    result = train(cfg, out, progress=not quiet and json_out != "-")
-    report = _build_report(out, quiet or json_out == "-")
+    result = train(cfg, out, progress=not quiet and json_out != "-", log=log)
+    report = _build_report(out, quiet or json_out == "-", result)
     if json_out != "-":
         _print_train_summary(result, out)
         out_console.print(f"report: {report}")
@@ -392,17 +396,19 @@ SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=P
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/tune"), show_default=True,
               help="run directory: study.db, trials.csv, trials/, best/, result.json")
 @click.option("--quiet", is_flag=True, help="no live table")
+@LOG_OPTION
 @JSON_OPTION
-def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, json_out: str | None, **kwargs: Any) -> None:
+def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None,
+             **kwargs: Any) -> None:
     """Search architecture and training settings with Optuna, then fit and test the best model."""
     from nntune.evidence.explain import explain
     from nntune.search.study import tune
 
     cfg = _search_config(kwargs)
-    result = tune(cfg, out, resume=resume, progress=not quiet)
+    result = tune(cfg, out, resume=resume, progress=not quiet, log=log)
     if evidence:
         result["evidence"] = explain(out, progress=not quiet)
-    report = _build_report(out, quiet or json_out == "-")
+    report = _build_report(out, quiet or json_out == "-", result)
     if json_out != "-":
         _print_tune_summary(result, out)
         if evidence:
@@ -452,13 +458,18 @@ def _print_evidence(evidence: dict) -> None:
                       + (" (interrupted)" if setup.get("interrupted") else ""))
 
 
-def _build_report(out: Path, quiet: bool) -> Path:
+def _build_report(out: Path, quiet: bool, result: dict | None = None) -> Path:
+    """Write RUN_DIR/report.html; with a ``result`` logged to MLflow, attach the report to its run too."""
     from nntune.reporting.report import build_report
+    from nntune.tracking import attach_to_run
 
     if quiet:
-        return build_report(out)
-    with console.status("writing the report"):
-        return build_report(out)
+        path = build_report(out)
+    else:
+        with console.status("writing the report"):
+            path = build_report(out)
+    attach_to_run((result or {}).get("tracking"), [path, out / "figures"])
+    return path
 
 
 @cli.command("report")
@@ -506,11 +517,13 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/worker"), show_default=True,
               help="where this worker keeps its trials' weights")
 @click.option("--quiet", is_flag=True, help="no live table")
-def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
+@LOG_OPTION
+def worker_cmd(out: Path, quiet: bool, log: tuple[str, ...], **kwargs: Any) -> None:
     """Run trials of a shared study (use the same --config and --storage on every machine)."""
     from nntune.search.budget import Budget, count
     from nntune.search.study import open_study, prepare_search
     from nntune.search.trials import run_trials
+    from nntune.tracking import Tracker
 
     cfg = _search_config(kwargs)
     if not cfg.search.storage:
@@ -519,7 +532,14 @@ def worker_cmd(out: Path, quiet: bool, **kwargs: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
     search = prepare_search(cfg, out)
     study = open_study(search, resume=True, worker=True)
-    run_trials(search, study, budget, progress=not quiet)
+    search.tracker = Tracker(log, out, name=f"worker {cfg.search.study_name}", config=cfg.to_dict(),
+                             command="worker")
+    try:
+        run_trials(search, study, budget, progress=not quiet)
+    except BaseException:
+        search.tracker.close("FAIL")
+        raise
+    search.tracker.close()
     out_console.print(f"worker done ({budget.stopped_by}, {budget.elapsed():.0f} s): the study "
                       f"{study.study_name!r} has {count(study)} finished trials")
 
@@ -565,19 +585,20 @@ def _print_tune_summary(result: dict, out: Path) -> None:
 
 
 @cli.command("predict")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
               help="CSV (feature columns by name), NPZ with 'x', or an image folder")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True,
               help="CSV of predictions: label and one probability column per class (or the predicted value)")
-def predict_cmd(model_dir: Path, data_path: Path, out: Path) -> None:
-    """Predict with a saved model (a run's best/ directory) and write a CSV."""
+def predict_cmd(model: Path, data_path: Path, out: Path) -> None:
+    """Predict with a saved model (a run's best/ directory, or a file from nntune export) and write a CSV."""
     import csv
 
     from nntune import artifacts
     from nntune.data.sources import load_features
+    from nntune.export import load_exported
 
-    art = artifacts.load(model_dir)
+    art = load_exported(model) if model.is_file() else artifacts.load(model)
     x = load_features(data_path, art.data.get("feature_names", []), tuple(art.data["input_shape"]))
     with atomic.replacing(out, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -592,6 +613,27 @@ def predict_cmd(model_dir: Path, data_path: Path, out: Path) -> None:
             for i, v in enumerate(art.predict(x).tolist()):
                 w.writerow([i, f"{v:.6g}"])
     out_console.print(f"{len(x)} predictions -> {out}")
+
+
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="ONNX (onnxruntime and most serving stacks) or TorchScript (torch.jit.load, LibTorch)")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="file to write (default: MODEL_DIR/model.onnx or MODEL_DIR/model.pt)")
+@JSON_OPTION
+def export_cmd(model_dir: Path, fmt: str, out: Path | None, json_out: str | None) -> None:
+    """Export a saved model (a run's best/ directory) that takes raw inputs: the scaler is baked in, the batch
+    axis is dynamic, and it returns class probabilities (or values). The file is checked against nntune first."""
+    from nntune.export import export
+
+    with console.status(f"exporting to {fmt} and checking the file"):
+        info = export(model_dir, fmt, out)
+    if json_out != "-":
+        out_console.print(f"{fmt} -> {info['path']} ({info['bytes'] / 1024:.0f} KiB); input {info['input']} "
+                          f"{tuple(info['input_shape'])} raw, output {info['output']}; agrees with nntune on "
+                          f"{info['checked_samples']} samples (max abs diff {info['max_abs_diff']:.2g})")
+    _emit_json(info, json_out)
 
 
 def _print_train_summary(result: dict, out: Path) -> None:

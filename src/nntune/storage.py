@@ -33,7 +33,7 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
     SQLite lets one process write at a time: with several workers on one file, each waits up to
     :data:`SQLITE_BUSY_TIMEOUT` seconds for the lock instead of failing at once (Python's default is 5 s, which
     heartbeats of busy workers exceed). For more than a few workers, use PostgreSQL."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import DatabaseError, IntegrityError
 
     url = normalize_url(url)
     engine = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}} if url.startswith("sqlite") else None
@@ -41,9 +41,9 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
         try:
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-        except (IntegrityError, OperationalError) as err:
-            # workers starting together race to create the schema ("already exists", a duplicate key, a locked
-            # file); the losers find it made on their next try
+        except DatabaseError as err:
+            # workers starting together race to create the schema (a table or PostgreSQL enum type that "already
+            # exists", a duplicate key, a locked file); the losers find it made on their next try
             racing = isinstance(err, IntegrityError) or any(
                 words in str(err) for words in ("already exists", "database is locked"))
             if not racing or attempt == 4:

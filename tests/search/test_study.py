@@ -314,7 +314,9 @@ def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
 
     out, budget = tmp_path / "run", 90
     db = out / "study.db"
-    common = ["--trials", str(budget), "--trial-epochs", "3", "--epochs", "3", "--population", "3", "--finalists",
+    # forked children cannot use a CUDA context the test process may already hold: they train on the CPU
+    common = ["--device", "cpu", "--trials", str(budget), "--trial-epochs", "3", "--epochs", "3", "--population", "3",
+              "--finalists",
               "0", "--quiet", "--set", "search.heartbeat=1", "--set", "search.space={model.family: mlp}"]
     tune_args = ["tune", *common, "--out", str(out), "--resume"]
     worker_args = ["worker", *common, "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "worker")]

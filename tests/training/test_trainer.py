@@ -103,8 +103,8 @@ def test_frozen_batch_norm_keeps_its_running_statistics(digits):
     before = model.bn1.running_mean.clone()
     Trainer(model, "classification", TrainConfig(epochs=1)).fit(digits.x[:200], digits.y[:200],
                                                                digits.x[200:300], digits.y[200:300])
-    assert torch.equal(model.bn1.running_mean, before) and not torch.equal(model.bn2.running_mean,
-                                                                           torch.zeros_like(model.bn2.running_mean))
+    assert torch.equal(model.bn1.running_mean.cpu(), before)
+    assert model.bn2.running_mean.abs().sum() > 0
 
 
 def test_without_restore_the_best_epoch_is_the_last(digits):

@@ -222,8 +222,8 @@ def build_augmenter(preset: str, strength: float, input_shape: tuple[int, ...], 
 
 def preview_grid(x: torch.Tensor, augmenter: Augmenter, copies: int = 5, seed: int = 0) -> torch.Tensor:
     """``(n, 1 + copies, C, ...)``: each raw sample followed by augmented copies (seeded, global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # only the CPU generator is forked: leave CUDA's alone too
+        torch.default_generator.manual_seed(seed)
         augmenter.train()
         rows = [x] + [augmenter(x) for _ in range(copies)]
     return torch.stack(rows, dim=1)

@@ -30,6 +30,15 @@ class Scaler:
         self.method = method
         self.shift: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copies per device, made once
+
+    def _state_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale) on ``device``: a GPU batch is scaled without a host-to-device copy each call."""
+        if device.type == "cpu":
+            return self.shift, self.scale
+        if device not in self._on:
+            self._on[device] = (self.shift.to(device), self.scale.to(device))
+        return self._on[device]
 
     @property
     def fitted(self) -> bool:
@@ -56,6 +65,7 @@ class Scaler:
             self.scale = _safe_scale(x.std(dims, unbiased=False)).reshape(view)
         if self.shift is not None:
             self.shift, self.scale = self.shift.float(), self.scale.float()
+        self._on = {}
         return self
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +77,7 @@ class Scaler:
             return x / norms.reshape((-1,) + (1,) * (x.dim() - 1))
         if not self.fitted:
             raise RuntimeError("Scaler.transform called before fit")
-        shift, scale = self.shift.to(x.device), self.scale.to(x.device)
+        shift, scale = self._state_on(x.device)
         return (x - shift) / scale
 
     def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,8 @@ class Scaler:
     def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.method in ("none", "unit"):
             return x
-        return x * self.scale.to(x.device) + self.shift.to(x.device)
+        shift, scale = self._state_on(x.device)
+        return x * scale + shift
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only (safetensors-friendly); the method name travels in the artifact metadata."""
@@ -88,6 +99,7 @@ class Scaler:
         if set(state) != {"shift", "scale"}:
             raise ArtifactError(f"scaler state for {self.method!r} needs 'shift' and 'scale', got {sorted(state)}")
         self.shift, self.scale = state["shift"].float(), state["scale"].float()
+        self._on = {}
         return self
 
 

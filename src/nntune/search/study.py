@@ -16,6 +16,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from nntune.search.finalists import finishing_cost, run_finalists
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import run_trials
 from nntune.storage import make_storage
+from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr
@@ -112,6 +114,7 @@ class Search:
     lr_find: dict | None = None
     data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
+    tracker: Tracker = field(default_factory=Tracker)  # TensorBoard / MLflow logging of trials (none by default)
 
     @property
     def task(self) -> str:
@@ -212,8 +215,11 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
         epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg.train.epochs))
         final_cfg = apply_overrides(cfg, {"train.early_stopping.enabled": False})
         merged = _train_plus_val(final_cfg, data)
-        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs)])
+        run = search.tracker.run("final", {**best.params, "trial": best.number, "epochs": epochs})
+        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs), *([run] if run else [])])
         test = trainer.evaluate(merged.x_test, merged.y_test)
+        if run:
+            run.end("COMPLETE", {f"test_{k}": v for k, v in test.items()})
         scaler, history, x_val = merged.scaler, fit.history, merged.x_val
     else:
         art = artifacts.load(out / "trials" / str(best.number))
@@ -261,15 +267,32 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
         w.writerows(rows)
 
 
-def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False) -> dict:
+def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False,
+         log: Sequence[str] = ()) -> dict:
     """Search, re-run the finalists with extra seeds, then fit the chosen model and evaluate it on the test split
-    once. Returns ``result.json``'s content."""
+    once. ``log`` names loggers (``tensorboard``, ``mlflow``) that record every trial and the final fit. Returns
+    ``result.json``'s content."""
+    out = Path(out)
+    tracker = Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune")
+    try:
+        result = _tune(cfg, out, resume, progress, tracker)
+    except BaseException:
+        tracker.close("FAIL")
+        raise
+    tracker.summary({"best_value": result["best_value"], **{f"test_{k}": v for k, v in result["test"].items()},
+                     **{f"trials_{k}": v for k, v in result["trials"].items()}})
+    tracker.artifacts([out / "best", out / "result.json", out / "trials.csv"])
+    tracker.close()
+    return result
+
+
+def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Tracker) -> dict:
     started = time.perf_counter()
     budget = Budget.from_config(cfg.search)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     search = prepare_search(cfg, out)
+    search.tracker = tracker
     monitor, direction = objective_spec(search.task)
     study = open_study(search, resume)
     completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s, budget))
@@ -301,6 +324,7 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
         "interrupted": not completed,
         "lr_find": search.lr_find,
         "data": search.base_data.describe(),
+        "tracking": tracker.info,
         "seconds": time.perf_counter() - started,
     }
     if cfg.search.ensemble:

@@ -178,12 +178,18 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
+    logs = [search.tracker.run(f"trial_{t.number:04d}", {"trial": t.number, **t.params}) for t in trials]
     data = search.data_for(cfgs[0])
     first = trials[0].number
     started = time.perf_counter()
     try:
-        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left)] for p in pruning])
-    except (NNTuneError, torch.OutOfMemoryError) as err:
+        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left), *([log] if log else [])]
+                                           for p, log in zip(pruning, logs)])
+    except BaseException as err:
+        for log in filter(None, logs):
+            log.end("FAIL", {})
+        if not isinstance(err, (NNTuneError, torch.OutOfMemoryError)):
+            raise
         retry = isinstance(err, torch.OutOfMemoryError) and len(trials) > 1
         for t in trials:
             t.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
@@ -198,7 +204,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
         return ["RETRY"] * len(trials)
     wall = time.perf_counter() - started
     states = []
-    for trial, cfg, prune, (model, fit) in zip(trials, cfgs, pruning, fits):
+    for trial, cfg, prune, log, (model, fit) in zip(trials, cfgs, pruning, logs, fits):
         attrs = {"seconds": round(wall / len(trials), 3), "population": {"first": first, "size": len(trials),
                                                                          "seconds": round(wall, 3)},
                  "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
@@ -219,6 +225,8 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
             study.tell(trial, value, state=state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
             state = TrialState.FAIL
+        if log:
+            log.end("FAIL" if prune.lost else state.name, {"objective": value} if value is not None else {})
         states.append("FAIL" if prune.lost else state.name)
     return states
 

@@ -124,7 +124,8 @@ def activation_findings(model: nn.Module, x: torch.Tensor) -> list[Finding]:
     model.eval()
     try:
         with torch.inference_mode():
-            model(x)
+            first = next(model.parameters(), None)
+            model(x.to(first.device) if first is not None else x)
     finally:
         for h in handles:
             h.remove()

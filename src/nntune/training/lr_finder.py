@@ -64,6 +64,8 @@ def lr_find(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, cfg: 
     saved_model = copy.deepcopy(model.state_dict())
     model.to(device)
     saved_opt = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    if optimizer is not None:  # its state (e.g. Adam's moments) must follow the parameters onto the test's device
+        optimizer.load_state_dict(optimizer.state_dict())
     opt = optimizer or build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr=start_lr)
     loss_fn = make_loss(task, cfg.label_smoothing)
     gen = torch.Generator().manual_seed(seed)

@@ -23,6 +23,7 @@ from nntune.data.splits import Split, split_dataset
 from nntune.errors import ConfigError
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
+from nntune.tracking import Tracker, flatten
 from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
@@ -130,8 +131,9 @@ def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
     return list(zip(trainer.members, fits))
 
 
-def population_trainer(cfgs: Sequence[RunConfig], data: PreparedData,
-                        callbacks: Sequence[Sequence[Callback]] | None = None) -> tuple[PopulationTrainer, torch.Tensor]:
+def population_trainer(
+    cfgs: Sequence[RunConfig], data: PreparedData, callbacks: Sequence[Sequence[Callback]] | None = None,
+) -> tuple[PopulationTrainer, torch.Tensor]:
     """A PopulationTrainer over fresh builder models for ``cfgs``, and the training tensor it takes."""
     check_same_structure(cfgs)
     ds = data.dataset
@@ -197,8 +199,9 @@ def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], Prepa
 
 
 def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
-          dataset: Dataset | None = None) -> dict:
+          dataset: Dataset | None = None, log: Sequence[str] = ()) -> dict:
     """Train one model as configured, evaluate the test split once, and (with ``out``) save the run directory.
+    ``log`` names loggers (``tensorboard``, ``mlflow``) that record the run.
 
     Returns the content of ``result.json``.
     """
@@ -206,10 +209,33 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
+    tracker = Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict())
+    try:
+        result = _train(cfg, data, found, out, progress, tracker)
+    except BaseException:
+        tracker.close("FAIL")
+        raise
+    result["seconds"] = time.perf_counter() - started
+    if out is not None:
+        artifacts.write_result(out, result)
+        tracker.artifacts([out / "best", out / "result.json"])
+    tracker.close()
+    return result
+
+
+def _train(cfg: RunConfig, data: PreparedData, found: LRFindResult | None, out: Path | None, progress: bool,
+           tracker: Tracker) -> dict:
     es = cfg.train.early_stopping
-    callbacks = [BestCheckpoint(out / "checkpoint" / "best.safetensors", es.monitor, es.mode)] if out else []
+    callbacks: list[Callback] = [BestCheckpoint(out / "checkpoint" / "best.safetensors", es.monitor, es.mode)] \
+        if out else []
+    run = tracker.run("train", flatten(cfg.to_dict()), main=True)
+    if run:
+        callbacks.append(run)
     model, trainer, fit = fit_model(cfg, data, callbacks, progress=progress, catch_interrupt=True)
     test = trainer.evaluate(data.x_test, data.y_test)
+    if run:
+        run.end("COMPLETE", {**{f"best_{k}": v for k, v in fit.best.items() if k != "epoch"},
+                             **{f"test_{k}": v for k, v in test.items()}})
     findings = diagnose(fit.history, model, data.x_val, fit.initial_val_loss)
     ds = data.dataset
     result = {
@@ -225,11 +251,10 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
         "findings": [f.to_dict() for f in findings],
         "initial_val_loss": fit.initial_val_loss,
         "lr_find": found.to_dict() if found else None,
-        "seconds": time.perf_counter() - started,
+        "tracking": tracker.info,
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         artifacts.save(out / "best", model, cfg, data.scaler, ds.meta())
-        artifacts.write_result(out, result)
     return result

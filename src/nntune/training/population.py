@@ -756,6 +756,7 @@ class PopulationTrainer:
         steps (more until ``min_seconds`` of them, at most 50) after one warm-up step, on random batches: what
         :func:`choose_population_size` compares. The fastest step is the one least disturbed by other processes."""
         dev, K = self.device, len(self.members)
+        x_train, y_train = x_train.to(dev), y_train.to(dev)
         cuda = dev.type == "cuda"
         if cuda:
             torch.cuda.synchronize(dev)

@@ -243,7 +243,7 @@ def compute_metrics(out: torch.Tensor, y: torch.Tensor, task: str,
         return {"loss": loss, "accuracy": acc}
     err = out - y
     ss_tot = ((y - y.mean()) ** 2).sum()
-    r2 = 1 - (err**2).sum() / ss_tot if ss_tot > 0 else torch.tensor(0.0)
+    r2 = 1 - (err**2).sum() / ss_tot if ss_tot > 0 else torch.zeros((), device=out.device)
     loss, mae, r2 = torch.stack([(err**2).mean(), err.abs().mean(), r2]).tolist()
     return {"loss": loss, "mae": mae, "r2": r2}
 
