@@ -4,6 +4,10 @@ Both train the same model from the same initial weights on the same scaled tenso
 batch size and optimizer, and both validate once per epoch. A third loop uses torch's DataLoader over a
 TensorDataset, the way many tutorials write it, for context. Each variant is timed ``--repeats`` times after a
 warm-up; the median is reported. Target: nntune / minimal samples-per-second ratio >= 1/1.05.
+
+``--device cuda`` runs every loop on the GPU (the minimal loop with the same autocast dtype nntune's
+``--precision`` resolves to) and adds nntune on the CPU for the GPU-vs-CPU speedup; ``--compile`` adds nntune with
+``train.compile``.
 """
 
 from __future__ import annotations
@@ -23,20 +27,26 @@ from nntune.models import build_model
 from nntune.training.callbacks import BestCheckpoint, Callback
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.pipeline import prepare_data
-from nntune.training.trainer import Trainer
+from nntune.training.trainer import Trainer, resolve_precision
+
+SETUP = {"device": torch.device("cpu"), "precision": "auto", "amp": None, "compile": False}
 
 
 def minimal_loop(model, x, y, xv, yv, epochs, bs, seed):
+    dev, amp = SETUP["device"], SETUP["amp"]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    model.to(dev)
+    x, y, xv, yv = (t.to(dev) for t in (x, y, xv, yv))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         model.train()
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(len(x), generator=gen).to(dev)
         for i in range(0, len(x), bs):
             idx = perm[i:i + bs]
-            loss = loss_fn(model(x[idx]), y[idx])
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                loss = loss_fn(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -47,7 +57,10 @@ def minimal_loop(model, x, y, xv, yv, epochs, bs, seed):
 
 
 def dataloader_loop(model, x, y, xv, yv, epochs, bs, seed):
+    dev, amp = SETUP["device"], SETUP["amp"]
     torch.manual_seed(seed)
+    model.to(dev)
+    xv, yv = xv.to(dev), yv.to(dev)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=bs, shuffle=True,
                                          generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
@@ -55,7 +68,8 @@ def dataloader_loop(model, x, y, xv, yv, epochs, bs, seed):
     for _ in range(epochs):
         model.train()
         for xb, yb in loader:
-            loss = loss_fn(model(xb), yb)
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                loss = loss_fn(model(xb.to(dev)), yb.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -73,8 +87,9 @@ class History(Callback):
         self.rows.append(logs)
 
 
-def nntune_loop(model, x, y, xv, yv, epochs, bs, seed, tmp):
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, schedule={"name": "none"}, device="cpu")
+def nntune_loop(model, x, y, xv, yv, epochs, bs, seed, tmp, device=None, compile=False):
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, schedule={"name": "none"}, device=str(device or SETUP["device"]),
+                      precision=SETUP["precision"], compile=compile)
     callbacks = [EarlyStopping(EarlyStoppingConfig(patience=epochs)), BestCheckpoint(f"{tmp}/best.safetensors"),
                  History()]
     return Trainer(model, "classification", cfg, callbacks, seed=seed).fit(x, y, xv, yv).history[-1]["val_loss"]
@@ -87,6 +102,10 @@ def bench_case(name, model_cfg, dataset, epochs, bs, repeats, seed, tmp):
     base = build_model(model_cfg, data.dataset.input_shape, 10, seed=seed)
     loops = {"minimal": minimal_loop, "dataloader": dataloader_loop,
              "nntune": lambda *a: nntune_loop(*a, tmp=tmp)}
+    if SETUP["device"].type != "cpu":
+        loops["nntune_cpu"] = lambda *a: nntune_loop(*a, tmp=tmp, device="cpu")
+    if SETUP["compile"]:
+        loops["nntune_compiled"] = lambda *a: nntune_loop(*a, tmp=tmp, compile=True)
     times = {k: [] for k in loops}
     for rep in range(repeats + 1):  # first round is warm-up
         order = list(loops) if rep % 2 == 0 else list(reversed(loops))
@@ -102,6 +121,8 @@ def bench_case(name, model_cfg, dataset, epochs, bs, repeats, seed, tmp):
         "samples_per_s": {k: round(v, 1) for k, v in sps.items()},
         "ratio_nntune_vs_minimal": round(sps["nntune"] / sps["minimal"], 3),
         "ratio_nntune_vs_dataloader": round(sps["nntune"] / sps["dataloader"], 3),
+        **({"speedup_vs_nntune_cpu": round(sps["nntune"] / sps["nntune_cpu"], 2)} if "nntune_cpu" in sps else {}),
+        **({"speedup_compiled": round(sps["nntune_compiled"] / sps["nntune"], 2)} if "nntune_compiled" in sps else {}),
     }
 
 
@@ -111,8 +132,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", help="also time nntune with train.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    SETUP.update(device=device, precision=args.precision, amp=resolve_precision(args.precision, device),
+                 compile=args.compile)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +148,10 @@ def main() -> None:
                        args.epochs, args.batch_size, args.repeats, 0, tmp),
             bench_case("mlp/digits", ModelConfig(), "digits", args.epochs * 10, args.batch_size, args.repeats, 0, tmp),
         ]
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(json.dumps({"benchmark": "trainer_overhead", "machine": platform.processor() or platform.machine(),
-                      "threads": args.threads, "torch": torch.__version__, "cases": cases}, indent=2))
+                      "gpu": gpu, "device": str(device), "precision": args.precision, "threads": args.threads,
+                      "torch": torch.__version__, "cases": cases}, indent=2))
 
 
 if __name__ == "__main__":

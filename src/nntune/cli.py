@@ -73,6 +73,9 @@ TRAIN_OPTIONS = [
     ("--early-stopping/--no-early-stopping", "train.early_stopping.enabled", None, "early stopping"),
     ("--device", "train.device", str, "auto, cpu, cuda or cuda:N"),
     ("--threads", "train.threads", int, "CPU threads for torch"),
+    ("--precision", "train.precision", click.Choice(["auto", "fp32", "bf16", "fp16"]),
+     "auto: bf16 autocast + TF32 on GPUs that support it, fp32 on the CPU"),
+    ("--compile/--no-compile", "train.compile", None, "torch.compile the training step (CUDA graphs on a GPU)"),
 ]
 
 

@@ -166,6 +166,11 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast and TF32 matmuls on GPUs that support them, fp32 on the CPU; fp32: "
+                            "strict fp32 everywhere; fp16 adds loss scaling (single-model training only)")
+    compile: bool = Field(False, description="torch.compile the training step (CUDA graphs on a GPU); the first "
+                                             "epoch pays the compile time")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 

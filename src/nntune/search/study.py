@@ -141,6 +141,8 @@ class Search:
         configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
         out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
+        if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only
+            return 1
         if fixed:
             return min(fixed, self.sizes.get(family, fixed))
         if family not in self.sizes:

@@ -31,7 +31,7 @@ from nntune.models.builders import ConvBlock
 from nntune.training.callbacks import Callback, StopRequest
 from nntune.training.early_stopping import Patience, check_monitor, monitor_mode
 from nntune.training.schedules import Schedule, replay
-from nntune.training.trainer import FitResult, resolve_device, weighted_layers
+from nntune.training.trainer import FitResult, matmul_precision, resolve_device, resolve_precision, weighted_layers
 
 # dotted config keys that may differ between the members of one population; every other key is structure
 MEMBER_KEYS = (
@@ -534,7 +534,7 @@ class PopulationTrainer:
             raise SpecError(f"population: {len(members)} members but {len(cfgs)} training configs")
         self.cfgs = list(cfgs)
         ref = self.cfgs[0]
-        for key in ("batch_size", "optimizer", "nesterov", "device", "threads"):
+        for key in ("batch_size", "optimizer", "nesterov", "device", "threads", "precision"):
             values = {getattr(c, key) for c in self.cfgs}
             if len(values) > 1:
                 raise SpecError(f"population: train.{key} must be the same for every member, got {sorted(values)}")
@@ -543,6 +543,10 @@ class PopulationTrainer:
         if ref.threads:
             torch.set_num_threads(ref.threads)
         self.device = resolve_device(ref.device)
+        self.amp = resolve_precision(ref.precision, self.device)
+        if self.amp == torch.float16:
+            raise SpecError("population: train.precision fp16 needs loss scaling, which populations do not do; use "
+                            "bf16 or auto, or train one model at a time (--population 1)")
         self.template, self.members = template, list(members)
         self.task = task
         self.classification = task == "classification"
@@ -734,7 +738,15 @@ class PopulationTrainer:
     def _step(self, model: StackedModel, optimizer, lrs: MemberLRs, xb: torch.Tensor, yb: torch.Tensor,
               grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One training step of every active member: (outputs, (K,) losses, (layers, K) gradient norms or None)."""
-        out = self._outputs(model.forward(xb, train=True))
+        with matmul_precision(self.device, self.cfgs[0].precision):
+            return self._step_body(model, optimizer, lrs, xb, yb, grad_norms)
+
+    def _step_body(self, model: StackedModel, optimizer, lrs: MemberLRs, xb: torch.Tensor, yb: torch.Tensor,
+                   grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = self._outputs(model.forward(xb, train=True))
+        if self.amp is not None:  # losses and metrics in fp32, as the Trainer
+            out = out.float()
         losses = self._losses(out, yb, self._vectors["smoothing"])
         model.zero_grad()
         losses.sum().backward()  # members are independent: each gets the gradient of its own loss

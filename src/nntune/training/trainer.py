@@ -8,9 +8,10 @@ per-sample ``Dataset.__getitem__``. Losses and metrics accumulate on the device 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"train.device: {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
     return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``train.precision`` asks for on ``device``; None means plain fp32 (no autocast)."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if name == "auto":
+        return torch.bfloat16 if bf16_ok else None
+    if name == "bf16" and not bf16_ok:
+        raise ConfigError(f"train.precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 "
+                          "or auto")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+@contextlib.contextmanager
+def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """TF32 matmuls and convolutions on a CUDA GPU unless ``precision`` is strict fp32; restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """2-D convolutions on a CUDA GPU run faster in channels_last layout (tensor cores)."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def make_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
@@ -149,59 +182,79 @@ class Trainer(StopRequest):
         frozen_norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                         and not any(p.requires_grad for p in m.parameters())]
         self.history, self.stop_reason = [], None
+        amp = resolve_precision(self.cfg.precision, dev)
+        scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
+        channels_last = uses_channels_last(self.model, dev)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        step_model = _compiled(self.model, dev) if self.cfg.compile else self.model
         result = FitResult()
         started = time.perf_counter()
         result.initial_val_loss = self.evaluate(x_val, y_val)["loss"]
         for cb in self.callbacks:
             cb.on_train_begin(self)
         try:
-            for epoch in range(1, self.epochs + 1):
-                t0 = time.perf_counter()
-                lr = schedule.lr
-                self.model.train()
-                for m in frozen_norms:
-                    m.eval()
-                perm = torch.randperm(n, generator=gen)[:n_used].to(dev)
-                loss_sum = torch.zeros((), device=dev)
-                metric_sum = torch.zeros((), device=dev)
-                grad_norms = None
-                for start in range(0, n_used, bs):
-                    idx = perm[start:start + bs]
-                    xb, yb = x_train[idx], y_train[idx]
-                    if self.augment is not None:
-                        xb = self.augment(xb)
-                    out = self._outputs(self.model(xb))
-                    loss = self.loss_fn(out, yb)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if watched and start + bs >= n_used:
-                        grad_norms = torch.stack([_grad_norm(p) for _, p in watched])
-                    if self.cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                    optimizer.step()
-                    schedule.after_batch()
-                    with torch.no_grad():
-                        loss_sum += loss.detach() * len(idx)
-                        metric_sum += self._metric_sum(out.detach(), yb)
-                train_loss, train_metric = (torch.stack([loss_sum, metric_sum]) / n_used).tolist()
-                logs = {"epoch": epoch, "loss": train_loss, self.metric_name: train_metric}
-                logs.update({f"val_{k}": v for k, v in self.evaluate(x_val, y_val).items()})
-                logs["lr"] = lr
-                logs["seconds"] = time.perf_counter() - t0
-                row = dict(logs)
-                if grad_norms is not None:
-                    row["grad_norms"] = dict(zip((name for name, _ in watched), grad_norms.tolist()))
-                self.history.append(row)
-                if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
-                    self.stop(f"non-finite loss at epoch {epoch}")
-                    result.stopped_epoch = epoch
-                    break
-                schedule.after_epoch(logs.get(self.cfg.early_stopping.monitor, logs["val_loss"]))
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, epoch, logs)
-                if self.stop_requested:
-                    result.stopped_epoch = epoch
-                    break
+            with matmul_precision(dev, self.cfg.precision):
+                for epoch in range(1, self.epochs + 1):
+                    t0 = time.perf_counter()
+                    lr = schedule.lr
+                    self.model.train()
+                    for m in frozen_norms:
+                        m.eval()
+                    perm = torch.randperm(n, generator=gen)[:n_used].to(dev)
+                    loss_sum = torch.zeros((), device=dev)
+                    metric_sum = torch.zeros((), device=dev)
+                    grad_norms = None
+                    for start in range(0, n_used, bs):
+                        idx = perm[start:start + bs]
+                        xb, yb = x_train[idx], y_train[idx]
+                        if self.augment is not None:
+                            xb = self.augment(xb)
+                        if channels_last:
+                            xb = xb.contiguous(memory_format=torch.channels_last)
+                        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                            out = self._outputs(step_model(xb))
+                        if amp is not None:  # loss and metrics in fp32
+                            out = out.float()
+                        loss = self.loss_fn(out, yb)
+                        optimizer.zero_grad(set_to_none=True)
+                        if scaler is not None:  # fp16: scaled loss, gradients unscaled before norms and clipping
+                            scaler.scale(loss).backward()
+                            scaler.unscale_(optimizer)
+                        else:
+                            loss.backward()
+                        if watched and start + bs >= n_used:
+                            grad_norms = torch.stack([_grad_norm(p) for _, p in watched])
+                        if self.cfg.grad_clip:
+                            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                        schedule.after_batch()
+                        with torch.no_grad():
+                            loss_sum += loss.detach() * len(idx)
+                            metric_sum += self._metric_sum(out.detach(), yb)
+                    train_loss, train_metric = (torch.stack([loss_sum, metric_sum]) / n_used).tolist()
+                    logs = {"epoch": epoch, "loss": train_loss, self.metric_name: train_metric}
+                    logs.update({f"val_{k}": v for k, v in self.evaluate(x_val, y_val).items()})
+                    logs["lr"] = lr
+                    logs["seconds"] = time.perf_counter() - t0
+                    row = dict(logs)
+                    if grad_norms is not None:
+                        row["grad_norms"] = dict(zip((name for name, _ in watched), grad_norms.tolist()))
+                    self.history.append(row)
+                    if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
+                        self.stop(f"non-finite loss at epoch {epoch}")
+                        result.stopped_epoch = epoch
+                        break
+                    schedule.after_epoch(logs.get(self.cfg.early_stopping.monitor, logs["val_loss"]))
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self, epoch, logs)
+                    if self.stop_requested:
+                        result.stopped_epoch = epoch
+                        break
         except KeyboardInterrupt:
             if not catch_interrupt:
                 raise
@@ -246,6 +299,12 @@ def compute_metrics(out: torch.Tensor, y: torch.Tensor, task: str,
     r2 = 1 - (err**2).sum() / ss_tot if ss_tot > 0 else torch.zeros((), device=out.device)
     loss, mae, r2 = torch.stack([(err**2).mean(), err.abs().mean(), r2]).tolist()
     return {"loss": loss, "mae": mae, "r2": r2}
+
+
+def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile`` of the model for training steps; on a GPU with CUDA graphs (``reduce-overhead``), which
+    removes the per-kernel launch cost that dominates small models."""
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def _grad_norm(p: nn.Parameter) -> torch.Tensor:
