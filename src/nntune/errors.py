@@ -23,3 +23,8 @@ class ArtifactError(NNTuneError):
 
 class TrainingError(NNTuneError):
     """Training that cannot go on (for example a non-finite loss on the first epoch)."""
+
+
+class InputError(DataError, ValueError):
+    """Unusable in-memory input to the scikit-learn estimators (shape, NaN/inf, too few samples per class); also a
+    ValueError, as scikit-learn code expects."""

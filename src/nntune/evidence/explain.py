@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nntune.artifacts import read_result, write_result
 from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
+from nntune.data.sources import Dataset
 from nntune.errors import ArtifactError, ConfigError
 from nntune.evidence import ablations
 from nntune.evidence.ablations import Variant
@@ -319,9 +320,10 @@ def _trainable(base: RunConfig, search: Search) -> dict:
 
 
 def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None = None,
-            questions: Sequence[str] | None = None, progress: bool = False) -> dict:
+            questions: Sequence[str] | None = None, progress: bool = False, dataset: Dataset | None = None) -> dict:
     """Run the evidence for a finished ``tune`` or ``train`` run directory, store it in its result.json (key
-    ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``."""
+    ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``;
+    ``dataset`` is the in-memory data the run was given (else the config's source is loaded)."""
     check_questions(questions)  # before any loading, so a typo fails at once
     run_dir = Path(run_dir)
     path = run_dir / "result.json"
@@ -336,7 +338,7 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     given = {"evidence.seeds": seeds, "evidence.budget": budget, "evidence.questions": questions}
     run_cfg = apply_overrides(run_cfg, {k: v for k, v in given.items() if v is not None})
     ev = run_cfg.evidence
-    data = prepare_data(run_cfg)
+    data = prepare_data(run_cfg, dataset)
     search = Search(run_cfg, run_dir, [], base_data=data)
     search.data_by_scaler[data.scaler.method] = data
     evidence = run_evidence(chosen, search, ev.seeds, ev.budget, ev.questions, suggestion, progress)

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from nntune import artifacts, atomic
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.data.scalers import resolve_method
+from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
 from nntune.search.budget import Budget, count
@@ -154,9 +155,10 @@ class Search:
         self.sizes[cfg.model.family] = max(1, tried // 2)
 
 
-def prepare_search(cfg: RunConfig, out: Path) -> Search:
-    """Load the data once, run the LR range test when asked, and resolve the search space."""
-    data = prepare_data(cfg)
+def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) -> Search:
+    """Load the data once (``dataset``, else the config's source), run the LR range test when asked, and resolve the
+    search space."""
+    data = prepare_data(cfg, dataset)
     lr_info = None
     if cfg.train.lr_auto:
         _, found = resolve_lr(cfg, data)
@@ -270,14 +272,14 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 
 def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False,
-         log: Sequence[str] = ()) -> dict:
+         log: Sequence[str] = (), dataset: Dataset | None = None) -> dict:
     """Search, re-run the finalists with extra seeds, then fit the chosen model and evaluate it on the test split
-    once. ``log`` names loggers (``tensorboard``, ``mlflow``) that record every trial and the final fit. Returns
-    ``result.json``'s content."""
+    once. ``log`` names loggers (``tensorboard``, ``mlflow``) that record every trial and the final fit; ``dataset``
+    (in memory) replaces the config's data source. Returns ``result.json``'s content."""
     out = Path(out)
     tracker = Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune")
     try:
-        result = _tune(cfg, out, resume, progress, tracker)
+        result = _tune(cfg, out, resume, progress, tracker, dataset)
     except BaseException:
         tracker.close("FAIL")
         raise
@@ -288,12 +290,13 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
     return result
 
 
-def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Tracker) -> dict:
+def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Tracker,
+          dataset: Dataset | None) -> dict:
     started = time.perf_counter()
     budget = Budget.from_config(cfg.search)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    search = prepare_search(cfg, out)
+    search = prepare_search(cfg, out, dataset)
     search.tracker = tracker
     monitor, direction = objective_spec(search.task)
     study = open_study(search, resume)

@@ -201,17 +201,30 @@ def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], Prepa
 def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
           dataset: Dataset | None = None, log: Sequence[str] = ()) -> dict:
     """Train one model as configured, evaluate the test split once, and (with ``out``) save the run directory.
-    ``log`` names loggers (``tensorboard``, ``mlflow``) that record the run.
+    ``log`` names loggers (``tensorboard``, ``mlflow``) that record the run; ``dataset`` (in memory) replaces the
+    config's data source.
 
     Returns the content of ``result.json``.
     """
+    return _train_run(cfg, out, progress, dataset, log)[1]
+
+
+def train_artifact(cfg: RunConfig, dataset: Dataset | None = None,
+                   progress: bool = False) -> tuple[artifacts.Artifact, dict]:
+    """Train as :func:`train` does, without a run directory: the trained model (ready to predict on raw inputs)
+    and the result."""
+    return _train_run(cfg, None, progress, dataset, ())
+
+
+def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: Dataset | None,
+               log: Sequence[str]) -> tuple[artifacts.Artifact, dict]:
     started = time.perf_counter()
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
     tracker = Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict())
     try:
-        result = _train(cfg, data, found, out, progress, tracker)
+        model, result = _train(cfg, data, found, out, progress, tracker)
     except BaseException:
         tracker.close("FAIL")
         raise
@@ -220,11 +233,11 @@ def train(cfg: RunConfig, out: str | Path | None = None, progress: bool = False,
         artifacts.write_result(out, result)
         tracker.artifacts([out / "best", out / "result.json"])
     tracker.close()
-    return result
+    return artifacts.Artifact(model, data.scaler, cfg, data.dataset.meta()), result
 
 
 def _train(cfg: RunConfig, data: PreparedData, found: LRFindResult | None, out: Path | None, progress: bool,
-           tracker: Tracker) -> dict:
+           tracker: Tracker) -> tuple[nn.Module, dict]:
     es = cfg.train.early_stopping
     callbacks: list[Callback] = [BestCheckpoint(out / "checkpoint" / "best.safetensors", es.monitor, es.mode)] \
         if out else []
@@ -257,4 +270,4 @@ def _train(cfg: RunConfig, data: PreparedData, found: LRFindResult | None, out: 
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         artifacts.save(out / "best", model, cfg, data.scaler, ds.meta())
-    return result
+    return model, result
