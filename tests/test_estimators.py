@@ -94,6 +94,8 @@ def test_bad_input_is_a_value_error_from_nntune(cancer):
         (X.iloc[[0, 1, 2, 3, 19, 20]], y.iloc[[0, 1, 2, 3, 19, 20]], "has 2 sample"),
         (X, np.zeros(len(X)), "at least 2 classes"),
         (np.zeros((10, 2, 2, 2, 2)), np.arange(10) % 2, "dimensions"),
+        (np.full((30, 2), np.nan), np.arange(30) % 2, "NaN"),
+        (np.ones((30, 2)), np.linspace(0, 1, 30), "Unknown label type"),
     ):
         with pytest.raises(InputError, match=message) as err:
             clf.fit(bad_X, bad_y)

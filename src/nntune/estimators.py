@@ -11,9 +11,11 @@ search and ``test_fraction`` for one final score (``test_score_``) of what it fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,8 @@ class _NNTuneEstimator(BaseEstimator):
 
     # ---- input --------------------------------------------------------------------------------------------------
     def _inputs(self, X: Any, reset: bool) -> torch.Tensor:
-        x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_features=1)
+        with _input_errors():
+            x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_features=1)
         if x.ndim > 4:
             raise InputError(f"X has {x.ndim} dimensions; nntune takes (N, F), (N, C, L) or (N, C, H, W)")
         if not reset and tuple(x.shape[1:]) != tuple(self.input_shape_):
@@ -109,7 +112,8 @@ class _NNTuneEstimator(BaseEstimator):
         if y is None:
             raise InputError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         x = self._inputs(X, reset=True)
-        y = column_or_1d(np.asarray(y), warn=True)
+        with _input_errors():
+            y = column_or_1d(np.asarray(y), warn=True)
         if len(y) != len(x):
             raise InputError(f"X has {len(x)} samples but y has {len(y)}")
         names = [str(c) for c in getattr(self, "feature_names_in_", [])] or \
@@ -190,7 +194,8 @@ class NNTuneClassifier(ClassifierMixin, _NNTuneEstimator):
     _task = "classification"
 
     def _targets(self, y: np.ndarray) -> tuple[torch.Tensor, str, list[str]]:
-        check_classification_targets(y)
+        with _input_errors():
+            check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         counts = np.bincount(codes, minlength=len(self.classes_))
         if len(self.classes_) < 2:
@@ -256,6 +261,18 @@ def load_estimator(directory: str | Path) -> _NNTuneEstimator:
     est.best_params_, est.test_score_ = state.get("best_params", {}), state.get("test_score")
     est.cv_results_, est.result_, est.evidence_ = {}, None, None
     return est
+
+
+@contextlib.contextmanager
+def _input_errors() -> Iterator[None]:
+    """scikit-learn's validation messages (shape, NaN/inf, label type), raised as nntune's InputError (a
+    ValueError), so callers can catch either."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:
