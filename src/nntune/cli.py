@@ -78,6 +78,17 @@ TRAIN_OPTIONS = [
     ("--compile/--no-compile", "train.compile", None, "torch.compile the training step (CUDA graphs on a GPU)"),
 ]
 
+FINETUNE_OPTIONS = [
+    ("--init-from", "finetune.init_from", click.Path(path_type=Path),
+     "start from a saved model (a run's best/): its architecture, weights and scaler; the output layer is replaced "
+     "when the task or classes differ"),
+    ("--freeze", "finetune.freeze", str, "freeze layers whose name matches this glob, e.g. 'block1.*'"),
+    ("--freeze-all-but-last", "finetune.freeze_all_but_last", int,
+     "freeze all layer groups (a weighted layer with its batch norm) but the last N"),
+    ("--unfreeze-after", "finetune.unfreeze_after", int, "gradual unfreezing: one more group trains every E epochs"),
+    ("--lr-mult", "finetune.lr_mult", float, "discriminative LRs: each earlier group gets F x the LR of the next"),
+]
+
 
 def _add_options(table: list[tuple]) -> Callable:
     def decorate(f: Callable) -> Callable:
@@ -119,6 +130,8 @@ def _config_from(kwargs: dict[str, Any]) -> RunConfig:
                 value = _float(value, "--lr")
             if key == "data.path":
                 flags["data.dataset"] = None
+                value = str(value)
+            if key == "finetune.init_from":
                 value = str(value)
             flags[key] = value
     cfg = apply_overrides(cfg, flags) if flags else cfg
@@ -213,6 +226,7 @@ def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: st
 @_add_options(DATA_OPTIONS)
 @_add_options(MODEL_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
+@_add_options(FINETUNE_OPTIONS)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True,
               help="run directory: config.yaml, result.json, best/")
 @click.option("--quiet", is_flag=True, help="no progress bar")
@@ -645,6 +659,10 @@ def _print_train_summary(result: dict, out: Path) -> None:
     table.add_row("parameters (trainable / non-trainable)", f"{m['trainable']:,} / {m['non_trainable']:,}")
     table.add_row("best epoch / stopped", f"{result['best_epoch']} / {result['stopped_epoch'] or '-'}")
     table.add_row("stop reason", result["stop_reason"])
+    ft = result.get("finetune")
+    if ft:
+        head = "replaced" if ft["head_replaced"] else "kept"
+        table.add_row("fine-tuned from", f"{ft['init_from']} (output layer {head})")
     table.add_row(f"val {metric}", f"{result['val'].get(metric, float('nan')):.4f}")
     table.add_row(f"test {metric}", f"{result['test'][metric]:.4f}")
     table.add_row("seconds", f"{result['seconds']:.1f}")

@@ -200,6 +200,26 @@ class SearchConfig(_Section):
                                                  "is failed as crashed and retried once")
 
 
+class FinetuneConfig(_Section):
+    """Start from a saved model (seed topic 1: which parameters train): its architecture, weights and scaler; the
+    output layer is replaced when the task or the classes differ."""
+
+    init_from: Path | None = Field(None, description="a saved model directory (a run's best/)")
+    freeze: str | None = Field(None, description="freeze layers whose name matches this glob, e.g. 'block1.*'")
+    freeze_all_but_last: int | None = Field(None, ge=0, description="freeze all layer groups but the last N (a "
+                                                                    "weighted layer with its batch norm)")
+    unfreeze_after: int | None = Field(None, ge=1, description="gradual unfreezing: every E epochs the last "
+                                                               "frozen group trains again")
+    lr_mult: float = Field(1.0, gt=0, le=1, description="discriminative LRs: each earlier layer group gets this "
+                                                        "times the LR of the one after it")
+
+    @model_validator(mode="after")
+    def _one_freeze(self) -> FinetuneConfig:
+        if self.freeze is not None and self.freeze_all_but_last is not None:
+            raise ValueError("give freeze or freeze_all_but_last, not both")
+        return self
+
+
 class EvidenceConfig(_Section):
     """Controlled ablations around the chosen configuration (``nntune explain``, ``tune --evidence``)."""
 
@@ -221,7 +241,7 @@ class EvidenceConfig(_Section):
 
 
 class RunConfig(_Section):
-    """A whole run: data, preprocess, model, train, search, evidence and the seed."""
+    """A whole run: data, preprocess, model, train, search, evidence, fine-tuning and the seed."""
 
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -230,6 +250,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -95,8 +95,32 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> Summary:
     return Summary(rows, total_t, total_n, round(total_bytes / 2**20, 4), round(act_bytes / 2**20, 4))
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, non-trainable) as Keras counts them: frozen parameters and floating buffers are non-trainable."""
+    trainable = frozen = 0
+    for module in model.modules():
+        t, f, _ = _own_counts(module)
+        trainable, frozen = trainable + t, frozen + f
+    return trainable, frozen
+
+
 def _layers_with_params(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def layer_groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
+    """The units freezing counts, input to output: each weighted layer (Linear, Conv) with the layers that have
+    parameters after it up to the next weighted one (its batch norm), so a layer and its normalization freeze,
+    unfreeze and get a learning rate together."""
+    groups: list[list[tuple[str, nn.Module]]] = []
+    for name, module in _layers_with_params(model):
+        if isinstance(module, WEIGHTED) or not groups:
+            groups.append([])
+        groups[-1].append((name, module))
+    return groups
 
 
 def _select(model: nn.Module, pattern: str | None, all_but_last: int | None) -> list[tuple[str, nn.Module]]:
@@ -106,7 +130,8 @@ def _select(model: nn.Module, pattern: str | None, all_but_last: int | None) -> 
     if all_but_last is not None:
         if all_but_last < 0:
             raise ConfigError(f"freeze: all_but_last must be >= 0, got {all_but_last}")
-        return layers[: max(0, len(layers) - all_but_last)]
+        groups = layer_groups(model)
+        return [layer for group in groups[: max(0, len(groups) - all_but_last)] for layer in group]
     chosen = [(n, m) for n, m in layers if fnmatch.fnmatchcase(n, pattern)]
     if not chosen:
         names = ", ".join(n for n, _ in layers)
@@ -115,7 +140,8 @@ def _select(model: nn.Module, pattern: str | None, all_but_last: int | None) -> 
 
 
 def freeze(model: nn.Module, pattern: str | None = None, all_but_last: int | None = None) -> list[str]:
-    """Stop gradients for layers whose name matches the glob ``pattern``, or all but the last N weighted layers.
+    """Stop gradients for layers whose name matches the glob ``pattern``, or all but the last N weighted layers (each
+    with its batch norm, see :func:`layer_groups`).
 
     Returns the frozen layer names.
     """
@@ -134,8 +160,8 @@ def unfreeze(model: nn.Module, pattern: str | None = "*", last: int | None = Non
     if last is not None:
         if last < 0:
             raise ConfigError(f"unfreeze: last must be >= 0, got {last}")
-        layers = _layers_with_params(model)
-        chosen = layers[len(layers) - min(last, len(layers)):]
+        groups = layer_groups(model)
+        chosen = [layer for group in groups[len(groups) - min(last, len(groups)):] for layer in group]
     else:
         chosen = _select(model, pattern, None)
     for _, m in chosen:

@@ -218,7 +218,38 @@ def _q1(view: RunView, figs: Figures) -> Section:
               + (f"Frozen layers: {', '.join(frozen)}." if frozen else "No layer is frozen: everything trains."))
     rows = [{"layer": r["name"], "type": r["type"], "output": "x".join(map(str, r["output_shape"][1:])),
              "trainable": r["trainable"], "non-trainable": r["non_trainable"]} for r in s["layers"]]
-    return Section(QUESTIONS[0], answer, [_table(rows)])
+    return Section(QUESTIONS[0], answer + _finetune_text(view), [_table(rows), *_freezing_schedule(view)])
+
+
+def _finetune_text(view: RunView) -> str:
+    ft = view.result.get("finetune") or (view.result.get("final") or {}).get("finetune")
+    if not ft:
+        return ""
+    head = ("its output layer was replaced (other task or classes: "
+            f"{', '.join(map(str, ft['source_classes'])) or 'regression'} before)") if ft["head_replaced"] \
+        else "its output layer was kept"
+    frozen = (f"layers matching {ft['freeze']!r} frozen" if ft["freeze"] else
+              f"all but the last {ft['freeze_all_but_last']} layer group(s) frozen"
+              if ft["freeze_all_but_last"] is not None else "nothing frozen")
+    unfreeze = (f", one group unfrozen every {ft['unfreeze_after']} epoch(s) from the head down"
+                if ft["unfreeze_after"] else "")
+    mult = f"; each earlier group trained at {ft['lr_mult']:g}× the LR of the next" if ft["lr_mult"] != 1 else ""
+    return (f" <br>Fine-tuned from <code>{ft['init_from']}</code> (trained on {ft['source']}): {head}; "
+            f"{frozen}{unfreeze}{mult}.")
+
+
+def _freezing_schedule(view: RunView) -> list[str]:
+    """Trainable and non-trainable counts over the epochs where they changed (a freezing schedule at work)."""
+    history = view.history()[0]
+    if not history or "trainable" not in history[0]:
+        return []
+    rows = [h for i, h in enumerate(history)
+            if i == 0 or h.get("unfrozen") or h["trainable"] != history[i - 1]["trainable"]]
+    if len(rows) < 2 and not rows[0].get("unfrozen") and not view.result.get("finetune"):
+        return []
+    table = [{"epoch": h["epoch"], "trainable": h["trainable"], "non-trainable": h["non_trainable"],
+              "unfrozen after this epoch": ", ".join(h.get("unfrozen", []))} for h in rows]
+    return ["<h4>Trainable parameters over the epochs</h4>", _table(table)]
 
 
 def _q2(view: RunView, figs: Figures) -> Section:

@@ -142,8 +142,8 @@ class Search:
         configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
         out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
-        if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only
-            return 1
+        if cfg.train.precision == "fp16" or cfg.finetune.init_from is not None:  # single-model training only: loss
+            return 1                                                              # scaling, a saved starting model
         if fixed:
             return min(fixed, self.sizes.get(family, fixed))
         if family not in self.sizes:

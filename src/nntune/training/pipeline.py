@@ -24,6 +24,7 @@ from nntune.errors import ConfigError
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.tracking import Tracker, flatten
+from nntune.training import finetune
 from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
@@ -57,8 +58,11 @@ def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, split: Split | 
     with the configured method, fitted on the training split only."""
     ds = dataset if dataset is not None else load_configured(cfg.data)
     split = split or split_dataset(ds, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
-    sc = Scaler(resolve_method(cfg.preprocess.scaler, ds.kind))
-    sc.fit(ds.x[split.train])
+    if cfg.finetune.init_from is not None:  # fine-tuning sees inputs as the saved model learned them
+        sc = finetune.saved_scaler(cfg)
+    else:
+        sc = Scaler(resolve_method(cfg.preprocess.scaler, ds.kind))
+        sc.fit(ds.x[split.train])
     t = sc.transform
     return PreparedData(ds, split, sc, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]), ds.y[split.val],
                         t(ds.x[split.test]), ds.y[split.test])
@@ -68,9 +72,8 @@ def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindRes
     """With ``train.lr_auto``, run the LR range test on a fresh model and return the config using its suggestion."""
     if not cfg.train.lr_auto:
         return cfg, None
-    ds = data.dataset
-    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
-    found = lr_find(model, ds.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed)
+    model = initial_model(cfg, data.dataset)
+    found = lr_find(model, data.dataset.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed)
     return apply_overrides(cfg, {"train.lr": found.suggestion, "train.lr_auto": False}), found
 
 
@@ -87,18 +90,31 @@ def train_inputs(cfg: RunConfig, data: PreparedData) -> tuple[torch.Tensor, Call
     return raw, lambda xb: scale(augmenter(xb))
 
 
+def initial_model(cfg: RunConfig, ds: Dataset) -> nn.Module:
+    """The model a run starts from: a fresh one from the builders, or the saved one ``finetune.init_from`` names
+    (new head when the task or classes differ, layers frozen as configured)."""
+    if cfg.finetune.init_from is not None:
+        return finetune.start_model(cfg, ds)
+    return build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
+
+
 def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] = (), progress: bool = False,
               catch_interrupt: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
-    """Build the configured model and train it on ``data`` (augmentation and early stopping per the config)."""
+    """Build (or, fine-tuning, load) the configured model and train it on ``data`` (augmentation, early stopping,
+    freezing schedule and per-group LRs per the config)."""
     ds = data.dataset
-    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
+    model = initial_model(cfg, ds)
     cbs = list(callbacks)
     if cfg.train.early_stopping.enabled:
         cbs.insert(0, EarlyStopping(cfg.train.early_stopping))
+    ft = cfg.finetune
+    if ft.unfreeze_after:
+        cbs.append(finetune.GradualUnfreeze(ft.unfreeze_after))
     if progress:
         cbs.append(ProgressBar())
     x_train, augment = train_inputs(cfg, data)
-    trainer = Trainer(model, ds.task, cfg.train, cbs, augment=augment, seed=cfg.seed)
+    groups = finetune.param_groups(model, cfg.train.lr, ft.lr_mult) if ft.lr_mult != 1 else None
+    trainer = Trainer(model, ds.task, cfg.train, cbs, augment=augment, seed=cfg.seed, param_groups=groups)
     result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return trainer.model, trainer, result
 
@@ -123,9 +139,12 @@ def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
     """Train same-structure configs at once as one population (one ``Trainer.fit`` when there is one config);
     returns (model, FitResult) per config, in order, each model an ordinary module from the builders."""
     cfgs = list(cfgs)
-    if len(cfgs) == 1:
-        model, _, fit = fit_model(cfgs[0], data, callbacks[0] if callbacks else (), catch_interrupt=catch_interrupt)
-        return [(model, fit)]
+    if len(cfgs) == 1 or cfgs[0].finetune.init_from is not None:  # the engine stacks fresh models only
+        fits = []
+        for i, cfg in enumerate(cfgs):
+            model, _, fit = fit_model(cfg, data, callbacks[i] if callbacks else (), catch_interrupt=catch_interrupt)
+            fits.append((model, fit))
+        return fits
     trainer, x_train = population_trainer(cfgs, data, callbacks)
     fits = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return list(zip(trainer.members, fits))
@@ -219,6 +238,7 @@ def train_artifact(cfg: RunConfig, dataset: Dataset | None = None,
 def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: Dataset | None,
                log: Sequence[str]) -> tuple[artifacts.Artifact, dict]:
     started = time.perf_counter()
+    cfg = finetune.adopt(cfg)
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
@@ -264,6 +284,7 @@ def _train(cfg: RunConfig, data: PreparedData, found: LRFindResult | None, out: 
         "findings": [f.to_dict() for f in findings],
         "initial_val_loss": fit.initial_val_loss,
         "lr_find": found.to_dict() if found else None,
+        "finetune": finetune.describe(cfg, ds),
         "tracking": tracker.info,
     }
     if out is not None:

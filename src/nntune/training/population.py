@@ -28,6 +28,7 @@ from torch import nn
 from nntune.config import RunConfig, TrainConfig
 from nntune.errors import SpecError
 from nntune.models.builders import ConvBlock
+from nntune.models.inspect import parameter_counts
 from nntune.training.callbacks import Callback, StopRequest
 from nntune.training.early_stopping import Patience, check_monitor, monitor_mode
 from nntune.training.schedules import Schedule, replay
@@ -623,6 +624,7 @@ class PopulationTrainer:
         restore = [p is not None and c.early_stopping.restore_best_weights for p, c in zip(patience, self.cfgs)]
         best = {k: v.detach().clone() for k, v in model.tensors.items()} if any(restore) else None
         snapped = [False] * K
+        counts = [parameter_counts(member) for member in self.members]
         handles = [MemberHandle(self, m) for m in range(K)]
         results = [FitResult() for _ in range(K)]
         self._finals = finals = {}
@@ -675,7 +677,7 @@ class PopulationTrainer:
                     logs = {"epoch": epoch, "loss": train[0][i], self.metric_name: train[1][i]}
                     logs.update({f"val_{k}": v for k, v in val[i].items()})
                     logs["lr"], logs["seconds"] = epoch_lrs[i], seconds
-                    row = dict(logs)
+                    row = {**logs, "trainable": counts[m][0], "non_trainable": counts[m][1]}
                     if norms is not None:
                         row["grad_norms"] = dict(zip((k.removesuffix(".weight") for k in model.weighted), norms[i]))
                     h.history.append(row)

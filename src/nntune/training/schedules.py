@@ -67,8 +67,9 @@ class Schedule:
         if name == "cosine_restarts":
             return S.CosineAnnealingWarmRestarts(opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult,
                                                  eta_min=cfg.min_lr_factor * lr0)
-        if name == "onecycle":
-            return S.OneCycleLR(opt, max_lr=lr0, total_steps=steps, pct_start=cfg.pct_start)
+        if name == "onecycle":  # each parameter group peaks at its own LR (discriminative LRs)
+            return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
+                                pct_start=cfg.pct_start)
         if name == "plateau":
             return S.ReduceLROnPlateau(opt, mode=plateau_mode, factor=cfg.plateau_factor,
                                        patience=cfg.plateau_patience)
@@ -76,7 +77,8 @@ class Schedule:
 
     @property
     def lr(self) -> float:
-        return self._optimizer.param_groups[0]["lr"]
+        """The LR of the last parameter group (the output layer's, when earlier groups get smaller ones)."""
+        return self._optimizer.param_groups[-1]["lr"]
 
     def _step(self) -> None:
         if self.scheduler is not None:

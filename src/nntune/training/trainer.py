@@ -20,6 +20,7 @@ from torch import nn
 from nntune.config import TrainConfig
 from nntune.errors import ConfigError
 from nntune.models.builders import forward_batched
+from nntune.models.inspect import parameter_counts
 from nntune.training.callbacks import Callback, StopRequest
 from nntune.training.early_stopping import EarlyStopping, monitor_mode
 from nntune.training.schedules import Schedule
@@ -134,8 +135,10 @@ class Trainer(StopRequest):
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
         grad_stats: bool = True,
+        param_groups: list[dict] | None = None,
     ) -> None:
         self.cfg = cfg or TrainConfig()
+        self.param_groups = param_groups
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.device = resolve_device(self.cfg.device)
@@ -174,13 +177,14 @@ class Trainer(StopRequest):
         # a trailing batch of one sample breaks batch norm; drop it (it is reshuffled next epoch)
         n_used = n - 1 if n % bs == 1 and n > 1 else n
         steps = math.ceil(n_used / bs)
-        optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
+        # every parameter is in the optimizer: a frozen one gets no gradient, so it does not move (not even by weight
+        # decay), and it trains once unfrozen (gradual unfreezing)
+        groups = self.param_groups or [{"params": list(self.model.parameters())}]
+        optimizer = build_optimizer([{k: v for k, v in g.items() if k != "names"} for g in groups], self.cfg)
         plateau_mode = monitor_mode(self.cfg.early_stopping.monitor, self.cfg.early_stopping.mode)
         schedule = Schedule(optimizer, self.cfg.schedule, self.epochs, steps, plateau_mode)
-        watched = [(n, p) for n, p in weighted_layers(self.model) if p.requires_grad] if self.grad_stats else []
-        # a frozen batch norm keeps its running statistics too (Keras runs frozen BN in inference mode)
-        frozen_norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                        and not any(p.requires_grad for p in m.parameters())]
+        watched = list(weighted_layers(self.model)) if self.grad_stats else []
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.history, self.stop_reason = [], None
         amp = resolve_precision(self.cfg.precision, dev)
         scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
@@ -199,8 +203,10 @@ class Trainer(StopRequest):
                     t0 = time.perf_counter()
                     lr = schedule.lr
                     self.model.train()
-                    for m in frozen_norms:
-                        m.eval()
+                    for m in norms:  # a frozen batch norm keeps its running statistics (as Keras runs it)
+                        if not any(p.requires_grad for p in m.parameters()):
+                            m.eval()
+                    trainable, non_trainable = parameter_counts(self.model)
                     perm = torch.randperm(n, generator=gen)[:n_used].to(dev)
                     loss_sum = torch.zeros((), device=dev)
                     metric_sum = torch.zeros((), device=dev)
@@ -241,9 +247,10 @@ class Trainer(StopRequest):
                     logs.update({f"val_{k}": v for k, v in self.evaluate(x_val, y_val).items()})
                     logs["lr"] = lr
                     logs["seconds"] = time.perf_counter() - t0
-                    row = dict(logs)
+                    row = {**logs, "trainable": trainable, "non_trainable": non_trainable}
                     if grad_norms is not None:
-                        row["grad_norms"] = dict(zip((name for name, _ in watched), grad_norms.tolist()))
+                        row["grad_norms"] = {name: v for (name, p), v in zip(watched, grad_norms.tolist())
+                                             if p.requires_grad}
                     self.history.append(row)
                     if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
                         self.stop(f"non-finite loss at epoch {epoch}")
