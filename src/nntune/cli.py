@@ -346,6 +346,9 @@ SEARCH_OPTIONS = [
     ("--final", "search.final", click.Choice(["retrain", "best_trial"]),
      "retrain the best config on train+val, or keep the best trial's weights"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
+    ("--warm-start", "search.warm_start", str, "start a new study with an earlier one's best configurations: its "
+     "tune run directory, or a storage URL#study-name"),
+    ("--warm-start-top", "search.warm_start_top", int, "how many of the earlier best to enqueue (default 5)"),
 ]
 
 

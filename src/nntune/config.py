@@ -193,6 +193,9 @@ class SearchConfig(_Section):
                                                         "see nntune.search.space.trial_epochs)")
     population: int | None = Field(None, ge=1, description="members trained at once per structure (default: "
                                                            "measured per family; 1 = one trial at a time)")
+    warm_start: str | None = Field(None, description="an earlier tune run directory, or storage URL#study: its best "
+                                                     "configurations become the first trials of a new study")
+    warm_start_top: int = Field(5, ge=1, description="how many of the earlier study's best trials to enqueue")
     defaults_first: bool = Field(True, description="a fresh study starts with nntune's default config per family")
     finalists: int = Field(3, ge=0, description="top configs re-trained with extra seeds before choosing (0/1: off)")
     finalist_seeds: int = Field(3, ge=2, description="seeds per finalist, the trial's own included")

@@ -371,3 +371,40 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_pat
     fail_stale_trials(study)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "WAITING"] and study.trials[1].params == {"x": zombie.params["x"]}
+
+
+def test_a_warm_started_study_begins_with_the_earlier_best(tmp_path):
+    from nntune.search.warm_start import warm_trials
+
+    first = apply_overrides(RunConfig(), {"search.trials": 6, "search.epochs": 2, "search.finalists": 0,
+                                          "train.epochs": 2, "search.population": 2,
+                                          "search.space": {"model.family": "mlp"}})
+    tune(first, tmp_path / "a")
+    earlier = _load(tmp_path / "a")
+    best = sorted((t for t in earlier.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)[:3]
+    second = apply_overrides(first, {"search.trials": 4, "search.warm_start": str(tmp_path / "a"),
+                                     "search.warm_start_top": 3})
+    tune(second, tmp_path / "b")
+    trials = _load(tmp_path / "b").trials
+    for new, old in zip(trials[:3], best):
+        assert new.user_attrs["warm_start"]["trial"] == old.number and new.params == old.params
+    # nntune's default follows, unless it is one of the earlier best already (the same values are not enqueued twice)
+    assert any(t.user_attrs.get("default") for t in trials) or any(t.user_attrs.get("default") for t in best)
+    # a value the new space cannot propose is left to the sampler; a trial with no fitting value is skipped
+    from nntune.search.space import Param
+
+    only_lr = [Param("train.lr", "float", low=best[0].params["train.lr"] * 2, high=1.0, log=True),
+               Param("model.activation", "choice", choices=(best[0].params["model.activation"],))]
+    assert warm_trials(earlier, only_lr, 1) == [{"values": {"model.activation": best[0].params["model.activation"]},
+                                                 "number": best[0].number, "value": best[0].value}]
+    assert warm_trials(earlier, [], 3) == []
+
+
+def test_warm_start_sources_are_checked(tmp_path):
+    from nntune.errors import ConfigError
+    from nntune.search.warm_start import source_study
+
+    with pytest.raises(ConfigError, match="not a tune run directory"):
+        source_study(str(tmp_path))
+    with pytest.raises(ConfigError, match="no study named 'other'"):
+        source_study(f"sqlite:///{tmp_path / 'x.db'}#other")

@@ -36,6 +36,7 @@ from nntune.search.ensemble import ensemble_test
 from nntune.search.finalists import finishing_cost, run_finalists
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import run_trials
+from nntune.search.warm_start import source_study, warm_trials
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
@@ -201,10 +202,16 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
         raise ConfigError(f"study {name!r} in {url} optimizes {study.direction.name.lower()}, this task needs "
                           f"{direction}")
     study.set_user_attr("storage", url)
-    # only the process that created the study enqueues the defaults, so racing workers do not enqueue them twice
-    if created and cfg.search.defaults_first and cfg.search.sampler != "grid":  # a grid enumerates its own
-        for values in default_trials(params, cfg, search.base_data.dataset.kind):
-            study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=True)
+    # only the process that created the study enqueues, so racing workers do not enqueue twice; a grid enumerates
+    # its own points
+    if created and cfg.search.sampler != "grid":
+        if cfg.search.warm_start:  # an earlier study's best configurations first
+            for warm in warm_trials(source_study(cfg.search.warm_start), params, cfg.search.warm_start_top):
+                study.enqueue_trial(warm["values"], user_attrs={"warm_start": {
+                    "source": cfg.search.warm_start, "trial": warm["number"], "value": warm["value"]}})
+        if cfg.search.defaults_first:
+            for values in default_trials(params, cfg, search.base_data.dataset.kind):
+                study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=True)
     return study
 
 
