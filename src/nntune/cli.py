@@ -338,7 +338,8 @@ SEARCH_OPTIONS = [
      "at a time)"),
     ("--finalists", "search.finalists", int, "top configs re-run with extra seeds before choosing (0 = off)"),
     ("--finalist-seeds", "search.finalist_seeds", int, "seeds per finalist, the trial's own included"),
-    ("--sampler", "search.sampler", click.Choice(["tpe", "random", "grid", "gp", "cmaes"]), "Optuna sampler"),
+    ("--sampler", "search.sampler", click.Choice(["tpe", "random", "grid", "gp", "cmaes", "nsga2"]),
+     "Optuna sampler (tpe and nsga2 also do multi-objective searches)"),
     ("--pruner", "search.pruner", click.Choice(["median", "asha", "hyperband", "none"]), "Optuna pruner"),
     ("--storage", "search.storage", str, "Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..."),
     ("--study-name", "search.study_name", str, "study name inside the storage"),
@@ -346,6 +347,11 @@ SEARCH_OPTIONS = [
     ("--final", "search.final", click.Choice(["retrain", "best_trial"]),
      "retrain the best config on train+val, or keep the best trial's weights"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
+    ("--objectives", "search.objectives", str, "accuracy (or loss) alone, or with params and/or latency, e.g. "
+     "accuracy,params: a multi-objective search with a Pareto front (no pruning)"),
+    ("--max-params", "search.max_params", int, "prune, before training, any trial whose model has more parameters"),
+    ("--max-latency-ms", "search.max_latency_ms", float, "prune any trial slower than this per sample at batch 1 on "
+     "the training device"),
     ("--warm-start", "search.warm_start", str, "start a new study with an earlier one's best configurations: its "
      "tune run directory, or a storage URL#study-name"),
     ("--warm-start-top", "search.warm_start_top", int, "how many of the earlier best to enqueue (default 5)"),
@@ -599,6 +605,15 @@ def _print_tune_summary(result: dict, out: Path) -> None:
     for k, v in result["best_params"].items():
         params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     out_console.print(params)
+    if result.get("pareto"):
+        names = result["study"]["objectives"]
+        front = Table(title="Pareto front (nntune train --config CONFIG reproduces a point)")
+        for col in ("trial", *names, "config"):
+            front.add_column(col)
+        for p in result["pareto"]:
+            front.add_row(str(p["trial"]), *(f"{int(p['values'][n]):,}" if n == "params" else f"{p['values'][n]:.4g}"
+                                             for n in names), p["config"])
+        out_console.print(front)
     if result["interrupted"]:
         out_console.print("[yellow]interrupted:[/] the final model uses the trials finished so far")
     out_console.print(f"run directory: {out}  (resume with --resume)")

@@ -175,6 +175,25 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
+OBJECTIVES = {"score": "score", "accuracy": "score", "loss": "score", "r2": "score", "params": "params",
+              "latency": "latency"}
+
+
+def parse_objectives(names: list[str]) -> list[str]:
+    """``["accuracy", "params"]`` -> ``["score", "params"]``: the task's score first, then params and/or latency."""
+    out = []
+    for name in names:
+        key = OBJECTIVES.get(str(name).strip().lower())
+        if key is None:
+            raise ValueError(f"unknown objective {name!r} (the score: accuracy or loss; then params, latency)")
+        if key in out:
+            raise ValueError(f"{name!r} is given twice")
+        out.append(key)
+    if not out or out[0] != "score":
+        raise ValueError("the first objective is the task's score (accuracy or loss), e.g. accuracy,params")
+    return out
+
+
 class SearchConfig(_Section):
     """Hyper-parameter search settings."""
 
@@ -182,7 +201,7 @@ class SearchConfig(_Section):
                                                     f"{DEFAULT_TRIALS}; with only a timeout, no trial cap")
     timeout: float | None = Field(None, gt=0, description="time budget in seconds for the whole tune (search, "
                                                           "finalists, final fit); with only trials, no time cap")
-    sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2"] = "tpe"
     pruner: Literal["median", "asha", "hyperband", "none"] = "median"
     storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
     study_name: str = "nntune"
@@ -193,6 +212,17 @@ class SearchConfig(_Section):
                                                         "see nntune.search.space.trial_epochs)")
     population: int | None = Field(None, ge=1, description="members trained at once per structure (default: "
                                                            "measured per family; 1 = one trial at a time)")
+    objectives: list[str] = Field(["score"], description="the score (accuracy or loss) alone, or with params and/or "
+                                                         "latency: a multi-objective search with a Pareto front")
+    max_params: int | None = Field(None, ge=1, description="hard limit on the model's parameter count: a larger "
+                                                           "trial is pruned before training")
+    max_latency_ms: float | None = Field(None, gt=0, description="hard limit on the latency per sample at batch 1 on "
+                                                                 "the training device: a slower trial is pruned")
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: Any) -> list[str]:
+        return parse_objectives(value.split(",") if isinstance(value, str) else list(value))
+
     warm_start: str | None = Field(None, description="an earlier tune run directory, or storage URL#study: its best "
                                                      "configurations become the first trials of a new study")
     warm_start_top: int = Field(5, ge=1, description="how many of the earlier study's best trials to enqueue")

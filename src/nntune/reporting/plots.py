@@ -165,6 +165,23 @@ def optimization_history(numbers: list[int], values: list[float], maximize: bool
     return fig
 
 
+def pareto_plot(everyone: list[tuple[float, float]], front: list[tuple[float, float]], xlabel: str,
+                metric: str) -> Figure:
+    """Every trial as (cost, score) and the Pareto front as a step line through its points."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if everyone:
+        ax.scatter(*zip(*everyone), s=16, color="tab:gray", alpha=0.6, label="trial")
+    pts = sorted(front)
+    ax.step(*zip(*pts), where="post", color="tab:red")
+    ax.scatter(*zip(*pts), s=36, color="tab:red", label="Pareto front", zorder=3)
+    ax.set_xlabel(xlabel)
+    if "param" in xlabel:
+        ax.set_xscale("log")
+    _metric_axis(ax, metric)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def importances_bar(importances: dict[str, float]) -> Figure:
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(names) + 1))

@@ -21,6 +21,7 @@ import yaml
 from nntune import atomic
 from nntune.artifacts import read_result
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, build_config
+from nntune.search.objectives import is_multi, score
 from nntune.storage import load_recorded_study
 
 QUESTIONS = [
@@ -106,7 +107,7 @@ def load_run(directory: str | Path) -> RunView:
     if kind == "tune":
         view.study = load_recorded_study(result["study"])
         view.maximize = result["study"]["direction"] == "maximize"
-        view.trials = [Trial(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
+        view.trials = [Trial(t.number, t.state.name, score(t), dict(t.params), dict(t.user_attrs))
                        for t in view.study.get_trials(deepcopy=False)]
     return view
 
@@ -513,6 +514,8 @@ def _extras(view: RunView, figs: Figures) -> list[Section]:
                         f"{html.escape(scores)}.</p>")
         body += _budget_and_finalists_html(view.result)
         out.append(Section("The search", "How the search went and which settings mattered.", body))
+    if view.result.get("pareto"):
+        out.append(_pareto_section(view, figs))
     findings = view.findings()
     out.append(Section("Diagnostics", "Findings on the best model, with advice.",
                        [_findings_html(findings) if findings else "<p>No problems found.</p>"]))
@@ -550,6 +553,28 @@ def _column(key: str) -> str:
     return parts[-2] if parts[-1] == "name" else parts[-1]
 
 
+def _pareto_section(view: RunView, figs: Figures) -> Section:
+    """The trade-off of a multi-objective search: every complete trial, the Pareto front, and a config per point."""
+    names = view.result["study"]["objectives"]
+    points = view.result["pareto"]
+    label = {"score": f"val {view.metric}", "params": "parameters", "latency": "latency (ms per sample)"}
+    index = {"params": "params", "latency": "latency_ms"}
+    other = names[1]
+    everyone = [(t.attrs.get(index[other]), t.value) for t in view.complete if t.attrs.get(index[other]) is not None]
+    front = [(p["values"][other], p["values"]["score"]) for p in points]
+    body = [figs.embed(_plots().pareto_plot(everyone, front, label[other], label["score"]), "pareto",
+                       f"Every complete trial, and the Pareto front ({label['score']} vs {label[other]})")]
+    rows = [{"trial": p["trial"], **{label[n]: p["values"][n] for n in names},
+             "reproduce": f"nntune train --config {Path(p['config']).relative_to(view.directory)}"
+             if Path(p["config"]).is_relative_to(view.directory) else f"nntune train --config {p['config']}"}
+            for p in points]
+    chosen = view.result["best_trial"]
+    text = (f"No trial on the front is better in one objective without being worse in another. The final model "
+            f"(<code>best/</code>) is trial {chosen}, the front's best {label['score']}; to ship another trade-off, "
+            "train its configuration (each point's config is saved in <code>pareto/</code>).")
+    return Section("Trade-offs: the Pareto front", text, [_table(rows)] + body)
+
+
 def _importances(view: RunView) -> dict[str, float]:
     if len(view.complete) < 4:
         return {}
@@ -557,7 +582,8 @@ def _importances(view: RunView) -> dict[str, float]:
 
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(view.study, evaluator=evaluator))
+        target = score if is_multi(view.study) else None  # importance for the score
+        return dict(optuna.importance.get_param_importances(view.study, evaluator=evaluator, target=target))
     except (ValueError, RuntimeError):  # too few trials or a degenerate space
         return {}
 

@@ -9,6 +9,7 @@ import torch
 from optuna.trial import TrialState
 
 from nntune import artifacts
+from nntune.search.objectives import maximize, score
 from nntune.training.pipeline import PreparedData
 from nntune.training.trainer import compute_metrics
 
@@ -22,8 +23,7 @@ def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: 
                 if (trials_dir / str(t.number)).is_dir()]
     if k < 2 or len(complete) < 2:
         return None
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:k]
+    top = sorted(complete, key=score, reverse=maximize(study))[:k]
     task = data.dataset.task
     raw, y = data.dataset.x[data.split.test], data.dataset.y[data.split.test]
     preds = []

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, Budget
+from nntune.search.objectives import maximize, score
 from nntune.training.pipeline import fit_configs
 
 if TYPE_CHECKING:
@@ -28,10 +29,10 @@ if TYPE_CHECKING:
 
 def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
     """The ``n`` best complete trials with distinct configurations, best first."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    up = maximize(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
-    done.sort(key=lambda t: -t.value if maximize else t.value)
+            if score(t) is not None and math.isfinite(score(t))]
+    done.sort(key=lambda t: -score(t) if up else score(t))
     seen, top = set(), []
     for t in done:
         key = json.dumps(t.params, sort_keys=True)
@@ -98,19 +99,19 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
                 "fewer than two complete trials", "chosen": None}
     started = time.perf_counter()
     seeds = search.cfg.search.finalist_seeds
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    up = maximize(study)
     rows = []
     for t in top:
         cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
         runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
         fits = fit_configs(runs, search.data_for, search.population_size(cfg))
-        scores = [float(t.value)] + [_score(fit, search.monitor) for _, fit in fits]
+        scores = [float(score(t))] + [_score(fit, search.monitor) for _, fit in fits]
         finite = [s for s in scores if math.isfinite(s)]
         rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
                      "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None})
     steady = [r for r in rows if r["mean"] is not None]  # every seed trained to a finite score
-    best = max(steady, key=lambda r: r["mean"] if maximize else -r["mean"]) if steady else rows[0]
+    best = max(steady, key=lambda r: r["mean"] if up else -r["mean"]) if steady else rows[0]
     return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
             "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}
 

@@ -13,6 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from nntune.search.objectives import best_trial, score
+
 if TYPE_CHECKING:
     from nntune.search.budget import Budget
 
@@ -65,7 +67,7 @@ class LiveTrials:
             secs = t.user_attrs.get("seconds")
             shown = [next((_fmt(t.params[k]) for k in keys if k in t.params), "") for keys in COLUMNS.values()]
             table.add_row(str(t.number), Text(STATE_WORD.get(state, state.lower()), style=STATE_STYLE.get(state, "")),
-                          _fmt(t.value) if t.value is not None else "-", *shown, f"{secs:.0f}" if secs else "-")
+                          _fmt(score(t)) if score(t) is not None else "-", *shown, f"{secs:.0f}" if secs else "-")
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         b = self.budget
         line = f"{done}/{b.trials} finished" if b.trials else f"{done} finished"
@@ -74,7 +76,7 @@ class LiveTrials:
             line += f"   stopped by: {b.stopped_by}"
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete:
-            best = self.study.best_trial
-            line += f"   best: trial {best.number} = {best.value:.4f}"
+            best = best_trial(self.study)
+            line += f"   best: trial {best.number} = {score(best):.4f}"
         line += "\n"
         return Group(table, Text(line, style="bold"))

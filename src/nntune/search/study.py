@@ -34,6 +34,7 @@ from nntune.models.inspect import summary
 from nntune.search.budget import Budget, count
 from nntune.search.ensemble import ensemble_test
 from nntune.search.finalists import finishing_cost, run_finalists
+from nntune.search.objectives import best_trial, is_multi, pareto, score
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import run_trials
 from nntune.search.warm_start import source_study, warm_trials
@@ -90,6 +91,8 @@ def make_sampler(name: str, seed: int, params: list[Param]) -> optuna.samplers.B
         return optuna.samplers.GPSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     raise ConfigError(f"search.sampler: unknown sampler {name!r}")
 
 
@@ -190,17 +193,24 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     n_before = existing[name].n_trials if name in existing else 0
     seed = cfg.seed if (n_before == 0 and not worker) else cfg.seed + 7919 * n_before + os.getpid()
     sampler = make_sampler(cfg.search.sampler, seed % 2**31, params)
-    pruner = make_pruner(cfg.search.pruner, search.trial_epochs)
+    objectives = cfg.search.objectives
+    multi = len(objectives) > 1
+    # Optuna prunes single-objective studies only; the extra objectives (size, latency) are minimized
+    pruner = optuna.pruners.NopPruner() if multi else make_pruner(cfg.search.pruner, search.trial_epochs)
+    directions = [direction] + ["minimize"] * (len(objectives) - 1)
     try:  # the study name is unique in the storage: of workers starting together, exactly one creates it
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
                                     pruner=pruner)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
-    if study.direction.name.lower() != direction:
-        raise ConfigError(f"study {name!r} in {url} optimizes {study.direction.name.lower()}, this task needs "
-                          f"{direction}")
+    found = [d.name.lower() for d in study.directions]
+    if found != directions:
+        raise ConfigError(f"study {name!r} in {url} optimizes {', '.join(found)}; this search needs "
+                          f"{', '.join(directions)} (objectives {', '.join(objectives)})")
+    if created:
+        study.set_user_attr("objectives", objectives)
     study.set_user_attr("storage", url)
     # only the process that created the study enqueues, so racing workers do not enqueue twice; a grid enumerates
     # its own points
@@ -247,6 +257,20 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
             "mode": search.cfg.search.final, "epochs": epochs}
 
 
+def save_pareto(study: optuna.Study, out: Path) -> list[dict]:
+    """Each Pareto-optimal trial's config as ``OUT/pareto/trial_N.yaml`` (``nntune train --config`` reproduces that
+    point) and its objective values, best score first."""
+    names = study.user_attrs.get("objectives", ["score"])
+    points = []
+    for t in pareto(study):
+        path = out / "pareto" / f"trial_{t.number}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_config(build_config(t.user_attrs["config"], where=f"trial {t.number}"), path)
+        points.append({"trial": t.number, "values": dict(zip(names, t.values)), "settings": t.params,
+                       "latency_ms": t.user_attrs.get("latency_ms"), "config": str(path)})
+    return points
+
+
 def _train_plus_val(cfg: RunConfig, data: PreparedData) -> PreparedData:
     """The same split with train+val as the training set; the scaler is refitted on it (validation is reported for
     reference only: no choice is made on it any more)."""
@@ -260,7 +284,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, params, seconds, fail reason (also written as trials.csv)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
+        extra = dict(zip(study.user_attrs.get("objectives", ["score"])[1:], (t.values or [])[1:]))
+        rows.append({"number": t.number, "state": t.state.name, "value": score(t), **extra,
                      "seconds": t.user_attrs.get("seconds"), "best_epoch": t.user_attrs.get("best_epoch"),
                      "stop_reason": t.user_attrs.get("stop_reason"), "fail_reason": t.user_attrs.get("fail_reason"),
                      **{f"params.{k}": v for k, v in t.params.items()}})
@@ -312,21 +337,24 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if n["complete"] == 0:
         raise NNTuneError(f"no trial completed ({n['pruned']} pruned, {n['fail']} failed); see {out / 'trials.csv'}")
-    finalists = run_finalists(search, study, budget) if completed else None
-    chosen = study.best_trial
+    multi = is_multi(study)
+    finalists = run_finalists(search, study, budget) if completed and not multi else None
+    chosen = best_trial(study)
     if finalists and finalists.get("chosen") is not None:
         chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
     final = final_fit(search, chosen)
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
+                  "objectives": cfg.search.objectives,
                   "objective": monitor, "sampler": cfg.search.sampler, "pruner": cfg.search.pruner,
                   "trial_epochs": search.trial_epochs, "population_sizes": search.sizes or
                   ({"all": cfg.search.population} if cfg.search.population else {})},
         "best_trial": chosen.number,
         "best_params": chosen.params,
         "chosen_config": chosen.user_attrs["config"],
-        "best_value": chosen.value,
-        "search_best_trial": study.best_trial.number,
+        "best_value": score(chosen),
+        "search_best_trial": best_trial(study).number,
+        "pareto": save_pareto(study, out) if multi else None,
         "val": chosen.user_attrs.get("val", {}),
         "test": final["test"],
         "final": final,

@@ -32,6 +32,8 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import NNTuneError
 from nntune.search.budget import Budget
+from nntune.search.constraints import extra_values, measure, violation
+from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
 from nntune.storage import fail_stale_trials
@@ -51,10 +53,11 @@ class OptunaPruning(Callback):
 
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
         self.trial, self.monitor, self.pruned, self.lost = trial, monitor, False, False
+        self.multi = is_multi(trial.study)
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
         value = logs[self.monitor]
-        if not math.isfinite(value):
+        if not math.isfinite(value) or self.multi:  # Optuna prunes single-objective studies only
             return
         try:
             self.trial.report(value, epoch)
@@ -117,6 +120,10 @@ class Heartbeats:
 Member = tuple[optuna.Trial, RunConfig]
 
 
+class Infeasible(Exception):
+    """A sampled trial breaks ``--max-params`` or ``--max-latency-ms``; it was told PRUNED without training."""
+
+
 def _waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -132,12 +139,20 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
         # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
         epochs = cfg.train.epochs if trial.user_attrs.get("default") else search.trial_epochs
         cfg = apply_overrides(cfg, {"train.epochs": epochs, "train.lr_auto": False})
+        sizes = measure(cfg, search.base_data.dataset, search.cfg.search)
     except NNTuneError as err:  # values that are valid alone but not together: this trial fails, the search goes on
         trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     trial.set_user_attr("config", cfg.to_dict())
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    for key, value in sizes.items():
+        trial.set_user_attr(key, value)
+    why = violation(sizes, search.cfg.search)
+    if why is not None:  # pruned before any training: no COMPLETE trial breaks a hard limit
+        trial.set_user_attr("infeasible", why)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        raise Infeasible(why)
     return (trial, cfg), values
 
 
@@ -155,7 +170,7 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
         try:
             members.append(_ask(search, study, beats)[0])
-        except NNTuneError:  # told FAIL by _ask; train the members asked so far
+        except (NNTuneError, Infeasible):  # told FAIL or PRUNED by _ask; train the members asked so far
             break
     return members
 
@@ -219,10 +234,13 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
             artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
             attrs["val"] = fit.best_val
             state, value = TrialState.COMPLETE, fit.best[monitor]
+        told = value
+        if value is not None and is_multi(study):  # the score, then the model's size and/or latency
+            told = [value, *extra_values(trial.user_attrs, search.cfg.search.objectives)]
         try:
             for key, v in attrs.items():
                 trial.set_user_attr(key, v)
-            study.tell(trial, value, state=state, skip_if_finished=True)
+            study.tell(trial, told, state=state, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
             state = TrialState.FAIL
         if log:
@@ -252,11 +270,15 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                 budget.stopped_by = "trials"
                 break
             with Heartbeats(study) as beats:
+                states = None
                 try:
                     members = ask_population(search, study, budget, beats)
                 except NNTuneError:
                     members = []
-                states = train_population(search, study, members, budget) if members else ["FAIL"]
+                except Infeasible:
+                    members, states = [], ["PRUNED"]
+                if states is None:
+                    states = train_population(search, study, members, budget) if members else ["FAIL"]
             for state in states:  # a member retried after running out of memory neither fails nor succeeds
                 if state == "FAIL":
                     streak += 1

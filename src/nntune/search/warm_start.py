@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nntune.errors import ConfigError
+from nntune.search.objectives import maximize, score
 from nntune.search.space import Param
 from nntune.storage import make_storage
 
@@ -57,13 +58,12 @@ def fits(param: Param, value: Any) -> bool:
 
 def warm_trials(study: optuna.Study, params: list[Param], top: int) -> list[dict[str, Any]]:
     """The values of ``study``'s ``top`` best complete trials that fit ``params``, best first."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete.sort(key=lambda t: t.value, reverse=maximize)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if score(t) is not None]
+    complete.sort(key=score, reverse=maximize(study))
     by_key = {p.key: p for p in params}
     out = []
     for trial in complete[:top]:
         values = {k: v for k, v in trial.params.items() if k in by_key and fits(by_key[k], v)}
         if values:
-            out.append({"values": values, "number": trial.number, "value": trial.value})
+            out.append({"values": values, "number": trial.number, "value": score(trial)})
     return out
