@@ -414,6 +414,7 @@ SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=P
 @_add_options(DATA_OPTIONS)
 @_add_options(SEARCH_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
+@_add_options(FINETUNE_OPTIONS)
 @_add_options(EVIDENCE_OPTIONS)
 @SPACE_OPTION
 @click.option("--evidence", is_flag=True, help="after the final fit, measure each question's alternatives around the "
@@ -539,6 +540,7 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
 @_add_options(DATA_OPTIONS)
 @_add_options(SEARCH_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
+@_add_options(FINETUNE_OPTIONS)
 @SPACE_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/worker"), show_default=True,
               help="where this worker keeps its trials' weights")

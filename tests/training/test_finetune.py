@@ -123,3 +123,21 @@ def test_same_classes_keep_the_head(pretrained, split_digits):
     pre = split_digits[0]
     _, result = train_artifact(_cfg(pretrained, **{"train.epochs": 1}), pre)
     assert result["finetune"]["head_replaced"] is False
+
+
+def test_a_fine_tuning_search_keeps_the_architecture_and_searches_freezing(pretrained, split_digits, tmp_path):
+    import optuna
+
+    from nntune.search.study import tune
+
+    cfg = _cfg(pretrained, **{"search.trials": 5, "search.epochs": 2, "search.finalists": 0, "train.epochs": 2})
+    result = tune(cfg, tmp_path, dataset=split_digits[1])
+    trials = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+    saved = artifacts.load(pretrained).config.model
+    searched = {k for t in trials for k in t.params}
+    assert searched <= {"finetune.freeze_all_but_last", "finetune.unfreeze_after", "finetune.lr_mult", "train.lr"}
+    assert "finetune.freeze_all_but_last" in searched
+    for t in trials:  # every trial fine-tunes the saved architecture, one at a time
+        assert t.user_attrs["config"]["model"] == saved.model_dump(mode="json")
+        assert t.user_attrs["population"]["size"] == 1
+    assert result["final"]["finetune"]["head_replaced"] and result["test"]["accuracy"] > 0.5

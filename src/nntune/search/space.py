@@ -142,7 +142,21 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
 
 
 NOT_SEARCHABLE = ("data.", "search.", "evidence.", "seed", "train.epochs", "train.lr_auto", "train.device",
-                  "train.threads")
+                  "train.threads", "finetune.init_from")
+
+
+def finetune_space(groups: int, lr_center: float | None = None, max_epochs: int = 30) -> dict[str, Any]:
+    """The space of a fine-tuning search (the architecture is the saved model's): how many of its ``groups`` layer
+    groups train from the start (all, down to the head alone), gradual unfreezing (off, or one group every 1 to a
+    quarter of the trial's epochs), the LR and the per-group LR multiplier."""
+    lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
+          else {"low": 1e-4, "high": 3e-2, "log": True})
+    return {
+        "finetune.freeze_all_but_last": {"low": 1, "high": max(1, groups)} if groups > 1 else 1,
+        "finetune.unfreeze_after": {"choice": [None, *sorted({1, 2, max(2, max_epochs // 4)})]},
+        "finetune.lr_mult": {"low": 0.1, "high": 1.0, "log": True},
+        "train.lr": lr,
+    }
 
 
 def _known_key(key: str) -> bool:
@@ -265,7 +279,13 @@ def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_ce
                   n_train: int = 1000) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
     epochs = cfg.search.epochs or trial_epochs(n_train)
-    space = default_space(kind, input_shape, lr_center, epochs, n_train)
+    if cfg.finetune.init_from is not None:
+        from nntune.models.inspect import layer_groups
+        from nntune.training.finetune import saved_model
+
+        space = finetune_space(len(layer_groups(saved_model(cfg).model)), lr_center, epochs)
+    else:
+        space = default_space(kind, input_shape, lr_center, epochs, n_train)
     for key, value in copy.deepcopy(cfg.search.space or {}).items():
         space[key] = value
     return parse_space(space)

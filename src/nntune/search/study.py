@@ -42,6 +42,7 @@ from nntune.storage import make_storage
 from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
+from nntune.training.finetune import adopt, describe
 from nntune.training.pipeline import PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr
 from nntune.training.trainer import compute_metrics, make_loss
 
@@ -161,7 +162,8 @@ class Search:
 
 def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) -> Search:
     """Load the data once (``dataset``, else the config's source), run the LR range test when asked, and resolve the
-    search space."""
+    search space (fine-tuning: with the saved model's architecture and scaler)."""
+    cfg = adopt(cfg)
     data = prepare_data(cfg, dataset)
     lr_info = None
     if cfg.train.lr_auto:
@@ -253,6 +255,7 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
     save_config(final_cfg, out / "best_config.yaml")
     findings = diagnose(history, model, x_val) if history else []
     return {"config": final_cfg.to_dict(), "test": test, "history": history,
+            "finetune": describe(final_cfg, data.dataset),
             "findings": [f.to_dict() for f in findings], "model": summary(model, data.dataset.input_shape).to_dict(),
             "mode": search.cfg.search.final, "epochs": epochs}
 
@@ -327,6 +330,7 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     started = time.perf_counter()
     budget = Budget.from_config(cfg.search)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = adopt(cfg)  # fine-tuning: the saved model's architecture and scaler
     save_config(cfg, out / "config.yaml")
     search = prepare_search(cfg, out, dataset)
     search.tracker = tracker
