@@ -27,14 +27,12 @@ WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json
 FORMAT = 1  # model.json's format version; a newer one is refused with a message to upgrade nntune
 
 
-@dataclass
-class Artifact:
-    """A trained model ready to predict on raw (unscaled) inputs."""
+class Described:
+    """What a saved model and an exported file share: the data description (``data``: task, class names, input
+    shape) and the check of inputs against it."""
 
-    model: nn.Module
-    scaler: Scaler
-    config: RunConfig
     data: dict
+    name = "this model"
 
     @property
     def task(self) -> str:
@@ -44,16 +42,30 @@ class Artifact:
     def class_names(self) -> list[str]:
         return self.data.get("class_names", [])
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Raise on inputs of another per-sample shape; the (empty) outputs for no inputs, else None."""
         expected = tuple(self.data["input_shape"])
         if tuple(x.shape[1:]) != expected:
-            raise ArtifactError(f"inputs have shape {tuple(x.shape[1:])} per sample; this model expects {expected}")
+            raise ArtifactError(f"inputs have shape {tuple(x.shape[1:])} per sample; {self.name} expects {expected}")
+        if len(x) == 0:
+            return torch.empty((0, len(self.class_names)) if self.task == "classification" else (0,))
+        return None
+
+
+@dataclass
+class Artifact(Described):
+    """A trained model ready to predict on raw (unscaled) inputs."""
+
+    model: nn.Module
+    scaler: Scaler
+    config: RunConfig
+    data: dict
 
     def predict_raw(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (classification) or values (regression) for raw inputs."""
-        self._check(x)
-        if len(x) == 0:
-            return torch.empty((0, len(self.class_names)) if self.task == "classification" else (0,))
+        empty = self._check(x)
+        if empty is not None:
+            return empty
         out = forward_batched(self.model, self.scaler.transform(x.float()))
         return out if self.task == "classification" else out.reshape(-1)
 

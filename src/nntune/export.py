@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nntune import artifacts, atomic
-from nntune.artifacts import Artifact
+from nntune.artifacts import Artifact, Described
 from nntune.errors import ArtifactError, ConfigError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -145,7 +145,7 @@ def _check(art: Artifact, path: Path, fmt: str) -> dict[str, Any]:
 
 
 @dataclass
-class ExportedModel:
+class ExportedModel(Described):
     """An exported file loaded for prediction: the same ``predict``/``predict_proba`` as an :class:`Artifact`."""
 
     path: Path
@@ -153,20 +153,12 @@ class ExportedModel:
     _run: Any
 
     @property
-    def task(self) -> str:
-        return self.data["task"]
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.data.get("class_names", [])
+    def name(self) -> str:
+        return str(self.path)
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
-        expected = tuple(self.data["input_shape"])
-        if tuple(x.shape[1:]) != expected:
-            raise ArtifactError(f"inputs have shape {tuple(x.shape[1:])} per sample; {self.path} expects {expected}")
-        if len(x) == 0:
-            return torch.empty((0, len(self.class_names)) if self.task == "classification" else (0,))
-        return self._run(x.float().contiguous())
+        empty = self._check(x)
+        return empty if empty is not None else self._run(x.float().contiguous())
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         if self.task != "classification":
