@@ -105,3 +105,11 @@ def test_bad_input_is_a_value_error_from_nntune(cancer):
         fitted.predict(X.iloc[:, :5].to_numpy())
     with pytest.raises(InputError, match="nntune.tune"):
         nntune.train(X, y, trials=5)
+
+
+def test_a_kept_run_directory_gets_one_folder_per_fit(cancer, tmp_path):
+    X, y = cancer
+    clf = NNTuneClassifier(trials=2, trial_epochs=2, epochs=2, finalists=0, family="mlp", out=str(tmp_path))
+    first = clf.fit(X, y).run_dir_
+    second = clf.fit(X, y).run_dir_
+    assert first != second and (tmp_path / "fit-1" / "result.json").exists() and (tmp_path / "fit-2").is_dir()

@@ -285,6 +285,17 @@ class RunConfig(_Section):
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
+    @model_validator(mode="after")
+    def _finetune_needs_a_start(self) -> RunConfig:
+        ft = self.finetune
+        used = [k for k, v in (("freeze", ft.freeze), ("freeze_all_but_last", ft.freeze_all_but_last),
+                               ("unfreeze_after", ft.unfreeze_after)) if v is not None]
+        used += ["lr_mult"] if ft.lr_mult != 1 else []
+        if used and ft.init_from is None:
+            raise ValueError(f"finetune.{used[0]} needs finetune.init_from (--init-from): freezing applies to a "
+                             "saved model; for a model trained from scratch everything trains")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -139,7 +139,7 @@ class _NNTuneEstimator(BaseEstimator):
             self.model_, result = train_artifact(cfg, ds, progress=self.verbose)
             self.model_.model.eval()
         else:
-            out = Path(self.out) if self.out else Path(tempfile.mkdtemp(prefix="nntune-"))
+            out = _fresh_dir(Path(self.out)) if self.out else Path(tempfile.mkdtemp(prefix="nntune-"))
             try:
                 if self._searches():
                     result = tune(cfg, out, resume=False, progress=self.verbose, dataset=ds)
@@ -154,6 +154,7 @@ class _NNTuneEstimator(BaseEstimator):
                 if not self.out:
                     shutil.rmtree(out, ignore_errors=True)
         self.result_ = result
+        self.run_dir_ = str(out) if self.out else None
         self.evidence_ = result.get("evidence")
         self.test_score_ = result["test"]
         return self
@@ -273,6 +274,16 @@ def _input_errors() -> Iterator[None]:
         raise
     except ValueError as err:
         raise InputError(str(err)) from None
+
+
+def _fresh_dir(root: Path) -> Path:
+    """``root/fit-N``, N one more than any there: every ``fit`` (a refit, each cross-validation fold) keeps its own
+    run directory and study."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[4:]) for p in root.glob("fit-*") if p.name[4:].isdigit()]
+    path = root / f"fit-{max(taken, default=0) + 1}"
+    path.mkdir()
+    return path
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

@@ -74,3 +74,12 @@ def test_objectives_are_validated():
         apply_overrides(RunConfig(), {"search.objectives": "accuracy,speed"})
     assert apply_overrides(RunConfig(), {"search.objectives": "loss,latency"}).search.objectives == ["score",
                                                                                                        "latency"]
+
+
+def test_resuming_with_other_objectives_or_a_single_objective_sampler_is_refused(tmp_path):
+    tune(_cfg(**{"search.trials": 2, "search.objectives": ["accuracy", "params"], "search.population": 1}), tmp_path)
+    with pytest.raises(ConfigError, match="optimizes score, params"):
+        tune(_cfg(**{"search.trials": 3, "search.objectives": ["accuracy", "latency"]}), tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="--sampler cmaes handles one objective only"):
+        tune(_cfg(**{"search.trials": 2, "search.objectives": ["accuracy", "params"], "search.sampler": "cmaes"}),
+             tmp_path / "other")

@@ -141,3 +141,31 @@ def test_a_fine_tuning_search_keeps_the_architecture_and_searches_freezing(pretr
         assert t.user_attrs["config"]["model"] == saved.model_dump(mode="json")
         assert t.user_attrs["population"]["size"] == 1
     assert result["final"]["finetune"]["head_replaced"] and result["test"]["accuracy"] > 0.5
+
+
+def test_fine_tuning_mistakes_are_one_line_errors(pretrained, split_digits, tmp_path):
+    from nntune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="every layer is frozen"):
+        train_artifact(_cfg(pretrained, **{"finetune.freeze": "*"}), split_digits[1])
+    with pytest.raises(ConfigError, match="needs finetune.init_from"):
+        apply_overrides(RunConfig(), {"finetune.freeze_all_but_last": 1})
+    with pytest.raises(ConfigError, match="cannot be searched when fine-tuning"):
+        from nntune.search.study import tune
+
+        tune(_cfg(pretrained, **{"search.space": {"model.units": [32, 64]}, "search.trials": 1}), tmp_path,
+             dataset=split_digits[1])
+    with pytest.raises(ConfigError, match="its best/ is the model --init-from starts from"):
+        train(_cfg(pretrained), pretrained.parent, dataset=split_digits[1])
+
+
+def test_explain_measures_freezing_on_a_fine_tuned_run(pretrained, split_digits, tmp_path):
+    from nntune.evidence.explain import explain
+
+    train(_cfg(pretrained, **{"finetune.freeze_all_but_last": 2, "train.epochs": 3}), tmp_path,
+          dataset=split_digits[1])
+    evidence = explain(tmp_path, seeds=2, budget=120, questions=["trainable", "depth"], dataset=split_digits[1])
+    names = [v["name"] for v in evidence["trainable"]["variants"]]
+    assert {"every layer trains", "the head alone trains", "the last 3 groups train"} <= set(names)
+    assert all(v["n"] == 2 for v in evidence["trainable"]["variants"])
+    assert evidence["depth"]["verdict"].startswith("Not testable here")

@@ -45,8 +45,14 @@ def chosen_names(cfg: RunConfig, kind: str) -> dict[str, str]:
     """How each question's chosen setting reads in a verdict."""
     m, t, p = cfg.model, cfg.train, cfg.preprocess
     s = t.schedule
+    ft = cfg.finetune
+    frozen = (f"layers matching {ft.freeze!r} frozen" if ft.freeze else
+              f"the last {ft.freeze_all_but_last} groups training" if ft.freeze_all_but_last is not None
+              else "every layer training")
     return {
-        "trainable": "model",
+        "trainable": "model" if ft.init_from is None else frozen + (
+            f", one more every {ft.unfreeze_after} epochs" if ft.unfreeze_after else "")
+        + (f", LR ×{ft.lr_mult:g} per earlier group" if ft.lr_mult != 1 else ""),
         "dropout": _dropout_name(cfg),
         "depth": _count(m.conv_blocks, "conv block") if m.family == "cnn" else _count(len(m.hidden_widths()),
                                                                                          "hidden layer"),
@@ -76,10 +82,36 @@ def _dropout_name(cfg: RunConfig) -> str:
 def variants(chosen: RunConfig, kind: str, lr_suggestion: float | None = None) -> dict[str, list[Variant] | str]:
     """Per question with experiments, the variants to run (or why there are none); see :func:`build` for their
     configurations. Questions 1 (trainable) and 10 (early stopping) need no variants of their own."""
+    if chosen.finetune.init_from is not None:  # the saved model fixes the architecture and the scaler
+        fixed = "Not testable here: a fine-tuned model keeps the saved model's architecture and scaler."
+        return {"trainable": _freezing(chosen), "dropout": fixed, "depth": fixed, "width": fixed,
+                "lr": _lr(chosen, lr_suggestion), "activation": fixed, "normalization": fixed,
+                "augmentation": _augmentation(chosen, kind), "schedule": _schedule(chosen)}
     return {"dropout": _dropout(chosen), "depth": _depth(chosen), "width": _width(chosen),
             "lr": _lr(chosen, lr_suggestion), "activation": _activation(chosen),
             "normalization": _normalization(chosen, kind), "augmentation": _augmentation(chosen, kind),
             "schedule": _schedule(chosen)}
+
+
+def _freezing(cfg: RunConfig) -> list[Variant]:
+    """Question 1 when fine-tuning: train every layer, the head alone, one group more or less, gradual unfreezing
+    on or off, one LR for all groups or smaller ones for earlier groups."""
+    ft = cfg.finetune
+    plain = {"finetune.freeze": None, "finetune.unfreeze_after": None}
+    out = [_v("trainable", "every layer trains", {**plain, "finetune.freeze_all_but_last": None}, 0),
+           _v("trainable", "the head alone trains", {**plain, "finetune.freeze_all_but_last": 1}, 1)]
+    k = ft.freeze_all_but_last
+    if k is not None:
+        out += [_v("trainable", f"the last {k + 1} groups train", {"finetune.freeze_all_but_last": k + 1}, 2)]
+        if k > 1:
+            out.append(_v("trainable", f"the last {k - 1} groups train", {"finetune.freeze_all_but_last": k - 1}, 3))
+    if ft.unfreeze_after:
+        out.append(_v("trainable", "no gradual unfreezing", {"finetune.unfreeze_after": None}, 2))
+    elif ft.freeze is not None or k is not None:
+        out.append(_v("trainable", "unfreeze a group every 2 epochs", {"finetune.unfreeze_after": 2}, 4))
+    out.append(_v("trainable", "one LR for every group" if ft.lr_mult != 1 else "earlier groups at ½ the LR",
+                  {"finetune.lr_mult": 1.0 if ft.lr_mult != 1 else 0.5}, 5))
+    return out
 
 
 def _v(question: str, name: str, overrides: dict[str, Any], rank: int) -> Variant:

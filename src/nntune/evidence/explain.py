@@ -96,12 +96,13 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
     reference, units, valid, skipped = _plan(base, made, questions, search)
     ranked = ablations.order(valid, EVIDENCE_QUESTIONS)
     plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked)}.values())
-    needs_runs = any(q != "trainable" for q in questions)
+    tuned = base.finetune.init_from is not None  # then question 1 has experiments (freezing variants)
+    needs_runs = tuned or any(q != "trainable" for q in questions)
     runs, interrupted = _execute(plan if needs_runs else [], search, seed_list, chosen.train.early_stopping,
                                  deadline, progress, clock)
     result = {}
     for q in (q for q in EVIDENCE_QUESTIONS if q in questions):
-        if q == "trainable":
+        if q == "trainable" and not tuned:
             result[q] = _trainable(base, search)
         elif q == "early_stopping":
             curves = [c for u in plan if u.scores is not None for c in u.curves]

@@ -16,6 +16,7 @@ from torch import nn
 
 from nntune.config import RunConfig
 from nntune.data.sources import Dataset
+from nntune.errors import TrainingError
 from nntune.training.trainer import resolve_device
 
 REPEATS, WARMUP = 30, 5
@@ -40,19 +41,25 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
 
 
 def measure(cfg: RunConfig, ds: Dataset, search_cfg) -> dict[str, float]:
-    """``params`` of ``cfg``'s model, and ``latency_ms`` when a limit or an objective needs it."""
+    """``params`` of ``cfg``'s model, and ``latency_ms``, when a limit or an objective needs them (else nothing)."""
     from nntune.training.pipeline import initial_model
 
+    timed = search_cfg.max_latency_ms is not None or "latency" in search_cfg.objectives
+    if not (timed or search_cfg.max_params is not None or len(search_cfg.objectives) > 1):
+        return {}
     model = initial_model(cfg, ds)
     out = {"params": float(sum(p.numel() for p in model.parameters()))}
-    if search_cfg.max_latency_ms is not None or "latency" in search_cfg.objectives:
-        out["latency_ms"] = latency_ms(model, ds.input_shape, resolve_device(cfg.train.device))
+    if timed:
+        try:
+            out["latency_ms"] = latency_ms(model, ds.input_shape, resolve_device(cfg.train.device))
+        except torch.OutOfMemoryError:
+            raise TrainingError(f"out of memory timing a forward pass of {int(out['params']):,} parameters") from None
     return out
 
 
 def violation(sizes: dict[str, float], search_cfg) -> str | None:
     """Why a trial breaks a hard limit, or None."""
-    if search_cfg.max_params is not None and sizes["params"] > search_cfg.max_params:
+    if search_cfg.max_params is not None and sizes.get("params", 0) > search_cfg.max_params:
         return f"{int(sizes['params']):,} parameters > --max-params {search_cfg.max_params:,}"
     if search_cfg.max_latency_ms is not None and sizes.get("latency_ms", 0.0) > search_cfg.max_latency_ms:
         return f"latency {sizes['latency_ms']:.3g} ms > --max-latency-ms {search_cfg.max_latency_ms:g}"

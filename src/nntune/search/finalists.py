@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, Budget
-from nntune.search.objectives import maximize, score
+from nntune.search.objectives import is_multi, maximize, score
 from nntune.training.pipeline import fit_configs
 
 if TYPE_CHECKING:
@@ -81,6 +81,8 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     if not top:
         return 0.0
     final = final_cost(top[0])
+    if is_multi(study):  # a Pareto search has no finalists
+        return final
     room = MAX_RESERVE * budget.timeout - final if budget.timeout else math.inf
     return final + plan(search, top, room)[1]
 

@@ -234,6 +234,8 @@ def _check_values(params: list[Param], where: str) -> None:
             probe = {p.key: value}
             if p.key == "model.dropout_rate":  # a rate only lands in the config with a placement
                 probe["model.dropout_placement"] = "+".join(PLACES)
+            if p.key.startswith("finetune."):  # freezing settings exist for a saved model only
+                probe["finetune.init_from"] = "saved-model"
             try:
                 to_config(RunConfig(), probe)
             except ConfigError as err:
@@ -279,14 +281,21 @@ def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_ce
                   n_train: int = 1000) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
     epochs = cfg.search.epochs or trial_epochs(n_train)
+    given = copy.deepcopy(cfg.search.space or {})
     if cfg.finetune.init_from is not None:
         from nntune.models.inspect import layer_groups
         from nntune.training.finetune import saved_model
 
+        fixed = [k for k in given if k.startswith("model.") or k == "preprocess.scaler"]
+        if fixed:
+            raise ConfigError(f"search.space: {fixed[0]} cannot be searched when fine-tuning (--init-from): the "
+                              "saved model fixes the architecture and the scaler")
         space = finetune_space(len(layer_groups(saved_model(cfg).model)), lr_center, epochs)
+        if cfg.finetune.freeze is not None:  # frozen by name: the group count is not searched
+            space.pop("finetune.freeze_all_but_last")
     else:
         space = default_space(kind, input_shape, lr_center, epochs, n_train)
-    for key, value in copy.deepcopy(cfg.search.space or {}).items():
+    for key, value in given.items():
         space[key] = value
     return parse_space(space)
 

@@ -42,7 +42,7 @@ from nntune.storage import make_storage
 from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
-from nntune.training.finetune import adopt, describe
+from nntune.training.finetune import adopt, check_out, describe
 from nntune.training.pipeline import PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr
 from nntune.training.trainer import compute_metrics, make_loss
 
@@ -197,6 +197,9 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     sampler = make_sampler(cfg.search.sampler, seed % 2**31, params)
     objectives = cfg.search.objectives
     multi = len(objectives) > 1
+    if multi and cfg.search.sampler not in ("tpe", "nsga2", "random", "grid"):
+        raise ConfigError(f"--sampler {cfg.search.sampler} handles one objective only; use tpe or nsga2 with "
+                          f"--objectives {','.join(objectives)}")
     # Optuna prunes single-objective studies only; the extra objectives (size, latency) are minimized
     pruner = optuna.pruners.NopPruner() if multi else make_pruner(cfg.search.pruner, search.trial_epochs)
     directions = [direction] + ["minimize"] * (len(objectives) - 1)
@@ -208,9 +211,10 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     found = [d.name.lower() for d in study.directions]
-    if found != directions:
-        raise ConfigError(f"study {name!r} in {url} optimizes {', '.join(found)}; this search needs "
-                          f"{', '.join(directions)} (objectives {', '.join(objectives)})")
+    recorded = study.user_attrs.get("objectives", objectives if created else ["score"])
+    if found != directions or recorded != objectives:
+        raise ConfigError(f"study {name!r} in {url} optimizes {', '.join(recorded)} ({', '.join(found)}); this "
+                          f"search asks for {', '.join(objectives)}: use the same --objectives or a new --study-name")
     if created:
         study.set_user_attr("objectives", objectives)
     study.set_user_attr("storage", url)
@@ -329,6 +333,7 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
           dataset: Dataset | None) -> dict:
     started = time.perf_counter()
     budget = Budget.from_config(cfg.search)
+    check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = adopt(cfg)  # fine-tuning: the saved model's architecture and scaler
     save_config(cfg, out / "config.yaml")

@@ -193,8 +193,8 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
-    logs = [search.tracker.run(f"trial_{t.number:04d}", {"trial": t.number, **t.params}) for t in trials]
     data = search.data_for(cfgs[0])
+    logs = [search.tracker.run(f"trial_{t.number:04d}", {"trial": t.number, **t.params}) for t in trials]
     first = trials[0].number
     started = time.perf_counter()
     try:

@@ -52,7 +52,9 @@ def fits(param: Param, value: Any) -> bool:
     if param.kind == "choice":
         return value in param.choices
     if param.kind in ("int", "float"):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        whole = param.kind == "float" or (number and float(value).is_integer())
+        return number and whole and param.low <= value <= param.high
     return False  # a fixed parameter is not sampled
 
 

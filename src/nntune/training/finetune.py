@@ -19,7 +19,7 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.data.scalers import Scaler
 from nntune.data.sources import Dataset
-from nntune.errors import DataError
+from nntune.errors import ConfigError, DataError
 from nntune.models.inspect import freeze, layer_groups
 from nntune.training.callbacks import Callback
 
@@ -44,6 +44,13 @@ def adopt(cfg: RunConfig) -> RunConfig:
     art = saved_model(cfg)
     return apply_overrides(cfg, {"model": art.config.model.model_dump(mode="json"),
                                  "preprocess.scaler": art.scaler.method})
+
+
+def check_out(cfg: RunConfig, out: Path | None) -> None:
+    """Refuse a run directory whose ``best/`` is the model being fine-tuned (it would be replaced mid-run)."""
+    if cfg.finetune.init_from is not None and out is not None and \
+            (Path(out) / "best").resolve() == Path(cfg.finetune.init_from).resolve():
+        raise ConfigError(f"--out {out}: its best/ is the model --init-from starts from; write to another directory")
 
 
 def saved_scaler(cfg: RunConfig) -> Scaler:
@@ -78,6 +85,9 @@ def start_model(cfg: RunConfig, ds: Dataset) -> nn.Module:
         freeze(model, ft.freeze)
     elif ft.freeze_all_but_last is not None:
         freeze(model, all_but_last=ft.freeze_all_but_last)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("finetune: every layer is frozen, so nothing would train; leave at least the last group "
+                          "trainable (--freeze-all-but-last 1 or more, or a narrower --freeze pattern)")
     return model
 
 

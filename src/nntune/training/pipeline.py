@@ -238,6 +238,7 @@ def train_artifact(cfg: RunConfig, dataset: Dataset | None = None,
 def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: Dataset | None,
                log: Sequence[str]) -> tuple[artifacts.Artifact, dict]:
     started = time.perf_counter()
+    finetune.check_out(cfg, out)
     cfg = finetune.adopt(cfg)
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
