@@ -19,6 +19,8 @@ CASES = {
     "cnn1d": ["--dataset", "signals", "--family", "cnn", "--conv-blocks", "2", "--filters", "8", "--head", "gap"],
     "cnn2d": ["--dataset", "digits", "--family", "cnn", "--conv-blocks", "2", "--filters", "8", "--batch-norm",
               "--dropout-after-pool", "0.1", "--dropout-before-fc", "0.3"],
+    "rnn": ["--dataset", "signals", "--family", "rnn", "--cell", "lstm", "--rnn-units", "16", "--bidirectional",
+            "--pooling", "attention", "--frontend-filters", "8"],
 }
 
 

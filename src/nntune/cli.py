@@ -32,7 +32,7 @@ DATA_OPTIONS = [
     ("--seed", "seed", int, "seed for splits, initialisation and shuffling"),
 ]
 MODEL_OPTIONS = [
-    ("--family", "model.family", click.Choice(["mlp", "cnn"]), "model family"),
+    ("--family", "model.family", click.Choice(["mlp", "cnn", "rnn"]), "model family (rnn: signals only)"),
     ("--activation", "model.activation", click.Choice(ACTIVATIONS), "activation function"),
     ("--batch-norm/--no-batch-norm", "model.batch_norm", None, "batch normalization"),
     ("--hidden-layers", "model.hidden_layers", int, "MLP: number of hidden layers"),
@@ -52,7 +52,14 @@ MODEL_OPTIONS = [
     ("--fc-units", "model.fc_units", int, "CNN: units per FC layer"),
     ("--dropout-after-pool", "model.dropout_after_pool", float, "CNN: spatial dropout after pooling"),
     ("--dropout-before-fc", "model.dropout_before_fc", float, "CNN: dropout on the flattened features"),
-    ("--dropout-after-fc", "model.dropout_after_fc", float, "CNN: dropout after each FC layer"),
+    ("--dropout-after-fc", "model.dropout_after_fc", float, "CNN, RNN: dropout after each FC layer"),
+    ("--cell", "model.cell", click.Choice(["gru", "lstm"]), "RNN: recurrent cell"),
+    ("--rnn-layers", "model.rnn_layers", int, "RNN: stacked recurrent layers"),
+    ("--rnn-units", "model.rnn_units", int, "RNN: hidden state size per direction"),
+    ("--bidirectional/--no-bidirectional", "model.bidirectional", None, "RNN: read the sequence both ways"),
+    ("--rnn-dropout", "model.rnn_dropout", float, "RNN: dropout between recurrent layers"),
+    ("--frontend-filters", "model.frontend_filters", int, "RNN: a 1-D conv front-end with this many filters"),
+    ("--pooling", "model.pooling", click.Choice(["last", "mean", "attention"]), "RNN: how states become features"),
 ]
 TRAIN_OPTIONS = [
     ("--scaler", "preprocess.scaler", click.Choice(SCALERS), "normalization method"),

@@ -71,10 +71,13 @@ class PreprocessConfig(_Section):
         return self.augment_ops if self.augment == "custom" else None
 
 
-class ModelConfig(_Section):
-    """Architecture of an MLP or a CNN (1-D or 2-D, picked from the input shape)."""
+RNN_GRAD_CLIP = 1.0  # the default gradient-norm clip of recurrent models
 
-    family: Literal["mlp", "cnn"] = "mlp"
+
+class ModelConfig(_Section):
+    """Architecture of an MLP, a CNN (1-D or 2-D, picked from the input shape) or a recurrent network (signals)."""
+
+    family: Literal["mlp", "cnn", "rnn"] = "mlp"
     activation: Literal[ACTIVATIONS] = "relu"
     leaky_slope: float = Field(0.01, gt=0, lt=1)
     batch_norm: bool = False
@@ -97,7 +100,17 @@ class ModelConfig(_Section):
     fc_units: int = Field(128, ge=1)
     dropout_after_pool: float = Field(0.0, ge=0, lt=1, description="CNN: spatial dropout after each pooling")
     dropout_before_fc: float = Field(0.0, ge=0, lt=1, description="CNN: dropout on the flattened features")
-    dropout_after_fc: float = Field(0.0, ge=0, lt=1, description="CNN: dropout after each FC layer")
+    dropout_after_fc: float = Field(0.0, ge=0, lt=1, description="CNN and RNN: dropout after each FC layer")
+    # RNN (signals (C, L): time runs along L); the FC head is the CNN's (fc_layers, fc_units, dropout_after_fc)
+    cell: Literal["gru", "lstm"] = "gru"
+    rnn_layers: int = Field(1, ge=1, le=8)
+    rnn_units: int = Field(64, ge=1, description="RNN: hidden state size per direction")
+    bidirectional: bool = False
+    rnn_dropout: float = Field(0.0, ge=0, lt=1, description="RNN: dropout between recurrent layers")
+    frontend_filters: int = Field(0, ge=0, description="RNN: a 1-D conv (kernel_size) before the recurrent layers; "
+                                                       "0 = none")
+    pooling: Literal["last", "mean", "attention"] = Field("last", description="RNN: the last state, the mean over "
+                                                                               "time, or learned attention weights")
 
     @model_validator(mode="after")
     def _widths(self) -> ModelConfig:
@@ -284,6 +297,25 @@ class RunConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recurrent_clipping(cls, data: Any) -> Any:
+        """Recurrent models clip gradients at 1.0 unless train.grad_clip is set (exploding gradients are their
+        classic failure)."""
+        if not isinstance(data, dict):
+            return data
+        model, train = data.get("model"), data.get("train")
+        family = model.get("family") if isinstance(model, dict) else getattr(model, "family", None)
+        if family == "rnn":
+            if train is None or isinstance(train, dict):
+                train = dict(train or {})
+                if train.get("grad_clip") is None:
+                    train["grad_clip"] = RNN_GRAD_CLIP
+                data = {**data, "train": train}
+            elif train.grad_clip is None:
+                data = {**data, "train": train.model_copy(update={"grad_clip": RNN_GRAD_CLIP})}
+        return data
 
     @model_validator(mode="after")
     def _finetune_needs_a_start(self) -> RunConfig:

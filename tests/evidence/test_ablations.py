@@ -37,7 +37,9 @@ def test_cnn_dropout_placements_and_rates():
     half = next(v for v in valid if v.name.startswith("rate ×½"))
     assert (half.config.model.dropout_after_fc, half.config.model.dropout_after_pool) == (0.15, 0.0)
     assert chosen_names(cfg, "image")["dropout"] == "after_fc 0.30"
-    assert names(made["depth"]) == ["1 conv block", "3 conv blocks"]
+    assert names(made["depth"]) == ["1 conv block", "3 conv blocks", "MLP (nntune's default architecture)"]
+    family = build(cfg, made["depth"])[0][-1].config  # family against family: the other family's defaults
+    assert family.model.family == "mlp" and family.train == cfg.train
 
 
 def test_augmentation_leaves_each_op_out():
@@ -82,3 +84,26 @@ def test_order_takes_each_questions_first_variant_before_any_second():
         ("dropout", "rate ×½ (0.10)"), ("lr", "lr ×⅓ (0.000333)"), ("schedule", "cosine + 3 warmup"),
         ("dropout", "rate ×2 (0.40)")]
     assert len(ranked) == sum(len(v) for v in valid.values())
+
+
+def test_recurrent_variants_change_layers_units_and_dropout():
+    cfg = apply_overrides(RunConfig(), {"model.family": "rnn", "model.rnn_layers": 2, "model.rnn_units": 32,
+                                        "model.bidirectional": True})
+    made = variants(cfg, "signal")
+    assert names(made["depth"]) == ["1 recurrent layer", "3 recurrent layers", "one direction",
+                                    "MLP (nntune's default architecture)", "CNN (nntune's default architecture)"]
+    assert [v.overrides for v in made["width"]] == [{"model.rnn_units": 16}, {"model.rnn_units": 64}]
+    assert names(made["dropout"]) == ["no dropout", "between recurrent layers 0.20", "between recurrent layers 0.40",
+                                      "after FC 0.30"]
+    chosen = chosen_names(cfg, "signal")
+    assert chosen["depth"] == "2 recurrent layers" and chosen["width"] == "32 units"
+    valid, skipped = build(cfg, made["depth"] + made["width"])
+    assert len(valid) == 7 and not skipped
+
+
+def test_a_fine_tuned_model_varies_what_trains_not_its_architecture():
+    cfg = apply_overrides(RunConfig(), {"finetune.init_from": "saved", "finetune.freeze_all_but_last": 2})
+    made = variants(cfg, "image")
+    assert names(made["trainable"])[:3] == ["every layer trains", "the head alone trains", "the last 3 groups train"]
+    assert all(made[q].startswith("Not testable here") for q in ("depth", "width", "dropout", "activation",
+                                                                   "normalization"))

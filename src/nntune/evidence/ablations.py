@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nntune.config import RunConfig, ScheduleConfig, apply_overrides
+from nntune.config import ModelConfig, RunConfig, ScheduleConfig, apply_overrides
 from nntune.data.augment import PRESETS, SIGNAL_PRESETS
 from nntune.data.scalers import resolve_method
 from nntune.search.space import PLACES
@@ -54,10 +54,10 @@ def chosen_names(cfg: RunConfig, kind: str) -> dict[str, str]:
             f", one more every {ft.unfreeze_after} epochs" if ft.unfreeze_after else "")
         + (f", LR ×{ft.lr_mult:g} per earlier group" if ft.lr_mult != 1 else ""),
         "dropout": _dropout_name(cfg),
-        "depth": _count(m.conv_blocks, "conv block") if m.family == "cnn" else _count(len(m.hidden_widths()),
-                                                                                         "hidden layer"),
-        "width": (f"filters {m.filters}, FC {m.fc_units}" if m.family == "cnn"
-                  else "widths " + "-".join(map(str, m.hidden_widths()))),
+        "depth": {"cnn": _count(m.conv_blocks, "conv block"), "rnn": _count(m.rnn_layers, "recurrent layer")}.get(
+            m.family, _count(len(m.hidden_widths()), "hidden layer")),
+        "width": {"cnn": f"filters {m.filters}, FC {m.fc_units}", "rnn": f"{m.rnn_units} units"}.get(
+            m.family, "widths " + "-".join(map(str, m.hidden_widths()))),
         "lr": f"lr {t.lr:.3g}",
         "activation": m.activation,
         "normalization": resolve_method(p.scaler, kind),
@@ -73,6 +73,10 @@ def _count(n: int, what: str) -> str:
 
 def _dropout_name(cfg: RunConfig) -> str:
     m = cfg.model
+    if m.family == "rnn":
+        places = [f"{name} {rate:.2f}" for name, rate in (("between recurrent layers", m.rnn_dropout),
+                                                          ("after FC", m.dropout_after_fc)) if rate > 0]
+        return "+".join(places) if places else "no dropout"
     if m.family == "mlp":
         return f"dropout {m.dropout:.2f}" if m.dropout else "no dropout"
     places = [f"{p} {getattr(m, f'dropout_{p}'):.2f}" for p in PLACES if getattr(m, f"dropout_{p}") > 0]
@@ -87,7 +91,7 @@ def variants(chosen: RunConfig, kind: str, lr_suggestion: float | None = None) -
         return {"trainable": _freezing(chosen), "dropout": fixed, "depth": fixed, "width": fixed,
                 "lr": _lr(chosen, lr_suggestion), "activation": fixed, "normalization": fixed,
                 "augmentation": _augmentation(chosen, kind), "schedule": _schedule(chosen)}
-    return {"dropout": _dropout(chosen), "depth": _depth(chosen), "width": _width(chosen),
+    return {"dropout": _dropout(chosen), "depth": _depth(chosen) + _families(chosen, kind), "width": _width(chosen),
             "lr": _lr(chosen, lr_suggestion), "activation": _activation(chosen),
             "normalization": _normalization(chosen, kind), "augmentation": _augmentation(chosen, kind),
             "schedule": _schedule(chosen)}
@@ -120,6 +124,15 @@ def _v(question: str, name: str, overrides: dict[str, Any], rank: int) -> Varian
 
 def _dropout(cfg: RunConfig) -> list[Variant] | str:
     m = cfg.model
+    if m.family == "rnn":  # between recurrent layers (with two or more) and after the FC head's layers
+        out = [_v("dropout", "no dropout", {"model.rnn_dropout": 0.0, "model.dropout_after_fc": 0.0}, 0)]
+        if m.rnn_layers > 1:
+            out += [_v("dropout", f"between recurrent layers {r:.2f}", {"model.rnn_dropout": r}, i)
+                    for i, r in ((1, 0.2), (2, 0.4)) if abs(r - m.rnn_dropout) > 1e-9]
+        if m.fc_layers:
+            out += [_v("dropout", f"after FC {r:.2f}", {"model.dropout_after_fc": r}, 3) for r in (0.3,)
+                    if abs(r - m.dropout_after_fc) > 1e-9]
+        return out
     if m.family == "mlp":
         r = m.dropout
         if r > 0:
@@ -146,6 +159,13 @@ def _dropout(cfg: RunConfig) -> list[Variant] | str:
 def _depth(cfg: RunConfig) -> list[Variant]:
     m = cfg.model
     out = []
+    if m.family == "rnn":
+        for n, rank in ((m.rnn_layers - 1, 0), (m.rnn_layers + 1, 1)):
+            if 1 <= n <= 8:
+                out.append(_v("depth", _count(n, "recurrent layer"), {"model.rnn_layers": n}, rank))
+        if m.bidirectional:
+            out.append(_v("depth", "one direction", {"model.bidirectional": False}, 2))
+        return out
     if m.family == "cnn":
         for n, rank in ((m.conv_blocks - 1, 0), (m.conv_blocks + 1, 1)):
             if 1 <= n <= 16:
@@ -160,11 +180,25 @@ def _depth(cfg: RunConfig) -> list[Variant]:
     return out
 
 
+FAMILIES = {"tabular": ("mlp",), "image": ("mlp", "cnn"), "signal": ("mlp", "cnn", "rnn")}
+
+
+def _families(cfg: RunConfig, kind: str) -> list[Variant]:
+    """Family against family: nntune's default architecture of each other family the data allows, with the chosen
+    training settings (after the depth variants: a bigger change, so it runs once they have)."""
+    return [_v("depth", f"{family.upper()} (nntune's default architecture)",
+               {"model": ModelConfig(family=family).model_dump(mode="json")}, 5 + i)
+            for i, family in enumerate(f for f in FAMILIES[kind] if f != cfg.model.family)]
+
+
 def _width(cfg: RunConfig) -> list[Variant]:
     m = cfg.model
     out = []
     for factor, label, rank in ((0.5, "×½", 0), (2.0, "×2", 1)):
-        if m.family == "cnn":
+        if m.family == "rnn":
+            u = max(1, round(m.rnn_units * factor))
+            out.append(_v("width", f"width {label} ({u} units)", {"model.rnn_units": u}, rank))
+        elif m.family == "cnn":
             f, fc = max(1, round(m.filters * factor)), max(1, round(m.fc_units * factor))
             out.append(_v("width", f"width {label} (filters {f}, FC {fc})",
                           {"model.filters": f, "model.fc_units": fc}, rank))

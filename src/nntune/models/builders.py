@@ -49,6 +49,8 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], n_outputs: int, se
         raise SpecError(f"model: n_outputs must be at least 1, got {n_outputs}")
     if cfg.family == "mlp":
         model = _build_mlp(cfg, input_shape, n_outputs)
+    elif cfg.family == "rnn":
+        model = _build_rnn(cfg, input_shape, n_outputs)
     else:
         model = _build_cnn(cfg, input_shape, n_outputs)
     initialize(model, cfg.activation, cfg.leaky_slope, seed)
@@ -147,9 +149,67 @@ def _build_cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -
     return nn.Sequential(layers)
 
 
+class Recurrent(nn.Module):
+    """GRU or LSTM layers over time (the L axis of (N, C, L) inputs), pooled to one feature vector per sample: the
+    last state (for a bidirectional network, the forward direction's last step and the backward one's first), the
+    mean over time, or attention weights over time from a learned scoring layer."""
+
+    def __init__(self, cfg: ModelConfig, c_in: int) -> None:
+        super().__init__()
+        cell = nn.GRU if cfg.cell == "gru" else nn.LSTM
+        self.rnn = cell(c_in, cfg.rnn_units, num_layers=cfg.rnn_layers, batch_first=True,
+                        dropout=cfg.rnn_dropout if cfg.rnn_layers > 1 else 0.0, bidirectional=cfg.bidirectional)
+        self.units, self.bidirectional, self.pooling = cfg.rnn_units, cfg.bidirectional, cfg.pooling
+        self.out_features = cfg.rnn_units * (2 if cfg.bidirectional else 1)
+        if cfg.pooling == "attention":
+            self.attention = nn.Linear(self.out_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.transpose(1, 2))  # (N, L, H * directions)
+        if self.pooling == "mean":
+            return out.mean(1)
+        if self.pooling == "attention":
+            return (torch.softmax(self.attention(out), dim=1) * out).sum(1)
+        if self.bidirectional:
+            return torch.cat([out[:, -1, :self.units], out[:, 0, self.units:]], dim=1)
+        return out[:, -1]
+
+
+def _build_rnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -> nn.Sequential:
+    if len(input_shape) != 2:
+        raise SpecError(f"model.family: rnn needs signals (C, L), time along L; got input shape {input_shape}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    channels = input_shape[0]
+    if cfg.frontend_filters:
+        layers["frontend"] = nn.Conv1d(channels, cfg.frontend_filters, cfg.kernel_size, padding="same")
+        if cfg.batch_norm:
+            layers["frontend_bn"] = nn.BatchNorm1d(cfg.frontend_filters)
+        layers["frontend_act"] = make_activation(cfg.activation, cfg.leaky_slope)
+        channels = cfg.frontend_filters
+    layers["recurrent"] = Recurrent(cfg, channels)
+    n_features = layers["recurrent"].out_features
+    widths = [cfg.fc_units] * cfg.fc_layers
+    layers.update(_dense_layers(cfg, n_features, widths, cfg.dropout_after_fc, prefix="head_"))
+    layers["out"] = nn.Linear(widths[-1] if widths else n_features, n_outputs)
+    return nn.Sequential(layers)
+
+
 def initialize(model: nn.Module, activation: str, leaky_slope: float = 0.01, seed: int = 0) -> None:
-    """Initialise weights for the activation from a seeded generator; biases start at zero."""
+    """Initialise weights for the activation from a seeded generator; biases start at zero. Recurrent layers get
+    Xavier input weights, orthogonal recurrent weights and, for an LSTM, forget-gate biases of 1 (Jozefowicz et
+    al.), the usual start that keeps early gradients from vanishing or exploding through time."""
     gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase):
+            for name, p in m.named_parameters():
+                if name.startswith("weight_ih"):
+                    nn.init.xavier_uniform_(p, generator=gen)
+                elif name.startswith("weight_hh"):
+                    nn.init.orthogonal_(p, generator=gen)
+                else:
+                    nn.init.zeros_(p)
+                    if isinstance(m, nn.LSTM) and name.startswith("bias_ih"):
+                        p.data[m.hidden_size:2 * m.hidden_size] = 1.0
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     output = layers[-1] if layers else None
     for m in layers:

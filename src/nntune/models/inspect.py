@@ -70,6 +70,8 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> Summary:
 
     def hook(module: nn.Module, _inp: object, out: object) -> None:
         nonlocal act_bytes
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):  # a GRU/LSTM: (outputs, state)
+            out = out[0]
         if isinstance(out, torch.Tensor):
             shapes[names[module]] = [-1, *out.shape[1:]]
             act_bytes += out[0].numel() * out.element_size()
@@ -108,12 +110,12 @@ def _layers_with_params(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
 
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase)
 
 
 def layer_groups(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
-    """The units freezing counts, input to output: each weighted layer (Linear, Conv) with the layers that have
-    parameters after it up to the next weighted one (its batch norm), so a layer and its normalization freeze,
+    """The units freezing counts, input to output: each weighted layer (Linear, Conv, GRU/LSTM) with the layers that
+    have parameters after it up to the next weighted one (its batch norm), so a layer and its normalization freeze,
     unfreeze and get a learning rate together."""
     groups: list[list[tuple[str, nn.Module]]] = []
     for name, module in _layers_with_params(model):

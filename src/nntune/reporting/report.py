@@ -270,24 +270,30 @@ def _q2(view: RunView, figs: Figures) -> Section:
 
 def _q3(view: RunView, figs: Figures) -> Section:
     m = view.config.model
-    depth = f"{m.conv_blocks} conv blocks of {m.convs_per_block} conv(s), {m.fc_layers} FC layer(s)" \
-        if m.family == "cnn" else f"{len(m.hidden_widths())} hidden layers"
+    depth = {"cnn": f"{m.conv_blocks} conv blocks of {m.convs_per_block} conv(s), {m.fc_layers} FC layer(s)",
+             "rnn": f"{m.rnn_layers} {m.cell.upper()} layer(s)" + (", bidirectional" if m.bidirectional else "")
+             + f", {m.fc_layers} FC layer(s)"}.get(m.family, f"{len(m.hidden_widths())} hidden layers")
     body = [_no_search(view)]
-    body += _numeric_evidence(view, figs, {"mlp": "model.hidden_layers", "cnn": "model.conv_blocks"},
-                              "depth (hidden layers / conv blocks)", "q3_depth")
+    body += _numeric_evidence(view, figs, {"mlp": "model.hidden_layers", "cnn": "model.conv_blocks",
+                                           "rnn": "model.rnn_layers"},
+                              "depth (hidden layers / conv blocks / recurrent layers)", "q3_depth")
     body.append(_rank_text(view, _groups(view, "model.hidden_layers"), "hidden layers (MLP)"))
     body.append(_rank_text(view, _groups(view, "model.conv_blocks"), "conv blocks (CNN)"))
+    body.append(_rank_text(view, _groups(view, "model.rnn_layers"), "recurrent layers (RNN)"))
+    body += _category_evidence(view, figs, "model.family", "model family", "q3_family")
     return Section(QUESTIONS[2], f"Depth of the chosen model: <b>{depth}</b>.", body)
 
 
 def _q4(view: RunView, figs: Figures) -> Section:
     m = view.config.model
-    width = (f"filters {' → '.join(map(str, m.block_filters()))} (×{m.filter_multiplier:g} per block), "
-             f"FC {m.fc_units} units" if m.family == "cnn"
-             else f"hidden widths {' → '.join(map(str, m.hidden_widths()))}")
+    width = {"cnn": f"filters {' → '.join(map(str, m.block_filters()))} (×{m.filter_multiplier:g} per block), "
+                    f"FC {m.fc_units} units",
+             "rnn": f"{m.rnn_units} units per recurrent layer" + (" and direction" if m.bidirectional else "")
+                    + f", FC {m.fc_units} units"}.get(m.family,
+                                                      f"hidden widths {' → '.join(map(str, m.hidden_widths()))}")
     body = [_no_search(view)]
-    body += _numeric_evidence(view, figs, {"mlp": "model.units", "cnn": "model.filters"},
-                              "first-layer units / base filters", "q4_width", log=True)
+    body += _numeric_evidence(view, figs, {"mlp": "model.units", "cnn": "model.filters", "rnn": "model.rnn_units"},
+                              "first-layer units / base filters / recurrent units", "q4_width", log=True)
     body += _category_evidence(view, figs, "model.filter_multiplier", "filter multiplier per block (CNN)",
                                "q4_filter_progression")
     return Section(QUESTIONS[3], f"Widths of the chosen model: <b>{width}</b>.", body)

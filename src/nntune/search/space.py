@@ -28,7 +28,7 @@ from nntune.training.population import MEMBER_KEYS
 
 PLACES = ("after_pool", "before_fc", "after_fc")
 VIRTUAL = {"model.dropout_placement", "model.dropout_rate"}
-MLP, CNN = {"model.family": "mlp"}, {"model.family": "cnn"}
+MLP, CNN, RNN = {"model.family": "mlp"}, {"model.family": "cnn"}, {"model.family": "rnn"}
 SCHEDULE_WITH_GAMMA = ["step", "exponential"]
 
 
@@ -82,9 +82,11 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
     """The default space for the seed's questions, adapted to the data; the rules, in one place:
 
     - tables: MLP only, scalers zscore/minmax/robust, no augmentation;
-    - 1-D signals (C, L): MLP or CNN; up to log2(L/4) conv blocks (at most 4, so the pooled length stays >= 4); kernel
-      3, 5, 7 (and 9 from L >= 64); flatten or global-average head; augmentation none/light/signal (shift, amplitude,
-      noise); scalers channel/zscore/minmax;
+    - 1-D signals (C, L): MLP, CNN or RNN; up to log2(L/4) conv blocks (at most 4, so the pooled length stays >= 4);
+      kernel 3, 5, 7 (and 9 from L >= 64); flatten or global-average head; GRU or LSTM with 1-3 layers of 16-256
+      units, optionally bidirectional, with a conv front-end of 0/16/32 filters, last/mean/attention pooling and
+      dropout between recurrent layers; augmentation none/light/signal (shift, amplitude, noise); scalers
+      channel/zscore/minmax;
     - images (C, H, W): MLP or CNN; up to log2(min(H, W)) - 1 conv blocks (at most 4); kernel 3; flatten or GAP head;
       augmentation none/light and digits (one channel) or natural (RGB);
     - batch sizes 16-64 below 1,000 training samples, else 32-128; the step of a step schedule at most half the
@@ -121,6 +123,16 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
         length = input_shape[-1]
         max_blocks = max(1, min(4, int(math.log2(max(1, length / 4)))))
         kernels, augment = [3, 5, 7, 9] if length >= 64 else [3, 5, 7], ["none", "light", "signal"]
+        space["model.family"] = {"choice": ["mlp", "cnn", "rnn"]}
+        space.update({
+            "model.cell": {"choice": ["gru", "lstm"], "when": RNN},
+            "model.rnn_layers": {"low": 1, "high": 3, "when": RNN},
+            "model.rnn_units": {"low": 16, "high": 256, "log": True, "when": RNN},
+            "model.bidirectional": {"choice": [False, True], "when": RNN},
+            "model.pooling": {"choice": ["last", "mean", "attention"], "when": RNN},
+            "model.frontend_filters": {"choice": [0, 16, 32], "when": RNN},
+            "model.rnn_dropout": {"low": 0.0, "high": 0.4, "when": RNN},
+        })
     else:
         max_blocks = max(1, min(4, int(math.log2(min(input_shape[1:]))) - 1))
         kernels, augment = 3, ["none", "light", "natural" if input_shape[0] == 3 else "digits"]
@@ -130,7 +142,7 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
         "model.filters": {"low": 8, "high": 64, "log": True, "when": CNN},
         "model.filter_multiplier": {"choice": [1.0, 1.5, 2.0], "when": CNN},
         "model.head": {"choice": ["flatten", "gap"], "when": CNN},
-        "model.fc_units": {"low": 32, "high": 256, "log": True, "when": CNN},
+        "model.fc_units": {"low": 32, "high": 256, "log": True, "when": {"model.family": ["cnn", "rnn"]}},
         "model.dropout_placement": {"choice": ["none", "after_pool", "before_fc", "after_fc",
                                                "after_pool+after_fc"], "when": CNN},
         "model.dropout_rate": {"low": 0.1, "high": 0.5, "when": {

@@ -43,7 +43,8 @@ from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import adopt, check_out, describe
-from nntune.training.pipeline import PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr
+from nntune.training.pipeline import (PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr,
+                                     stackable)
 from nntune.training.trainer import compute_metrics, make_loss
 
 
@@ -147,8 +148,9 @@ class Search:
         configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
         out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
-        if cfg.train.precision == "fp16" or cfg.finetune.init_from is not None:  # single-model training only: loss
-            return 1                                                              # scaling, a saved starting model
+        if cfg.train.precision == "fp16" or not stackable(cfg):  # single-model training only: loss scaling, a saved
+            self.sizes.setdefault(family, 1)                        # starting model, a recurrent network (recorded)
+            return 1
         if fixed:
             return min(fixed, self.sizes.get(family, fixed))
         if family not in self.sizes:

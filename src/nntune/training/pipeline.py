@@ -20,7 +20,7 @@ from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
 from nntune.data.splits import Split, split_dataset
-from nntune.errors import ConfigError
+from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.tracking import Tracker, flatten
@@ -139,7 +139,7 @@ def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
     """Train same-structure configs at once as one population (one ``Trainer.fit`` when there is one config);
     returns (model, FitResult) per config, in order, each model an ordinary module from the builders."""
     cfgs = list(cfgs)
-    if len(cfgs) == 1 or cfgs[0].finetune.init_from is not None:  # the engine stacks fresh models only
+    if len(cfgs) == 1 or not stackable(cfgs[0]):  # each alone, one after the other
         fits = []
         for i, cfg in enumerate(cfgs):
             model, _, fit = fit_model(cfg, data, callbacks[i] if callbacks else (), catch_interrupt=catch_interrupt)
@@ -155,6 +155,9 @@ def population_trainer(
 ) -> tuple[PopulationTrainer, torch.Tensor]:
     """A PopulationTrainer over fresh builder models for ``cfgs``, and the training tensor it takes."""
     check_same_structure(cfgs)
+    if not stackable(cfgs[0]):
+        raise SpecError("population: fine-tuned and recurrent models train one at a time (fit_population and "
+                        "fit_configs do that for you)")
     ds = data.dataset
     members = [build_model(c.model, ds.input_shape, ds.n_outputs, seed=c.seed) for c in cfgs]
     template = build_model(union_model_config(cfgs), ds.input_shape, ds.n_outputs)
@@ -162,6 +165,12 @@ def population_trainer(
     trainer = PopulationTrainer(template, members, ds.task, [c.train for c in cfgs], callbacks, transforms,
                                 [c.seed for c in cfgs])
     return trainer, x_train
+
+
+def stackable(cfg: RunConfig) -> bool:
+    """Whether the population engine can stack models of ``cfg``: fresh MLPs and CNNs (not a fine-tuned saved model,
+    not a recurrent network, whose cuDNN kernels have no batched form over models)."""
+    return cfg.finetune.init_from is None and cfg.model.family != "rnn"
 
 
 def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,
@@ -174,6 +183,8 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
     """
     if limit < 1:
         raise ConfigError(f"population size limit must be at least 1, got {limit}")
+    if not stackable(cfg):
+        return 1
     device = resolve_device(cfg.train.device)
     sizes = [k for k in (2**i for i in range(limit.bit_length())) if k < limit] + [limit]
     best_k, best_rate, per_member = 1, 0.0, 0.0

@@ -118,9 +118,11 @@ def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, lr: float 
 
 
 def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, weight) of every Linear/Conv layer, input to output: the layers gradient diagnostics watch."""
+    """(name, weight) of every Linear/Conv layer, input to output, and the first recurrent matrix of a GRU/LSTM (where
+    gradients explode through time): the layers gradient diagnostics watch."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    return [(n, m.weight) for n, m in model.named_modules() if isinstance(m, kinds)]
+    return [(n, m.weight if isinstance(m, kinds) else m.weight_hh_l0) for n, m in model.named_modules()
+            if isinstance(m, (*kinds, nn.RNNBase))]
 
 
 class Trainer(StopRequest):
