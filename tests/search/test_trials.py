@@ -1,4 +1,5 @@
 import optuna
+import pytest
 import torch
 
 from nntune.config import RunConfig, apply_overrides
@@ -28,3 +29,24 @@ def test_a_population_out_of_memory_is_retried_in_smaller_populations(tmp_path, 
     assert all(r.params == study.trials[r.user_attrs["retry_of_oom"]].params for r in retried)
     assert result["trials"]["complete"] + result["trials"]["pruned"] == 4
     assert result["study"]["population_sizes"] == {"mlp": 1}  # halved twice: 4 -> 2 -> 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+def test_a_ctrl_c_swallowed_by_a_gc_callback_still_stops_the_search():
+    """Python drops a KeyboardInterrupt raised inside a weakref callback; the record makes the next check raise."""
+    import signal
+    import weakref
+
+    from nntune.search.trials import Interrupts
+
+    class Thing:
+        pass
+
+    with Interrupts() as interrupts:
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+        del thing  # the callback raises KeyboardInterrupt, which Python reports as ignored
+        assert ref() is None and interrupts.seen
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

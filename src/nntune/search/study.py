@@ -36,7 +36,7 @@ from nntune.search.ensemble import ensemble_test
 from nntune.search.finalists import finishing_cost, run_finalists
 from nntune.search.objectives import best_trial, is_multi, pareto, score
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
-from nntune.search.trials import run_trials
+from nntune.search.trials import Interrupts, run_trials
 from nntune.search.warm_start import source_study, warm_trials
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
@@ -122,6 +122,7 @@ class Search:
     data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
     tracker: Tracker = field(default_factory=Tracker)  # TensorBoard / MLflow logging of trials (none by default)
+    interrupts: Interrupts | None = None  # the Ctrl-C record of the running search loop
 
     @property
     def task(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -120,6 +121,37 @@ class Heartbeats:
 Member = tuple[optuna.Trial, RunConfig]
 
 
+class Interrupts(Callback):
+    """Ctrl-C that cannot be lost. Python drops an exception raised inside a garbage-collection callback (SQLAlchemy
+    registers weakref callbacks that run all the time), so a KeyboardInterrupt raised by the default handler can
+    vanish and the search would go on. This handler records the signal before raising; the search loop and every
+    trial's epoch end raise again while it is recorded."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.check()
+
+
 class Infeasible(Exception):
     """A sampled trial breaks ``--max-params`` or ``--max-latency-ms``; it was told PRUNED without training."""
 
@@ -198,7 +230,8 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     first = trials[0].number
     started = time.perf_counter()
     try:
-        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left), *([log] if log else [])]
+        extra = [c for c in (search.interrupts,) if c is not None]
+        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left), *extra, *([log] if log else [])]
                                            for p, log in zip(pruning, logs)])
     except BaseException as err:
         for log in filter(None, logs):
@@ -258,10 +291,13 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
     live = LiveTrials(study, budget) if progress else None
     streak = 0
     limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
+    interrupts = search.interrupts = Interrupts()
     try:
         if live:
             live.__enter__()
+        interrupts.__enter__()
         while not budget.check(study):
+            interrupts.check()
             fail_stale_trials(study)  # before counting: a crashed worker's trials stop counting
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 budget.stopped_by = "grid"
@@ -297,6 +333,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
         budget.end_search("interrupted")
         return False
     finally:
+        interrupts.__exit__()
         if budget.search_seconds is None:
             budget.end_search()
         if live:
