@@ -114,15 +114,17 @@ def test_user_space_overrides_default():
 
 def test_default_trials_are_the_default_config_per_family():
     params = resolve_space(RunConfig(), "signal", (1, 64))
-    mlp, cnn, rnn = default_trials(params, RunConfig(), "signal")
+    mlp, cnn = default_trials(params, RunConfig(), "signal")  # the RNN is searched, not a default beside them
     d = RunConfig()
-    assert mlp["model.family"] == "mlp" and cnn["model.family"] == "cnn" and rnn["model.family"] == "rnn"
+    assert mlp["model.family"] == "mlp" and cnn["model.family"] == "cnn"
+    only_rnn = resolve_space(apply_overrides(RunConfig(), {"search.space": {"model.family": "rnn"}}), "signal", (1, 64))
+    (rnn,) = default_trials(only_rnn, RunConfig(), "signal")
     assert rnn["model.rnn_units"] == d.model.rnn_units and rnn["model.cell"] == d.model.cell
     assert mlp["model.units"] == d.model.units and mlp["model.hidden_layers"] == d.model.hidden_layers
     assert cnn["model.filters"] == d.model.filters and cnn["model.kernel_size"] == d.model.kernel_size
     assert cnn["model.dropout_placement"] == "none" and "model.dropout_rate" not in cnn
     assert "model.filters" not in mlp  # inactive for the MLP
-    for values in (mlp, cnn, rnn):
+    for values in (mlp, cnn):
         assert values["train.lr"] == d.train.lr and values["train.schedule.name"] == d.train.schedule.name
         assert values["preprocess.scaler"] == "channel"  # auto, resolved for signals
         assert values["preprocess.augment"] == "none"
