@@ -71,9 +71,6 @@ class PreprocessConfig(_Section):
         return self.augment_ops if self.augment == "custom" else None
 
 
-RNN_GRAD_CLIP = 1.0  # the default gradient-norm clip of recurrent models
-
-
 class ModelConfig(_Section):
     """Architecture of an MLP, a CNN (1-D or 2-D, picked from the input shape) or a recurrent network (signals)."""
 
@@ -164,6 +161,17 @@ class EarlyStoppingConfig(_Section):
     restore_best_weights: bool = True
 
 
+RNN_GRAD_CLIP = 1.0  # the default gradient-norm clip of recurrent models (exploding gradients are their failure)
+
+
+def training_settings(cfg: RunConfig) -> TrainConfig:
+    """``cfg.train`` as the trainer runs it: an unset ``grad_clip`` is resolved by family (recurrent models clip at
+    :data:`RNN_GRAD_CLIP`), so the default follows the model even when a search changes the family per trial."""
+    if cfg.train.grad_clip is None and cfg.model.family == "rnn":
+        return cfg.train.model_copy(update={"grad_clip": RNN_GRAD_CLIP})
+    return cfg.train
+
+
 class TrainConfig(_Section):
     """Optimizer, loss and loop settings."""
 
@@ -175,7 +183,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-2, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, ge=0, description="clip the gradient norm to this; 0: never; unset: "
+                                                             f"{RNN_GRAD_CLIP} for recurrent models, off for others")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
@@ -297,25 +306,6 @@ class RunConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _recurrent_clipping(cls, data: Any) -> Any:
-        """Recurrent models clip gradients at 1.0 unless train.grad_clip is set (exploding gradients are their
-        classic failure)."""
-        if not isinstance(data, dict):
-            return data
-        model, train = data.get("model"), data.get("train")
-        family = model.get("family") if isinstance(model, dict) else getattr(model, "family", None)
-        if family == "rnn":
-            if train is None or isinstance(train, dict):
-                train = dict(train or {})
-                if train.get("grad_clip") is None:
-                    train["grad_clip"] = RNN_GRAD_CLIP
-                data = {**data, "train": train}
-            elif train.grad_clip is None:
-                data = {**data, "train": train.model_copy(update={"grad_clip": RNN_GRAD_CLIP})}
-        return data
 
     @model_validator(mode="after")
     def _finetune_needs_a_start(self) -> RunConfig:

@@ -107,3 +107,12 @@ def test_a_fine_tuned_model_varies_what_trains_not_its_architecture():
     assert names(made["trainable"])[:3] == ["every layer trains", "the head alone trains", "the last 3 groups train"]
     assert all(made[q].startswith("Not testable here") for q in ("depth", "width", "dropout", "activation",
                                                                    "normalization"))
+
+
+def test_a_single_recurrent_layer_has_no_dropout_between_layers():
+    cfg = apply_overrides(RunConfig(), {"model.family": "rnn", "model.rnn_dropout": 0.3})  # one layer: inert
+    assert chosen_names(cfg, "signal")["dropout"] == "no dropout"
+    made = variants(cfg, "signal")
+    assert "model.rnn_dropout" not in made["dropout"][0].overrides
+    two = next(v for v in made["depth"] if v.name == "2 recurrent layers")
+    assert two.overrides == {"model.rnn_layers": 2, "model.rnn_dropout": 0.0}  # depth alone, no dropout switched on

@@ -68,14 +68,22 @@ def test_a_task_that_needs_memory_over_the_sequence_is_learned():
                                         "train.lr": 3e-3, "preprocess.scaler": "none"})
     result = train(cfg, dataset=_marked_sign())
     assert result["test"]["accuracy"] >= 0.95
-    assert result["config"]["train"]["grad_clip"] == 1.0  # recurrent models clip by default
     assert "recurrent.rnn" in result["history"][0]["grad_norms"]  # diagnostics watch the recurrent matrix
 
 
-def test_gradient_clipping_default_and_override():
-    assert apply_overrides(RunConfig(), {"model.family": "rnn"}).train.grad_clip == 1.0
-    assert apply_overrides(RunConfig(), {"model.family": "rnn", "train.grad_clip": 5.0}).train.grad_clip == 5.0
-    assert RunConfig().train.grad_clip is None
+def test_gradient_clipping_defaults_by_family_and_can_be_set_or_turned_off():
+    from nntune.config import training_settings
+    from nntune.training.pipeline import fit_model, prepare_data
+
+    rnn = apply_overrides(RunConfig(), {"model.family": "rnn"})
+    assert training_settings(rnn).grad_clip == 1.0 and rnn.train.grad_clip is None  # resolved late, per family
+    assert training_settings(apply_overrides(rnn, {"train.grad_clip": 5.0})).grad_clip == 5.0
+    assert training_settings(apply_overrides(rnn, {"train.grad_clip": 0})).grad_clip == 0  # 0: never clip
+    assert training_settings(apply_overrides(rnn, {"model.family": "mlp"})).grad_clip is None  # follows the family
+    ds = _marked_sign(n=100)
+    cfg = apply_overrides(rnn, {"train.epochs": 1, "preprocess.scaler": "none"})
+    _, trainer, _ = fit_model(cfg, prepare_data(cfg, ds))
+    assert trainer.cfg.grad_clip == 1.0
 
 
 def test_the_search_offers_recurrent_models_for_signals_only():

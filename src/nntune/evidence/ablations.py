@@ -74,7 +74,8 @@ def _count(n: int, what: str) -> str:
 def _dropout_name(cfg: RunConfig) -> str:
     m = cfg.model
     if m.family == "rnn":
-        places = [f"{name} {rate:.2f}" for name, rate in (("between recurrent layers", m.rnn_dropout),
+        between = m.rnn_dropout if m.rnn_layers > 1 else 0.0  # one layer: nothing is between layers
+        places = [f"{name} {rate:.2f}" for name, rate in (("between recurrent layers", between),
                                                           ("after FC", m.dropout_after_fc)) if rate > 0]
         return "+".join(places) if places else "no dropout"
     if m.family == "mlp":
@@ -125,7 +126,8 @@ def _v(question: str, name: str, overrides: dict[str, Any], rank: int) -> Varian
 def _dropout(cfg: RunConfig) -> list[Variant] | str:
     m = cfg.model
     if m.family == "rnn":  # between recurrent layers (with two or more) and after the FC head's layers
-        out = [_v("dropout", "no dropout", {"model.rnn_dropout": 0.0, "model.dropout_after_fc": 0.0}, 0)]
+        active = {"model.rnn_dropout": 0.0} if m.rnn_layers > 1 else {}
+        out = [_v("dropout", "no dropout", {**active, "model.dropout_after_fc": 0.0}, 0)]
         if m.rnn_layers > 1:
             out += [_v("dropout", f"between recurrent layers {r:.2f}", {"model.rnn_dropout": r}, i)
                     for i, r in ((1, 0.2), (2, 0.4)) if abs(r - m.rnn_dropout) > 1e-9]
@@ -161,8 +163,9 @@ def _depth(cfg: RunConfig) -> list[Variant]:
     out = []
     if m.family == "rnn":
         for n, rank in ((m.rnn_layers - 1, 0), (m.rnn_layers + 1, 1)):
-            if 1 <= n <= 8:
-                out.append(_v("depth", _count(n, "recurrent layer"), {"model.rnn_layers": n}, rank))
+            if 1 <= n <= 8:  # from one layer, the dropout between layers that had no effect stays off
+                extra = {"model.rnn_dropout": 0.0} if m.rnn_layers == 1 else {}
+                out.append(_v("depth", _count(n, "recurrent layer"), {"model.rnn_layers": n, **extra}, rank))
         if m.bidirectional:
             out.append(_v("depth", "one direction", {"model.bidirectional": False}, 2))
         return out

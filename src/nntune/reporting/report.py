@@ -289,7 +289,7 @@ def _q4(view: RunView, figs: Figures) -> Section:
     width = {"cnn": f"filters {' → '.join(map(str, m.block_filters()))} (×{m.filter_multiplier:g} per block), "
                     f"FC {m.fc_units} units",
              "rnn": f"{m.rnn_units} units per recurrent layer" + (" and direction" if m.bidirectional else "")
-                    + f", FC {m.fc_units} units"}.get(m.family,
+                    + (f", FC {m.fc_units} units" if m.fc_layers else "")}.get(m.family,
                                                       f"hidden widths {' → '.join(map(str, m.hidden_widths()))}")
     body = [_no_search(view)]
     body += _numeric_evidence(view, figs, {"mlp": "model.units", "cnn": "model.filters", "rnn": "model.rnn_units"},

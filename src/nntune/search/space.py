@@ -131,7 +131,7 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
             "model.bidirectional": {"choice": [False, True], "when": RNN},
             "model.pooling": {"choice": ["last", "mean", "attention"], "when": RNN},
             "model.frontend_filters": {"choice": [0, 16, 32], "when": RNN},
-            "model.rnn_dropout": {"low": 0.0, "high": 0.4, "when": RNN},
+            "model.rnn_dropout": {"low": 0.0, "high": 0.4, "when": {"model.family": "rnn", "model.rnn_layers": [2, 3]}},
         })
     else:
         max_blocks = max(1, min(4, int(math.log2(min(input_shape[1:]))) - 1))

@@ -149,8 +149,10 @@ class Search:
         configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
         out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
-        if cfg.train.precision == "fp16" or not stackable(cfg):  # single-model training only: loss scaling, a saved
-            self.sizes.setdefault(family, 1)                        # starting model, a recurrent network (recorded)
+        if not stackable(cfg):  # a saved starting model or a recurrent network: one at a time (recorded)
+            self.sizes.setdefault(family, 1)
+            return 1
+        if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only
             return 1
         if fixed:
             return min(fixed, self.sizes.get(family, fixed))

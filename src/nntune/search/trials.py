@@ -136,7 +136,9 @@ class Interrupts(Callback):
         raise KeyboardInterrupt
 
     def __enter__(self) -> Interrupts:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        # signal handlers live in the main thread; a process started with SIGINT ignored keeps ignoring it
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -198,6 +200,8 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
     fixed = None if grid else structure_values(values)
     # the cap is counted again before each member: other workers' trials are running too
     while len(members) < size and budget.trials_left(study) > 0 and not (grid and grid.unstarted(study) == 0):
+        if search.interrupts is not None:
+            search.interrupts.check()
         if fixed is not None and not _waiting(study):
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
         try:
@@ -334,6 +338,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
         return False
     finally:
         interrupts.__exit__()
+        search.interrupts = None
         if budget.search_seconds is None:
             budget.end_search()
         if live:

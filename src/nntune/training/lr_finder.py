@@ -89,6 +89,8 @@ def lr_find(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, cfg: 
             loss = loss_fn(out if task == "classification" else out.reshape(-1), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:  # the test runs the dynamics training will (recurrent models clip by default)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             value = loss.item()  # the test needs each loss to decide whether to stop
             if not math.isfinite(value):

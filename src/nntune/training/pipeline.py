@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nntune import artifacts
-from nntune.config import RunConfig, apply_overrides, save_config
+from nntune.config import RunConfig, apply_overrides, save_config, training_settings
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
@@ -73,7 +73,7 @@ def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindRes
     if not cfg.train.lr_auto:
         return cfg, None
     model = initial_model(cfg, data.dataset)
-    found = lr_find(model, data.dataset.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed)
+    found = lr_find(model, data.dataset.task, data.x_train, data.y_train, training_settings(cfg), seed=cfg.seed)
     return apply_overrides(cfg, {"train.lr": found.suggestion, "train.lr_auto": False}), found
 
 
@@ -114,7 +114,8 @@ def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] 
         cbs.append(ProgressBar())
     x_train, augment = train_inputs(cfg, data)
     groups = finetune.param_groups(model, cfg.train.lr, ft.lr_mult) if ft.lr_mult != 1 else None
-    trainer = Trainer(model, ds.task, cfg.train, cbs, augment=augment, seed=cfg.seed, param_groups=groups)
+    trainer = Trainer(model, ds.task, training_settings(cfg), cbs, augment=augment, seed=cfg.seed,
+                      param_groups=groups)
     result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return trainer.model, trainer, result
 
