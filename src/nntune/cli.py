@@ -567,14 +567,9 @@ def worker_cmd(out: Path, quiet: bool, log: tuple[str, ...], **kwargs: Any) -> N
     out.mkdir(parents=True, exist_ok=True)
     search = prepare_search(cfg, out)
     study = open_study(search, resume=True, worker=True)
-    search.tracker = Tracker(log, out, name=f"worker {cfg.search.study_name}", config=cfg.to_dict(),
-                             command="worker")
-    try:
+    with Tracker(log, out, name=f"worker {cfg.search.study_name}", config=cfg.to_dict(),
+                 command="worker") as search.tracker:
         run_trials(search, study, budget, progress=not quiet)
-    except BaseException:
-        search.tracker.close("FAIL")
-        raise
-    search.tracker.close()
     out_console.print(f"worker done ({budget.stopped_by}, {budget.elapsed():.0f} s): the study "
                       f"{study.study_name!r} has {count(study)} finished trials")
 

@@ -25,8 +25,7 @@ from typing import Any
 from nntune.errors import ConfigError
 from nntune.training.callbacks import Callback
 
-LOGGERS = ("tensorboard", "mlflow")
-EXTRA = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+LOGGERS = ("tensorboard", "mlflow")  # each is a module to import and the name of its nntune extra
 SKIPPED = ("epoch", "grad_norms")
 
 
@@ -36,11 +35,10 @@ def check_loggers(names: Iterable[str]) -> list[str]:
     for name in chosen:
         if name not in LOGGERS:
             raise ConfigError(f"--log: unknown logger {name!r} (choose from {', '.join(LOGGERS)})")
-        module = "mlflow" if name == "mlflow" else "tensorboard"
         try:
-            __import__(module)
+            __import__(name)
         except ImportError:
-            raise ConfigError(f"--log {name}: not installed; pip install 'nntune[{EXTRA[name]}]'") from None
+            raise ConfigError(f"--log {name}: not installed; pip install 'nntune[{name}]'") from None
     return list(dict.fromkeys(chosen))
 
 
@@ -209,6 +207,13 @@ class Tracker:
 
     def __bool__(self) -> bool:
         return bool(self.backends)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        """Close every backend: the parent run ends FINISHED, or FAILED when the block raised (Ctrl-C included)."""
+        self.close("FAIL" if exc_type is not None else "COMPLETE")
 
     def run(self, name: str, params: dict[str, Any], main: bool = False) -> RunLog | None:
         """A callback logging one run (nested, or with ``main`` the command's own run), or None when nothing is

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import optuna
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
-
-
-EXTRA = ("params", "latency")  # objectives beside the score, both minimized (names: nntune.config.OBJECTIVES)
+from optuna.trial import FrozenTrial
 
 
 def score(trial: FrozenTrial) -> float | None:
@@ -39,7 +36,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     """The best trial by score: of a multi-objective study, the Pareto point with the best score."""
     if not is_multi(study):
         return study.best_trial
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    front = pareto(study)
+    if not front:
         raise ValueError("no complete trial")
-    return pareto(study)[0]
+    return front[0]

@@ -93,8 +93,7 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
       trial's epochs, warmup at most 3 and always leaving epochs for the schedule;
     - the LR range is 1e-4..3e-2, or a decade either side of the LR range test's suggestion when it ran.
     """
-    lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
-          else {"low": 1e-4, "high": 3e-2, "log": True})
+    lr = _lr_range(lr_center)
     space: dict[str, Any] = {
         "model.family": {"choice": ["mlp", "cnn"]} if kind != "tabular" else "mlp",
         "model.hidden_layers": {"low": 1, "high": 4, "when": MLP},
@@ -157,12 +156,17 @@ NOT_SEARCHABLE = ("data.", "search.", "evidence.", "seed", "train.epochs", "trai
                   "train.threads", "finetune.init_from")
 
 
+def _lr_range(lr_center: float | None) -> dict[str, Any]:
+    """The searched LR: 1e-4..3e-2, or a decade either side of the range test's suggestion when it ran."""
+    return ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
+            else {"low": 1e-4, "high": 3e-2, "log": True})
+
+
 def finetune_space(groups: int, lr_center: float | None = None, max_epochs: int = 30) -> dict[str, Any]:
     """The space of a fine-tuning search (the architecture is the saved model's): how many of its ``groups`` layer
     groups train from the start (all, down to the head alone), gradual unfreezing (off, or one group every 1 to a
     quarter of the trial's epochs), the LR and the per-group LR multiplier."""
-    lr = ({"low": lr_center / 10, "high": min(lr_center * 10, 1.0), "log": True} if lr_center
-          else {"low": 1e-4, "high": 3e-2, "log": True})
+    lr = _lr_range(lr_center)
     return {
         "finetune.freeze_all_but_last": {"low": 1, "high": max(1, groups)} if groups > 1 else 1,
         "finetune.unfreeze_after": {"choice": [None, *sorted({1, 2, max(2, max_epochs // 4)})]},

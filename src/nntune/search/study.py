@@ -295,8 +295,9 @@ def _train_plus_val(cfg: RunConfig, data: PreparedData) -> PreparedData:
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, params, seconds, fail reason (also written as trials.csv)."""
     rows = []
+    extra_names = study.user_attrs.get("objectives", ["score"])[1:]  # one storage read, not one per trial
     for t in study.get_trials(deepcopy=False):
-        extra = dict(zip(study.user_attrs.get("objectives", ["score"])[1:], (t.values or [])[1:]))
+        extra = dict(zip(extra_names, (t.values or [])[1:]))
         rows.append({"number": t.number, "state": t.state.name, "value": score(t), **extra,
                      "seconds": t.user_attrs.get("seconds"), "best_epoch": t.user_attrs.get("best_epoch"),
                      "stop_reason": t.user_attrs.get("stop_reason"), "fail_reason": t.user_attrs.get("fail_reason"),
@@ -321,16 +322,11 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
     once. ``log`` names loggers (``tensorboard``, ``mlflow``) that record every trial and the final fit; ``dataset``
     (in memory) replaces the config's data source. Returns ``result.json``'s content."""
     out = Path(out)
-    tracker = Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune")
-    try:
+    with Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune") as tracker:
         result = _tune(cfg, out, resume, progress, tracker, dataset)
-    except BaseException:
-        tracker.close("FAIL")
-        raise
-    tracker.summary({"best_value": result["best_value"], **{f"test_{k}": v for k, v in result["test"].items()},
-                     **{f"trials_{k}": v for k, v in result["trials"].items()}})
-    tracker.artifacts([out / "best", out / "result.json", out / "trials.csv"])
-    tracker.close()
+        tracker.summary({"best_value": result["best_value"], **{f"test_{k}": v for k, v in result["test"].items()},
+                         **{f"trials_{k}": v for k, v in result["trials"].items()}})
+        tracker.artifacts([out / "best", out / "result.json", out / "trials.csv"])
     return result
 
 

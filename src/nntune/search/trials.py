@@ -234,7 +234,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     first = trials[0].number
     started = time.perf_counter()
     try:
-        extra = [c for c in (search.interrupts,) if c is not None]
+        extra = [search.interrupts] if search.interrupts is not None else []
         fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left), *extra, *([log] if log else [])]
                                            for p, log in zip(pruning, logs)])
     except BaseException as err:

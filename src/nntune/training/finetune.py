@@ -98,8 +98,7 @@ def param_groups(model: nn.Module, lr: float, lr_mult: float) -> list[dict]:
     out = []
     for i, group in enumerate(groups):
         params = [p for _, m in group for p in m.parameters(recurse=False)]
-        out.append({"params": params, "lr": lr * lr_mult ** (len(groups) - 1 - i),
-                    "names": [n for n, _ in group]})
+        out.append({"params": params, "lr": lr * lr_mult ** (len(groups) - 1 - i)})
     return out
 
 

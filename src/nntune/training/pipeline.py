@@ -255,17 +255,12 @@ def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: 
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
     out = Path(out) if out is not None else None
-    tracker = Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict())
-    try:
+    with Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict()) as tracker:
         model, result = _train(cfg, data, found, out, progress, tracker)
-    except BaseException:
-        tracker.close("FAIL")
-        raise
-    result["seconds"] = time.perf_counter() - started
-    if out is not None:
-        artifacts.write_result(out, result)
-        tracker.artifacts([out / "best", out / "result.json"])
-    tracker.close()
+        result["seconds"] = time.perf_counter() - started
+        if out is not None:
+            artifacts.write_result(out, result)
+            tracker.artifacts([out / "best", out / "result.json"])
     return artifacts.Artifact(model, data.scaler, cfg, data.dataset.meta()), result
 
 

@@ -740,27 +740,23 @@ class PopulationTrainer:
     def _step(self, model: StackedModel, optimizer, lrs: MemberLRs, xb: torch.Tensor, yb: torch.Tensor,
               grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One training step of every active member: (outputs, (K,) losses, (layers, K) gradient norms or None)."""
-        with matmul_precision(self.device, self.cfgs[0].precision):
-            return self._step_body(model, optimizer, lrs, xb, yb, grad_norms)
-
-    def _step_body(self, model: StackedModel, optimizer, lrs: MemberLRs, xb: torch.Tensor, yb: torch.Tensor,
-                   grad_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = self._outputs(model.forward(xb, train=True))
-        if self.amp is not None:  # losses and metrics in fp32, as the Trainer
-            out = out.float()
-        losses = self._losses(out, yb, self._vectors["smoothing"])
-        model.zero_grad()
-        losses.sum().backward()  # members are independent: each gets the gradient of its own loss
-        grads = [g for g in model.grads() if g is not None]
-        norms = torch.stack([model.tensors[k].grad.flatten(1).norm(dim=1) for k in model.weighted]) \
-            if grad_norms else None
-        if self._clipping:  # per member, over all its parameters, as clip_grad_norm_
-            total = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
-            coef = (self._vectors["clip"] / (total + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                g.mul_(_bcast(coef, g.dim()))
-        optimizer.step(lrs.current(), lrs.momentum())
+        with matmul_precision(self.device, self.cfgs[0].precision):  # TF32 for the forward and the backward pass
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                out = self._outputs(model.forward(xb, train=True))
+            if self.amp is not None:  # losses and metrics in fp32, as the Trainer
+                out = out.float()
+            losses = self._losses(out, yb, self._vectors["smoothing"])
+            model.zero_grad()
+            losses.sum().backward()  # members are independent: each gets the gradient of its own loss
+            grads = [g for g in model.grads() if g is not None]
+            norms = torch.stack([model.tensors[k].grad.flatten(1).norm(dim=1) for k in model.weighted]) \
+                if grad_norms else None
+            if self._clipping:  # per member, over all its parameters, as clip_grad_norm_
+                total = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
+                coef = (self._vectors["clip"] / (total + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(_bcast(coef, g.dim()))
+            optimizer.step(lrs.current(), lrs.momentum())
         lrs.after_batch()
         return out, losses, norms
 

@@ -182,7 +182,7 @@ class Trainer(StopRequest):
         # every parameter is in the optimizer: a frozen one gets no gradient, so it does not move (not even by weight
         # decay), and it trains once unfrozen (gradual unfreezing)
         groups = self.param_groups or [{"params": list(self.model.parameters())}]
-        optimizer = build_optimizer([{k: v for k, v in g.items() if k != "names"} for g in groups], self.cfg)
+        optimizer = build_optimizer(groups, self.cfg)
         plateau_mode = monitor_mode(self.cfg.early_stopping.monitor, self.cfg.early_stopping.mode)
         schedule = Schedule(optimizer, self.cfg.schedule, self.epochs, steps, plateau_mode)
         watched = list(weighted_layers(self.model)) if self.grad_stats else []
