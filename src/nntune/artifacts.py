@@ -9,22 +9,24 @@ sees half a file).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nntune import atomic
 from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
-from nntune.errors import ArtifactError
+from nntune.errors import ArtifactError, NNTuneError
 from nntune.models.builders import build_model, forward_batched
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
 FORMAT = 1  # model.json's format version; a newer one is refused with a message to upgrade nntune
+MAX_INPUT_VALUES = 2**28  # per sample; a model.json claiming more is refused before anything is built
 
 
 class Described:
@@ -90,7 +92,10 @@ def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Sca
     with atomic.replacing_dir(directory) as staging:
         for name, tensors in ((WEIGHTS, weights), (SCALER, scaler.state_dict())):
             with atomic.staged(staging / name) as tmp:
-                save_file(tensors, str(tmp))
+                try:
+                    save_file(tensors, str(tmp))
+                except SafetensorError as err:  # a full disk or an I/O error inside safetensors' own writer
+                    raise ArtifactError(f"{directory / name}: cannot write ({err})") from None
         atomic.write_text(staging / META, json.dumps(meta, indent=2))
     return directory
 
@@ -112,31 +117,60 @@ def load(directory: str | Path) -> Artifact:
         data, method = meta["data"], meta["scaler"]
         n_outputs = len(data["class_names"]) if data["task"] == "classification" else 1
         input_shape = [int(s) for s in data["input_shape"]]
+        if not input_shape or any(s < 1 for s in input_shape) or math.prod(input_shape) > MAX_INPUT_VALUES:
+            raise ValueError(f"input_shape {input_shape} is not a positive per-sample shape of at most "
+                             f"{MAX_INPUT_VALUES:,} values")
     except FileNotFoundError:
         raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
+    _check_shapes(meta_path, directory / WEIGHTS, _planned_shapes(meta_path, config, input_shape, n_outputs))
     model = build_model(config.model, input_shape, n_outputs, seed=config.seed)
-    model.load_state_dict(_read_tensors(directory / WEIGHTS, expected=model.state_dict()))
+    model.load_state_dict(_read_tensors(directory / WEIGHTS))  # its shapes were checked against the header
     scaler = Scaler(method).load_state_dict(_read_tensors(directory / SCALER))
     return Artifact(model, scaler, config, data)
 
 
-def _read_tensors(path: Path, expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def _planned_shapes(meta_path: Path, config: RunConfig, input_shape: list[int],
+                    n_outputs: int) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes the described model would have, built on the meta device (nothing is allocated, so a
+    model.json describing a huge or impossible model costs nothing)."""
     try:
-        tensors = load_file(str(path))
+        with torch.device("meta"):
+            planned = build_model(config.model, input_shape, n_outputs, seed=config.seed)
+    except NNTuneError as err:
+        raise ArtifactError(f"{meta_path}: the described model cannot be built ({err})") from None
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ArtifactError(f"{meta_path}: the described model cannot be built ({err.__class__.__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return {k: tuple(v.shape) for k, v in planned.state_dict().items()}
+
+
+def _check_shapes(meta_path: Path, weights: Path, planned: dict[str, tuple[int, ...]]) -> None:
+    """Compare the described model with the weights file's header (no tensor data is read) before anything is
+    allocated."""
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except FileNotFoundError:
+        raise ArtifactError(f"{weights}: missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{weights}: corrupt safetensors file ({err})") from None
+    problems = ([f"missing {k!r}" for k in sorted(set(planned) - set(found))]
+                + [f"unexpected {k!r}" for k in sorted(set(found) - set(planned))]
+                + [f"shape of {k!r}: {found[k]} in the file, {planned[k]} described"
+                   for k in sorted(set(planned) & set(found)) if planned[k] != found[k]])
+    if problems:
+        raise ArtifactError(f"{weights}: weights do not fit the saved config ({problems[0]})")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{path}: corrupt safetensors file ({err})") from None
-    if expected is not None:
-        problems = ([f"missing {k!r}" for k in sorted(set(expected) - set(tensors))]
-                    + [f"unexpected {k!r}" for k in sorted(set(tensors) - set(expected))]
-                    + [f"shape of {k!r}" for k in sorted(set(expected) & set(tensors))
-                       if expected[k].shape != tensors[k].shape])
-        if problems:
-            raise ArtifactError(f"{path}: weights do not fit the saved config ({problems[0]})")
-    return tensors
 
 
 def read_result(run_dir: str | Path) -> dict:

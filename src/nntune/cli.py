@@ -638,19 +638,20 @@ def predict_cmd(model: Path, data_path: Path, out: Path) -> None:
     from nntune.export import load_exported
 
     art = load_exported(model) if model.is_file() else artifacts.load(model)
-    x = load_features(data_path, art.data.get("feature_names", []), tuple(art.data["input_shape"]))
+    x, rows = load_features(data_path, art.data)
+    key = "file" if data_path.is_dir() else "row"
     with atomic.replacing(out, "w", newline="") as fh:
         w = csv.writer(fh)
         if art.task == "classification":
             probs = art.predict_proba(x)
             names = art.class_names
-            w.writerow(["row", "label", *(f"prob_{c}" for c in names)])
-            for i, row in enumerate(probs.tolist()):
-                w.writerow([i, names[max(range(len(row)), key=row.__getitem__)], *(f"{p:.6g}" for p in row)])
+            w.writerow([key, "label", *(f"prob_{c}" for c in names)])
+            for name, row in zip(rows, probs.tolist()):
+                w.writerow([name, names[max(range(len(row)), key=row.__getitem__)], *(f"{p:.6g}" for p in row)])
         else:
-            w.writerow(["row", "prediction"])
-            for i, v in enumerate(art.predict(x).tolist()):
-                w.writerow([i, f"{v:.6g}"])
+            w.writerow([key, "prediction"])
+            for name, v in zip(rows, art.predict(x).tolist()):
+                w.writerow([name, f"{v:.6g}"])
     out_console.print(f"{len(x)} predictions -> {out}")
 
 

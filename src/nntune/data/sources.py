@@ -3,7 +3,9 @@ folders.
 
 Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
 ``(N, C, L)`` and tables as ``(N, F)``. Classification targets are mapped to ``0..K-1`` with the original class
-names kept.
+names kept. Values are checked at float32, the dtype nntune trains in (1e39 is finite in float64, not in float32).
+Image files are read at their full bit depth and scaled to [0, 1] by their type's maximum (8-bit by 255, 16-bit by
+65535); hidden files and folders (``.ipynb_checkpoints``) are skipped, and oversized images are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ Task = Literal["classification", "regression"]
 BUILTIN = BUILTIN_DATASETS
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_CLASSES = 50
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image; larger ones are refused before they are decoded
+IMAGE_VALUES = "unit"  # image files are read into [0, 1]; a saved model without this mark saw 0..255
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Dataset:
     task: Task
     class_names: list[str] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the image file of each sample, when read from files
 
     @property
     def kind(self) -> Literal["tabular", "signal", "image"]:
@@ -56,10 +61,13 @@ class Dataset:
 
     def meta(self) -> dict:
         """What a saved model needs to know about its data (JSON-serialisable)."""
-        return {
+        meta = {
             "name": self.name, "task": self.task, "kind": self.kind, "input_shape": list(self.input_shape),
             "class_names": self.class_names, "feature_names": self.feature_names,
         }
+        if self.files:
+            meta["image_values"] = IMAGE_VALUES
+        return meta
 
 
 def load_dataset(
@@ -166,13 +174,44 @@ def infer_task(y: np.ndarray) -> Task:
     return "classification" if integer_like and len(distinct) <= MAX_CLASSES else "regression"
 
 
-def _encode_target(name: str, x: torch.Tensor, y: np.ndarray, feature_names: list[str]) -> Dataset:
+def _encode_target(name: str, x: torch.Tensor, y: np.ndarray, feature_names: list[str],
+                   where: str | None = None) -> Dataset:
+    """Classes mapped to 0..K-1, or a float32 regression target (checked at float32; errors name ``where``)."""
     task = infer_task(y)
     if task == "classification":
         classes, codes = np.unique(y, return_inverse=True)
         names = [_class_name(c) for c in classes]
         return Dataset(name, x, torch.tensor(codes, dtype=torch.int64), task, names, feature_names)
-    return Dataset(name, x, torch.tensor(y.astype(np.float32)), task, [], feature_names)
+    return Dataset(name, x, torch.from_numpy(as_float32(y, where or f"{name}: the target")), task, [], feature_names)
+
+
+def as_float32(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` cast to float32, the training dtype; NaN, infinite or out-of-float32-range values are a
+    DataError naming ``what`` (the check runs after the cast, where 1e39 has become infinite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.asarray(values).astype(np.float32)
+    bad = ~np.isfinite(cast)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        original = np.asarray(values)[first]
+        why = "NaN" if np.isnan(original) else "infinite" if np.isinf(original) else \
+            f"outside float32's range (+-3.4e38, got {float(original):.3g})"
+        raise DataError(f"{what} has {why} values (first at index {first if len(first) > 1 else first[0]}); "
+                        "fill, drop or rescale them")
+    return cast
+
+
+def unique_columns(header: list[str]) -> list[str]:
+    """Header names made unique as pandas does (``a, a`` -> ``a, a.1``), so no column is ever read twice."""
+    seen: set[str] = set()
+    names = []
+    for h in header:
+        name, k = h, 1
+        while name in seen:
+            name, k = f"{h}.{k}", k + 1
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def _class_name(value: object) -> str:
@@ -212,7 +251,7 @@ def load_csv(path: str | Path, target: str | None) -> Dataset:
     rows = [r for r in rows if r]
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header = _header(path, rows[0])
     if target not in header:
         raise DataError(f"{path}: target column {target!r} not found (columns: {', '.join(header)})")
     for i, row in enumerate(rows[1:], start=2):
@@ -222,19 +261,7 @@ def load_csv(path: str | Path, target: str | None) -> Dataset:
     features = [h for j, h in enumerate(header) if j != t]
     if not features:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
-    for k, j in enumerate(j for j in range(len(header)) if j != t):
-        for i, row in enumerate(rows[1:]):
-            try:
-                x[i, k] = float(row[j])
-            except ValueError:
-                raise DataError(
-                    f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {row[j]!r}); "
-                    "encode it or drop it"
-                ) from None
-    if not np.all(np.isfinite(x)):
-        bad = int(np.argwhere(~np.isfinite(x))[0][1])
-        raise DataError(f"{path}: column {features[bad]!r} has NaN or infinite values; fill or drop them")
+    x = _numeric_columns(path, header, rows[1:], [j for j in range(len(header)) if j != t], "encode it or drop it")
     raw_y = [row[t].strip() for row in rows[1:]]
     if any(v == "" for v in raw_y):
         raise DataError(f"{path}: target column {target!r} has empty values (line {raw_y.index('') + 2})")
@@ -244,25 +271,65 @@ def load_csv(path: str | Path, target: str | None) -> Dataset:
         y = np.array(raw_y)
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise DataError(f"{path}: target column {target!r} has non-finite values")
-    return _encode_target(path.stem, torch.from_numpy(x), y, features)
+    return _encode_target(path.stem, x, y, features, where=f"{path}: target column {target!r}")
+
+
+def _header(path: Path, row: list[str]) -> list[str]:
+    """A CSV header with duplicate names made unique (with a warning naming them)."""
+    header = [h.strip() for h in row]
+    names = unique_columns(header)
+    renamed = [f"{h!r} -> {n!r}" for h, n in zip(header, names) if h != n]
+    if renamed:
+        warnings.warn(f"{path}: duplicate column names renamed: {', '.join(renamed)}", stacklevel=3)
+    return names
+
+
+def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols: list[int],
+                     advice: str = "") -> torch.Tensor:
+    """The columns ``cols`` of ``rows`` as float32; a non-numeric, NaN, infinite or out-of-float32-range cell is a
+    DataError naming the column and the line."""
+    x = np.empty((len(rows), len(cols)), dtype=np.float64)
+    for i, row in enumerate(rows):
+        for k, j in enumerate(cols):
+            try:
+                x[i, k] = float(row[j])
+            except (ValueError, IndexError):
+                value = row[j] if j < len(row) else ""
+                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})"
+                                + (f"; {advice}" if advice else "")) from None
+    with np.errstate(over="ignore"):
+        cast = x.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(cast))
+    if len(bad):
+        i, k = (int(v) for v in bad[0])
+        why = "NaN or infinite values" if not np.isfinite(x[i, k]) else "values outside float32's range"
+        raise DataError(f"{path}: column {header[cols[k]]!r} has {why} (line {i + 2}: {rows[i][cols[k]]!r}); "
+                        "fill, drop or rescale them")
+    return torch.from_numpy(cast)
 
 
 def load_npz(path: str | Path) -> Dataset:
     """An NPZ with arrays ``x`` ((N, F), (N, C, L) or (N, C, H, W)) and ``y`` (N,)."""
     path = Path(path)
     x, y = _read_npz(path, ("x", "y"))
-    if x.ndim not in (2, 3, 4):
-        raise DataError(f"{path}: array 'x' must be (N, F), (N, C, L) or (N, C, H, W); got shape {x.shape}")
+    x = _npz_inputs(path, x)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: array 'y' must have shape ({len(x)},); got {y.shape}")
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"{path}: array 'x' must be numeric; got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: array 'x' has NaN or infinite values")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise DataError(f"{path}: array 'y' has NaN or infinite values")
     names = [f"x{i}" for i in range(x.shape[1])] if x.ndim == 2 else []
-    return _encode_target(path.stem, torch.tensor(x, dtype=torch.float32), y, names)
+    return _encode_target(path.stem, x, y, names, where=f"{path}: array 'y'")
+
+
+def _npz_inputs(path: Path, x: np.ndarray) -> torch.Tensor:
+    """An NPZ's ``x`` checked (rank, no empty axis, numeric, finite at float32) as a float32 tensor."""
+    if x.ndim not in (2, 3, 4):
+        raise DataError(f"{path}: array 'x' must be (N, F), (N, C, L) or (N, C, H, W); got shape {x.shape}")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{path}: array 'x' has an empty axis (shape {x.shape}); every sample needs values")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array 'x' must be numeric; got dtype {x.dtype}")
+    return torch.from_numpy(as_float32(x, f"{path}: array 'x'"))
 
 
 def _read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
@@ -277,82 +344,117 @@ def _read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
         raise DataError(f"{path}: not a readable NPZ file ({err})") from None
 
 
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not hidden (``.ipynb_checkpoints``, ``.DS_Store``), sorted."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def load_image_folder(path: str | Path) -> Dataset:
     """One sub-folder per class; mixed sizes are resized to the most common size (with a warning)."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    classes = [d.name for d in _visible(path) if d.is_dir()]
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs one sub-folder per class (found {len(classes)})")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = [f for f in _visible(path / name) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not found:
             raise DataError(f"{path / name}: class folder has no images")
         files += [(f, label) for f in found]
-    images = []
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{f}: unreadable image ({err.__class__.__name__})") from None
-    mode = "RGB" if any(im.mode not in ("L", "1", "I", "I;16", "F") for im in images) else "L"
+    x = read_images(path, [f for f, _ in files])
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return Dataset(path.name, x, y, "classification", classes, files=[str(f) for f, _ in files])
+
+
+def read_images(where: Path, files: list[Path]) -> torch.Tensor:
+    """Image files as one float32 tensor (N, C, H, W) in [0, 1]: grey when every file is grey, else RGB; the most
+    common size wins and the others are resized to it (with a warning)."""
+    images = [_open_image(f) for f in files]
+    rgb = any(im.mode not in ("L", "1", "I", "F") and not im.mode.startswith("I;16") for im in images)
     sizes = collections.Counter(im.size for im in images)
     size = sizes.most_common(1)[0][0]
     if len(sizes) > 1:
-        warnings.warn(f"{path}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
-                      stacklevel=2)
-    arrays = [np.asarray(im.convert(mode).resize(size) if im.size != size else im.convert(mode), dtype=np.float32)
-              for im in images]
-    x = torch.tensor(np.stack(arrays))
-    x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return Dataset(path.name, x, y, "classification", classes)
+        warnings.warn(f"{where}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
+                      stacklevel=3)
+    x = torch.from_numpy(np.stack([_pixels(im, rgb, size) for im in images]))
+    return x.unsqueeze(1) if not rgb else x.permute(0, 3, 1, 2).contiguous()
 
 
-def load_features(path: str | Path, feature_names: list[str], input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Inputs for prediction: a CSV with the training feature columns (others, like a target, are ignored), an NPZ
-    with ``x``, or an image folder. The per-sample shape must match ``input_shape``."""
+def _open_image(f: Path):
+    """A decoded copy of image file ``f``; unreadable, oversized or decompression-bomb files are DataErrors."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DataError(f"{f}: image is {w}x{h} pixels; nntune reads images of at most {MAX_IMAGE_PIXELS:,} "
+                                "pixels (resize it first)")
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError:
+        raise DataError(f"{f}: image is larger than {MAX_IMAGE_PIXELS:,} pixels (resize it first)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{f}: unreadable image ({err.__class__.__name__})") from None
+
+
+def _pixels(im, rgb: bool, size: tuple[int, int]) -> np.ndarray:
+    """One image's pixels as float32 in [0, 1], scaled by its type's maximum: 8-bit by 255, 16-bit by 65535 (32-bit
+    integer images holding 16-bit data, as some readers return, too), float images as they are."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        values = np.asarray(im).astype(np.float64)
+        top = 1.0 if im.mode == "F" else 65535.0 if im.mode != "I" or values.max(initial=0) <= 65535 else 2.0**31 - 1
+        grey = Image.fromarray((values / top).astype(np.float32), mode="F")
+        grey = grey.resize(size) if grey.size != size else grey
+        out = np.asarray(grey, dtype=np.float32)
+        return np.repeat(out[..., None], 3, axis=2) if rgb else out
+    im = im.convert("RGB" if rgb else "L")
+    im = im.resize(size) if im.size != size else im
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]]:
+    """Inputs for prediction and a name per row (the file of an image, else the row number): a CSV with the
+    training feature columns (others, like a target, are ignored), an NPZ with ``x``, or an image folder. ``data``
+    is the saved model's data description; the per-sample shape must match its input shape."""
     path = Path(path)
+    input_shape = tuple(data["input_shape"])
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    names: list[str] = []
     if path.is_dir():
-        x = load_image_folder(path).x
+        ds = load_image_folder(path)
+        x, names = ds.x, ds.files
+        if data.get("kind") == "image" and data.get("image_values") != IMAGE_VALUES:
+            x = x * 255.0  # a model saved before image files were read into [0, 1] learned 0..255 pixel values
     elif path.suffix.lower() == ".npz":
         (x,) = _read_npz(path, ("x",))
-        x = torch.tensor(x, dtype=torch.float32)
+        x = _npz_inputs(path, x)
     elif path.suffix.lower() == ".csv":
-        x = _csv_columns(path, feature_names)
+        x = _csv_columns(path, data.get("feature_names", []))
     else:
         raise DataError(f"{path}: unsupported data file (expected .csv, .npz or an image folder)")
-    if not torch.isfinite(x).all():
-        raise DataError(f"{path}: inputs have NaN or infinite values")
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(input_shape)}")
-    return x
+    if tuple(x.shape[1:]) != input_shape:
+        raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {input_shape}")
+    return x, names or [str(i) for i in range(len(x))]
 
 
 def _csv_columns(path: Path, names: list[str]) -> torch.Tensor:
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r]
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from None
     if not rows:
         raise DataError(f"{path}: empty CSV file")
-    header = [h.strip() for h in rows[0]]
+    header = _header(path, rows[0])
     if not names:
         raise DataError(f"{path}: this model was not trained on a table; pass an NPZ file or an image folder")
     missing = [n for n in names if n not in header]
     if missing:
         raise DataError(f"{path}: feature column {missing[0]!r} is missing (the model needs: {', '.join(names)})")
-    cols = [header.index(n) for n in names]
-    x = np.empty((len(rows) - 1, len(cols)), dtype=np.float32)
-    for i, row in enumerate(rows[1:]):
-        for k, j in enumerate(cols):
-            try:
-                x[i, k] = float(row[j])
-            except (ValueError, IndexError):
-                value = row[j] if j < len(row) else ""
-                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})") from None
-    return torch.from_numpy(x)
+    return _numeric_columns(path, header, rows[1:], [header.index(n) for n in names])
