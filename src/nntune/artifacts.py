@@ -23,6 +23,7 @@ from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
 from nntune.errors import ArtifactError, NNTuneError
 from nntune.models.builders import build_model, forward_batched
+from nntune.redact import redact
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
 FORMAT = 1  # model.json's format version; a newer one is refused with a message to upgrade nntune
@@ -88,7 +89,7 @@ def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Sca
     one or the previous one (see :func:`nntune.atomic.replacing_dir`)."""
     directory = Path(directory)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "config": config.to_dict(), "data": data, "scaler": scaler.method}
+    meta = {"format": FORMAT, "config": redact(config.to_dict()), "data": data, "scaler": scaler.method}
     with atomic.replacing_dir(directory) as staging:
         for name, tensors in ((WEIGHTS, weights), (SCALER, scaler.state_dict())):
             with atomic.staged(staging / name) as tmp:
@@ -186,4 +187,4 @@ def read_result(run_dir: str | Path) -> dict:
 
 def write_result(run_dir: str | Path, result: dict) -> Path:
     """Write ``RUN_DIR/result.json`` through a temporary file in the same directory, fsync'd and renamed over it."""
-    return atomic.write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2))
+    return atomic.write_text(Path(run_dir) / "result.json", json.dumps(redact(result), indent=2))

@@ -6,19 +6,24 @@ User errors (:class:`nntune.errors.NNTuneError`) print one line and exit 2; ``--
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nntune import atomic
 from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, OPTIMIZERS, SCALERS, SCHEDULES,
                            RunConfig, apply_overrides, load_config)
 from nntune.errors import NNTuneError
+from nntune.redact import redact
 
 console = Console(stderr=True)
 out_console = Console()
@@ -163,7 +168,7 @@ def _emit_json(payload: dict, json_out: str | None) -> None:
     """``--json -`` prints JSON to stdout; ``--json FILE`` writes it there."""
     if json_out is None:
         return
-    text = json.dumps(payload, indent=2)
+    text = json.dumps(redact(payload), indent=2)
     if json_out == "-":
         click.echo(text)
     else:
@@ -696,9 +701,34 @@ def _print_train_summary(result: dict, out: Path) -> None:
     out_console.print(f"run directory: {out}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: cleanly, with what finished kept
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"[yellow]warning:[/] {escape(redact(str(message)))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors with exit code 2 unless --debug."""
+    """Console-script entry point: one-line errors with exit code 2 unless --debug; SIGTERM (``docker stop``,
+    Slurm, ``timeout``) is handled like Ctrl-C; warnings are one line each."""
     args = sys.argv[1:] if argv is None else argv
+    terminate = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if terminate:
+        signal.signal(signal.SIGTERM, _terminate)
+    shown = warnings.showwarning
+    if "--debug" not in args:
+        warnings.showwarning = _show_warning
+    try:
+        _run(args)
+    finally:
+        warnings.showwarning = shown
+        if terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run(args: list[str]) -> None:
     try:
         cli.main(args=args, prog_name="nntune", standalone_mode=False)
     except click.exceptions.Abort:
@@ -710,7 +740,13 @@ def main(argv: list[str] | None = None) -> None:
     except NNTuneError as err:
         if "--debug" in args:
             raise
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(redact(str(err)))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except OSError as err:  # a full disk, a permission, a path that is a file: the file and the reason
+        if "--debug" in args:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        console.print(f"[red]error:[/] {escape(where + (err.strerror or str(err)))}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -360,8 +360,9 @@ def load_config(path: str | Path) -> RunConfig:
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the config as YAML (atomically)."""
     from nntune.atomic import write_text
+    from nntune.redact import redact
 
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
 
 
 def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:

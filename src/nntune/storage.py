@@ -13,6 +13,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nntune.errors import ArtifactError, NNTuneError
+from nntune.redact import redact
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,6 +26,20 @@ def normalize_url(url: str) -> str:
 
 
 SQLITE_BUSY_TIMEOUT = 60  # seconds a process waits for another's write lock on a SQLite file before failing
+CONNECT_TIMEOUT = 10  # seconds to reach a database server (one that accepts and never answers would hang forever)
+STATEMENT_TIMEOUT = 60  # seconds a PostgreSQL statement may run (heartbeats included) before the server cancels it
+
+
+def engine_options(url: str) -> dict | None:
+    """SQLAlchemy engine options: SQLite's busy timeout, or a server's connect and statement timeouts."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    if url.startswith("postgresql+psycopg"):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT,
+                                 "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}"}}
+    if url.startswith("mysql"):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+    return None
 
 
 def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
@@ -32,11 +47,12 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
 
     SQLite lets one process write at a time: with several workers on one file, each waits up to
     :data:`SQLITE_BUSY_TIMEOUT` seconds for the lock instead of failing at once (Python's default is 5 s, which
-    heartbeats of busy workers exceed). For more than a few workers, use PostgreSQL."""
+    heartbeats of busy workers exceed). For more than a few workers, use PostgreSQL; a server that does not answer
+    within :data:`CONNECT_TIMEOUT` seconds is a one-line error."""
     from sqlalchemy.exc import DatabaseError, IntegrityError
 
     url = normalize_url(url)
-    engine = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}} if url.startswith("sqlite") else None
+    engine = engine_options(url)
     for attempt in range(5):
         try:
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
@@ -56,7 +72,7 @@ def make_storage(url: str, heartbeat: int = 10) -> RDBStorage:
 
 def _cannot_open(url: str, err: Exception) -> NNTuneError:
     detail = str(err).splitlines()[0] if str(err) else "no detail"
-    return NNTuneError(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: {detail})")
+    return NNTuneError(redact(f"--storage {url}: cannot open the study storage ({err.__class__.__name__}: {detail})"))
 
 
 def load_recorded_study(info: dict) -> optuna.Study:
@@ -65,8 +81,9 @@ def load_recorded_study(info: dict) -> optuna.Study:
     try:
         return optuna.load_study(study_name=info["name"], storage=make_storage(info["storage"]))
     except Exception as err:  # missing file, server down: say which storage
-        raise ArtifactError(f"cannot open study {info['name']!r} in {info['storage']} "
-                            f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ArtifactError(redact(f"cannot open study {info['name']!r} in {info['storage']} "
+                                   f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})"))\
+            from None
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

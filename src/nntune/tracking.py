@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nntune.errors import ConfigError
+from nntune.redact import redact
 from nntune.training.callbacks import Callback
 
 LOGGERS = ("tensorboard", "mlflow")  # each is a module to import and the name of its nntune extra
@@ -200,7 +201,7 @@ class Tracker:
             self.info["tensorboard"] = str(root)
         if "mlflow" in self.loggers:
             tags = {"nntune.command": command, "nntune.out": str(Path(out or ".").resolve())}
-            log = MLflowLog(name, tags, flatten(config or {}))
+            log = MLflowLog(name, tags, flatten(redact(config or {})))
             self.backends.append(log)
             self.info["mlflow"] = {"tracking_uri": log.client.tracking_uri, "experiment_id": log.experiment_id,
                                    "run_id": log.parent}

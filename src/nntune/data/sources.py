@@ -194,9 +194,9 @@ def as_float32(values: np.ndarray, what: str) -> np.ndarray:
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         original = np.asarray(values)[first]
-        why = "NaN" if np.isnan(original) else "infinite" if np.isinf(original) else \
-            f"outside float32's range (+-3.4e38, got {float(original):.3g})"
-        raise DataError(f"{what} has {why} values (first at index {first if len(first) > 1 else first[0]}); "
+        why = "NaN values" if np.isnan(original) else "infinite values" if np.isinf(original) else \
+            f"values outside float32's range (+-3.4e38, got {float(original):.3g})"
+        raise DataError(f"{what} has {why} (first at index {first if len(first) > 1 else first[0]}); "
                         "fill, drop or rescale them")
     return cast
 

@@ -25,7 +25,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from nntune import artifacts, atomic
+from nntune import artifacts, atomic, rundir
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.data.scalers import resolve_method
 from nntune.data.sources import Dataset
@@ -38,13 +38,14 @@ from nntune.search.objectives import best_trial, is_multi, pareto, score
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import Interrupts, run_trials
 from nntune.search.warm_start import source_study, warm_trials
+from nntune.redact import redact
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import adopt, check_out, describe
-from nntune.training.pipeline import (PreparedData, choose_population_size, fit_model, prepare_data, resolve_lr,
-                                     stackable)
+from nntune.training.pipeline import (PreparedData, choose_population_size, data_source, fit_model, prepare_data,
+                                     resolve_lr, stackable)
 from nntune.training.trainer import compute_metrics, make_loss
 
 
@@ -123,6 +124,7 @@ class Search:
     sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
     tracker: Tracker = field(default_factory=Tracker)  # TensorBoard / MLflow logging of trials (none by default)
     interrupts: Interrupts | None = None  # the Ctrl-C record of the running search loop
+    fingerprint: dict = field(default_factory=dict)  # the data's identity (nntune.rundir), checked on resume
 
     @property
     def task(self) -> str:
@@ -178,22 +180,26 @@ def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) ->
     else:
         center = None
     params = resolve_space(cfg, data.dataset.kind, data.dataset.input_shape, center, len(data.split.train))
-    search = Search(cfg, out, params, base_data=data, lr_find=lr_info)
+    search = Search(cfg, out, params, base_data=data, lr_find=lr_info,
+                    fingerprint=rundir.fingerprint(data.dataset, data_source(cfg, dataset)))
     search.data_by_scaler[data.scaler.method] = data
     return search
 
 
 def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Study:
-    """Create or load the study; an existing one with trials needs ``resume``. Workers get their own seeds. The
-    process that creates the study enqueues nntune's defaults as its first trials (``search.defaults_first``)."""
+    """Create or load the study; an existing one with trials needs ``resume``, and one measured on other data is
+    refused (:mod:`nntune.rundir`). Workers get their own seeds. The process that creates the study enqueues
+    nntune's defaults as its first trials (``search.defaults_first``)."""
     cfg, out, params = search.cfg, search.out, search.params
+    data = search.fingerprint
     direction = objective_spec(search.task)[1]
     url = cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = make_storage(url, cfg.search.heartbeat)
+    shown = redact(url)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     name = cfg.search.study_name
     if name in existing and not resume and existing[name].n_trials > 0:
-        raise ConfigError(f"study {name!r} already has {existing[name].n_trials} trials in {url}; pass --resume to "
+        raise ConfigError(f"study {name!r} already has {existing[name].n_trials} trials in {shown}; pass --resume to "
                           "continue it or --study-name NEW for a new one")
     # a fresh study is reproducible from cfg.seed; a resumed study or an extra worker must not replay the same
     # proposals, so its sampler seed also depends on the trials already there and on the process
@@ -218,11 +224,14 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     found = [d.name.lower() for d in study.directions]
     recorded = study.user_attrs.get("objectives", objectives if created else ["score"])
     if found != directions or recorded != objectives:
-        raise ConfigError(f"study {name!r} in {url} optimizes {', '.join(recorded)} ({', '.join(found)}); this "
+        raise ConfigError(f"study {name!r} in {shown} optimizes {', '.join(recorded)} ({', '.join(found)}); this "
                           f"search asks for {', '.join(objectives)}: use the same --objectives or a new --study-name")
+    rundir.same_data(study.user_attrs.get("data"), data, f"study {name!r} in {shown}")
+    if created or "data" not in study.user_attrs:
+        study.set_user_attr("data", data)
     if created:
         study.set_user_attr("objectives", objectives)
-    study.set_user_attr("storage", url)
+    study.set_user_attr("storage", shown)
     # only the process that created the study enqueues, so racing workers do not enqueue twice; a grid enumerates
     # its own points
     if created and cfg.search.sampler != "grid":
@@ -335,13 +344,15 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     started = time.perf_counter()
     budget = Budget.from_config(cfg.search)
     check_out(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.check(out, "tune")
     cfg = adopt(cfg)  # fine-tuning: the saved model's architecture and scaler
-    save_config(cfg, out / "config.yaml")
     search = prepare_search(cfg, out, dataset)
     search.tracker = tracker
     monitor, direction = objective_spec(search.task)
-    study = open_study(search, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(search, resume)  # the last check (resume, objectives, data): nothing is written before it
+    save_config(cfg, out / "config.yaml")
+    rundir.record(out, "tune", search.fingerprint)
     completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s, budget))
     write_trials_csv(study, out / "trials.csv")
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}

@@ -16,6 +16,7 @@ K is measured per model family (:func:`nntune.training.pipeline.choose_populatio
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import optuna
@@ -32,6 +34,7 @@ from optuna.trial import TrialState
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import NNTuneError
+from nntune.redact import redact
 from nntune.search.budget import Budget
 from nntune.search.constraints import extra_values, measure, violation
 from nntune.search.objectives import is_multi
@@ -122,29 +125,48 @@ Member = tuple[optuna.Trial, RunConfig]
 
 
 class Interrupts(Callback):
-    """Ctrl-C that cannot be lost. Python drops an exception raised inside a garbage-collection callback (SQLAlchemy
-    registers weakref callbacks that run all the time), so a KeyboardInterrupt raised by the default handler can
-    vanish and the search would go on. This handler records the signal before raising; the search loop and every
-    trial's epoch end raise again while it is recorded."""
+    """Ctrl-C and SIGTERM (``docker stop``, Slurm, ``timeout``) that cannot be lost, and never cost a finished trial.
+
+    Python drops an exception raised inside a garbage-collection callback (SQLAlchemy registers weakref callbacks
+    that run all the time), so a KeyboardInterrupt raised by the default handler can vanish and the search would go
+    on. This handler records the signal before raising; the search loop and every trial's epoch end raise again while
+    it is recorded. Inside :meth:`deferred` (a trial's result being recorded) a signal is only recorded, and raised
+    when the block ends: the result is written first, then the search stops."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.seen = False
-        self._previous = None
+        self._deferring = False
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         self.seen = True
-        raise KeyboardInterrupt
+        if not self._deferring:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> Interrupts:
-        # signal handlers live in the main thread; a process started with SIGINT ignored keeps ignoring it
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        # signal handlers live in the main thread; a process started with a signal ignored keeps ignoring it
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Record, do not raise, signals that arrive inside the block; raise at its end if one came."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.check()
 
     def check(self) -> None:
         if self.seen:
@@ -178,7 +200,7 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
         trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
-    trial.set_user_attr("config", cfg.to_dict())
+    trial.set_user_attr("config", redact(cfg.to_dict()))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     for key, value in sizes.items():
         trial.set_user_attr(key, value)
@@ -255,35 +277,42 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
             study.enqueue_trial(t.params, user_attrs={"retry_of_oom": t.number, **keep})
         return ["RETRY"] * len(trials)
     wall = time.perf_counter() - started
-    states = []
-    for trial, cfg, prune, log, (model, fit) in zip(trials, cfgs, pruning, logs, fits):
-        attrs = {"seconds": round(wall / len(trials), 3), "population": {"first": first, "size": len(trials),
-                                                                         "seconds": round(wall, 3)},
-                 "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
-                 "history": [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history],
-                 "findings": [f.to_dict() for f in diagnose(fit.history, model, data.x_val, fit.initial_val_loss)]}
-        if fit.stop_reason.startswith("non-finite"):
-            attrs["fail_reason"] = fit.stop_reason
-            state, value = TrialState.FAIL, None
-        elif prune.pruned or prune.lost:
-            state, value = TrialState.PRUNED if prune.pruned else TrialState.FAIL, None
-        else:
-            artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
-            attrs["val"] = fit.best_val
-            state, value = TrialState.COMPLETE, fit.best[monitor]
-        told = value
-        if value is not None and is_multi(study):  # the score, then the model's size and/or latency
-            told = [value, *extra_values(trial.user_attrs, search.cfg.search.objectives)]
-        try:
-            for key, v in attrs.items():
-                trial.set_user_attr(key, v)
-            study.tell(trial, told, state=state, skip_if_finished=True)
-        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
-            state = TrialState.FAIL
-        if log:
-            log.end("FAIL" if prune.lost else state.name, {"objective": value} if value is not None else {})
-        states.append("FAIL" if prune.lost else state.name)
-    return states
+    # a signal now would cost trials that finished training: every result is recorded first, then the search stops
+    with search.interrupts.deferred() if search.interrupts is not None else contextlib.nullcontext():
+        return [_record(search, study, member, fitted, prune, log, data,
+                        {"seconds": round(wall / len(trials), 3),
+                         "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
+                for member, fitted, prune, log in zip(group, fits, pruning, logs)]
+
+
+def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, prune: OptunaPruning, log,
+            data, attrs: dict) -> str:
+    """Save a trained member's weights (when complete), set its attributes and tell the study; its state name."""
+    (trial, cfg), (model, fit) = member, fitted
+    attrs = {**attrs, "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
+             "history": [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history],
+             "findings": [f.to_dict() for f in diagnose(fit.history, model, data.x_val, fit.initial_val_loss)]}
+    if fit.stop_reason.startswith("non-finite"):
+        attrs["fail_reason"] = fit.stop_reason
+        state, value = TrialState.FAIL, None
+    elif prune.pruned or prune.lost:
+        state, value = TrialState.PRUNED if prune.pruned else TrialState.FAIL, None
+    else:
+        artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
+        attrs["val"] = fit.best_val
+        state, value = TrialState.COMPLETE, fit.best[search.monitor]
+    told = value
+    if value is not None and is_multi(study):  # the score, then the model's size and/or latency
+        told = [value, *extra_values(trial.user_attrs, search.cfg.search.objectives)]
+    try:
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
+        study.tell(trial, told, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
+        state = TrialState.FAIL
+    if log:
+        log.end("FAIL" if prune.lost else state.name, {"objective": value} if value is not None else {})
+    return "FAIL" if prune.lost else state.name
 
 
 def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nntune import artifacts
+from nntune import artifacts, rundir
 from nntune.config import RunConfig, apply_overrides, save_config, training_settings
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
@@ -66,6 +66,13 @@ def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, split: Split | 
     t = sc.transform
     return PreparedData(ds, split, sc, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]), ds.y[split.val],
                         t(ds.x[split.test]), ds.y[split.test])
+
+
+def data_source(cfg: RunConfig, dataset: Dataset | None = None) -> str:
+    """Where a run's data came from: the in-memory dataset's name, the data path, or the built-in name."""
+    if dataset is not None:
+        return dataset.name
+    return str(cfg.data.path) if cfg.data.path is not None else str(cfg.data.dataset)
 
 
 def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindResult | None]:
@@ -250,16 +257,19 @@ def train_artifact(cfg: RunConfig, dataset: Dataset | None = None,
 def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: Dataset | None,
                log: Sequence[str]) -> tuple[artifacts.Artifact, dict]:
     started = time.perf_counter()
+    out = Path(out) if out is not None else None
     finetune.check_out(cfg, out)
+    if out is not None:
+        rundir.check(out, "train")
     cfg = finetune.adopt(cfg)
     data = prepare_data(cfg, dataset)
     cfg, found = resolve_lr(cfg, data)
-    out = Path(out) if out is not None else None
     with Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict()) as tracker:
         model, result = _train(cfg, data, found, out, progress, tracker)
         result["seconds"] = time.perf_counter() - started
         if out is not None:
             artifacts.write_result(out, result)
+            rundir.record(out, "train", rundir.fingerprint(data.dataset, data_source(cfg, dataset)))
             tracker.artifacts([out / "best", out / "result.json"])
     return artifacts.Artifact(model, data.scaler, cfg, data.dataset.meta()), result
 
