@@ -146,8 +146,14 @@ def _config_from(kwargs: dict[str, Any]) -> RunConfig:
             if key == "finetune.init_from":
                 value = str(value)
             flags[key] = value
-    cfg = apply_overrides(cfg, flags) if flags else cfg
+    cfg = apply_overrides(cfg, flags, labels=flag_names()) if flags else cfg
     return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def flag_names() -> dict[str, str]:
+    """Config key -> the CLI flag that sets it (``train.lr`` -> ``--lr``), for errors that name what the user typed."""
+    tables = (DATA_OPTIONS, MODEL_OPTIONS, TRAIN_OPTIONS, FINETUNE_OPTIONS, SEARCH_OPTIONS, EVIDENCE_OPTIONS)
+    return {key: flag.split("/")[0] for table in tables for flag, key, _, _ in table}
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -196,9 +202,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @_add_options(DATA_OPTIONS)
 @_add_options(MODEL_OPTIONS)
 @click.option("--input-shape", help="per-sample input shape, e.g. 1,28,28 (default: the dataset's)")
-@click.option("--outputs", type=int, help="number of outputs (default: the dataset's)")
+@click.option("--outputs", type=click.IntRange(min=1), help="number of outputs (default: the dataset's)")
 @click.option("--freeze", "freeze_pattern", help="freeze layers whose name matches this glob, e.g. 'block1.*'")
-@click.option("--freeze-all-but-last", type=int, help="freeze all weighted layers except the last N")
+@click.option("--freeze-all-but-last", type=click.IntRange(min=0), help="freeze all weighted layers except the last N")
 @JSON_OPTION
 def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: str | None,
                 freeze_all_but_last: int | None, json_out: str | None, **kwargs: Any) -> None:
@@ -262,9 +268,9 @@ def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None
 @_add_options(DATA_OPTIONS)
 @_add_options(MODEL_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
-@click.option("--start-lr", type=float, default=1e-7, show_default=True, help="first learning rate")
-@click.option("--end-lr", type=float, default=10.0, show_default=True, help="last learning rate")
-@click.option("--steps", type=int, default=100, show_default=True, help="mini-batches in the test")
+@click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True, help="first learning rate")
+@click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="last learning rate")
+@click.option("--steps", type=click.IntRange(min=10), default=100, show_default=True, help="mini-batches in the test")
 @click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp", show_default=True, help="LR growth")
 @click.option("--method", type=click.Choice(["steepest", "valley", "min_div_10"]), default="steepest",
               show_default=True, help="which suggestion to choose")
@@ -307,9 +313,9 @@ def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: s
 @_add_options(DATA_OPTIONS)
 @click.option("--preset", type=click.Choice(["none", "light", "digits", "natural", "signal"]), default=None,
               help="augmentation preset (default: the config's preprocess.augment)")
-@click.option("--strength", type=float, default=None, help="0..1, scales every magnitude")
-@click.option("--samples", type=int, default=6, show_default=True, help="rows in the grid")
-@click.option("--copies", type=int, default=7, show_default=True, help="augmented copies per sample")
+@click.option("--strength", type=click.FloatRange(0, 1), default=None, help="0..1, scales every magnitude")
+@click.option("--samples", type=click.IntRange(1, 64), default=6, show_default=True, help="rows in the grid")
+@click.option("--copies", type=click.IntRange(1, 64), default=7, show_default=True, help="augmented copies per sample")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("augment.png"), show_default=True,
               help="PNG file for the preview grid")
 @JSON_OPTION
@@ -371,7 +377,7 @@ SEARCH_OPTIONS = [
 
 
 EVIDENCE_OPTIONS = [
-    ("--seeds", "evidence.seeds", int, "seeds per variant, the same for every variant (default 3)"),
+    ("--seeds", "evidence.seeds", click.IntRange(min=2), "seeds per variant, the same for every variant (default 3)"),
     ("--evidence-budget", "evidence.budget", str, "time budget of the evidence, e.g. 300, 5m, 1h (default 10m); "
      "variants run most informative first, the rest are reported as skipped"),
     ("--questions", "evidence.questions", str, "comma-separated questions to answer (default all): "
@@ -401,9 +407,9 @@ def _search_config(kwargs: dict[str, Any]) -> RunConfig:
     evidence = _evidence_flags(kwargs)
     cfg = _config_from(kwargs)
     if evidence:
-        cfg = apply_overrides(cfg, evidence)
+        cfg = apply_overrides(cfg, evidence, labels=flag_names())
     if timeout is not None:
-        cfg = apply_overrides(cfg, {"search.timeout": parse_duration(timeout)})
+        cfg = apply_overrides(cfg, {"search.timeout": parse_duration(timeout)}, labels=flag_names())
     if space_file is not None:
         import yaml
 
@@ -529,7 +535,7 @@ def report_cmd(run_dir: Path, json_out: str | None) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--storage", help="Optuna storage URL (default: RUN_DIR/study.db)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=int, default=8080, show_default=True, help="port to listen on")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="port to listen on")
 def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: int) -> None:
     """Serve optuna-dashboard for a study (a run directory's study.db, or --storage URL)."""
     from optuna_dashboard import run_server

@@ -322,9 +322,12 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
-def _format_error(err: ValidationError, where: str) -> str:
+def _format_error(err: ValidationError, where: str, labels: dict[str, str] | None = None) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    if labels and key in labels:  # a value that came from a CLI flag: name the flag, not the config key
+        value = first.get("input")
+        return f"{labels[key]}: {first['msg']}" + ("" if isinstance(value, dict) else f" (got {value!r})")
     if first["type"] == "extra_forbidden":  # a typo: say which keys that section has
         section: Any = RunConfig
         for part in first["loc"][:-1]:
@@ -335,12 +338,13 @@ def _format_error(err: ValidationError, where: str) -> str:
     return f"{where}: {key}: {first['msg']}{shown}"
 
 
-def build_config(data: dict[str, Any] | None = None, where: str = "config") -> RunConfig:
-    """Validate a plain dict into a RunConfig; errors name the key path."""
+def build_config(data: dict[str, Any] | None = None, where: str = "config",
+                 labels: dict[str, str] | None = None) -> RunConfig:
+    """Validate a plain dict into a RunConfig; errors name the key path (or its label, e.g. the CLI flag)."""
     try:
         return RunConfig.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, where)) from None
+        raise ConfigError(_format_error(err, where, labels)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -365,10 +369,12 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
 
 
-def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
+                    labels: dict[str, str] | None = None) -> RunConfig:
     """Return a copy with dotted overrides applied, e.g. ``["train.lr=0.01", "model.widths=[64,32]"]``.
 
-    Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell.
+    Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell; an invalid value's
+    error names ``labels[key]`` (the CLI flag it came from) when given, else the key.
     """
     data = config.to_dict()
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
@@ -382,7 +388,7 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) ->
         if parts[-1] not in node:
             raise ConfigError(f"override {key}: unknown key {parts[-1]!r}")
         node[parts[-1]] = value
-    return build_config(data, where="override")
+    return build_config(data, where="override", labels=labels)
 
 
 def _split_override(text: str) -> tuple[str, Any]:

@@ -80,12 +80,14 @@ def record(out: Path, command: str, fp: dict) -> None:
     atomic.write_text(out / OWNER, json.dumps({"command": command, "data": fp}, indent=2))
 
 
-def same_data(recorded: dict | None, fp: dict, what: str) -> None:
-    """Refuse to add to ``what`` (a study) measured on other data; ``recorded`` None (an older study) passes."""
+STUDY_ADVICE = "pass the same data, or another --out or --study-name for a new study"
+
+
+def same_data(recorded: dict | None, fp: dict, what: str, advice: str = STUDY_ADVICE) -> None:
+    """Refuse to add to ``what`` (a study, a run) measured on other data; ``recorded`` None (older runs) passes."""
     if not recorded or recorded.get("sha256") == fp["sha256"]:
         return
     differs = next((k for k in ("source", "shape", "task", "classes", "dtype") if recorded.get(k) != fp.get(k)),
                    "values")
     raise ConfigError(f"{what} was measured on {describe(recorded)}; this run's data is {describe(fp)} "
-                      f"(different {differs}): pass the same data, or another --out "
-                      "or --study-name for a new study")
+                      f"(different {differs}): {advice}")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nntune import rundir
 from nntune.artifacts import read_result, write_result
 from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
 from nntune.data.sources import Dataset
@@ -34,7 +35,7 @@ from nntune.search.study import Search
 from nntune.storage import load_recorded_study
 from nntune.training.callbacks import TimeLimit
 from nntune.training.lr_finder import lr_find
-from nntune.training.pipeline import fit_configs, prepare_data
+from nntune.training.pipeline import data_source, fit_configs, prepare_data
 from nntune.training.population import structure_key
 
 SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, none used by the search or finalists
@@ -340,6 +341,9 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     run_cfg = apply_overrides(run_cfg, {k: v for k, v in given.items() if v is not None})
     ev = run_cfg.evidence
     data = prepare_data(run_cfg, dataset)
+    recorded = rundir.owner(run_dir)  # the data may have changed on disk since the run: its answers would not hold
+    rundir.same_data(recorded and recorded.get("data"), rundir.fingerprint(data.dataset, data_source(run_cfg, dataset)),
+                     f"run {run_dir}", "explain a run on the data it was trained on")
     search = Search(run_cfg, run_dir, [], base_data=data)
     search.data_by_scaler[data.scaler.method] = data
     evidence = run_evidence(chosen, search, ev.seeds, ev.budget, ev.questions, suggestion, progress)
