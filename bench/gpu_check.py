@@ -104,6 +104,12 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def threads(a: argparse.Namespace) -> int:
+    """CPU threads per process: all cores, or one in quick mode (on a busy small machine, torch's threads spinning
+    against another process make a tiny run ten times slower)."""
+    return 1 if a.quick else cpu_count()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -304,8 +310,9 @@ def step_population(r: Runner, a: argparse.Namespace, fig: dict) -> None:
 
 
 def step_trainer_overhead(r: Runner, a: argparse.Namespace, fig: dict) -> None:
-    base = [sys.executable, str(BENCH / "trainer_overhead.py"), "--threads", str(cpu_count())]
-    size = ["--epochs", "1", "--repeats", "1", "--batch-size", "256"] if a.quick else ["--repeats", "2"] if a.device == "cuda" else []
+    base = [sys.executable, str(BENCH / "trainer_overhead.py"), "--threads", str(threads(a))]
+    size = ["--epochs", "1", "--repeats", "1", "--batch-size", "256"] if a.quick else \
+        ["--repeats", "2"] if a.device == "cuda" else []
     variants = {"auto": ["--device", a.device, "--precision", "auto"]}
     if not a.quick:
         variants["fp32"] = ["--device", a.device, "--precision", "fp32"]
@@ -317,11 +324,10 @@ def step_trainer_overhead(r: Runner, a: argparse.Namespace, fig: dict) -> None:
         res = r.parsed(name, base + flags + size, one_json)
         if res is None:
             continue
-        fig["variants"][name] = {
-            "device": res["device"], "gpu": res["gpu"], "precision": res["precision"], "threads": res["threads"],
-            "cases": {c["case"]: {k: c[k] for k in c if k in ("epochs", "samples_per_s") or k.startswith(("ratio",
-                                                                                                      "speedup"))}
-                      for c in res["cases"]}}
+        keep = lambda k: k in ("epochs", "samples_per_s") or k.startswith(("ratio", "speedup"))  # noqa: E731
+        fig["variants"][name] = {"device": res["device"], "gpu": res["gpu"], "precision": res["precision"],
+                                 "threads": res["threads"],
+                                 "cases": {c["case"]: {k: v for k, v in c.items() if keep(k)} for c in res["cases"]}}
 
 
 def step_train(r: Runner, a: argparse.Namespace, fig: dict) -> None:
@@ -350,7 +356,7 @@ def step_search_quality(r: Runner, a: argparse.Namespace, fig: dict) -> None:
     datasets = ["wine"] if a.quick else ["digits", "mnist5k", "signals"]
     budget = 2.0 if a.quick else a.search_budget
     argv = [sys.executable, str(BENCH / "search_quality.py"), "--arms", "nntune,nntune_pop1", "--datasets",
-            ",".join(datasets), "--budget", str(budget), "--seeds", "0", "--threads", str(cpu_count())]
+            ",".join(datasets), "--budget", str(budget), "--seeds", "0", "--threads", str(threads(a))]
     values = r.parsed("bench", argv, json_values)
     if values is None:
         return
@@ -364,18 +370,20 @@ def step_search_quality(r: Runner, a: argparse.Namespace, fig: dict) -> None:
             "seconds": row["seconds"], "trials_per_min": round(60 * finished / max(1e-9, row["seconds"]), 1),
             "population_sizes": row.get("population_sizes"), "family": row.get("family"),
             "stopped_by": row.get("stopped_by")}
-    fig["trials_per_min_ratio"] = {
-        ds: round(fig["rows"][f"{ds}/nntune"]["trials_per_min"] / fig["rows"][f"{ds}/nntune_pop1"]["trials_per_min"],
-                  2) for ds in datasets if f"{ds}/nntune" in fig["rows"] and f"{ds}/nntune_pop1" in fig["rows"]
-        and fig["rows"][f"{ds}/nntune_pop1"]["trials_per_min"] > 0}
-    missing = [f"{ds}/{arm}" for ds in datasets for arm in ("nntune", "nntune_pop1") if f"{ds}/{arm}" not in fig["rows"]]
+    fig["trials_per_min_ratio"] = {}
+    for ds in datasets:  # the issue's GPU target: nntune >= 10x the trials per minute of --population 1
+        pop, one = fig["rows"].get(f"{ds}/nntune"), fig["rows"].get(f"{ds}/nntune_pop1")
+        if pop and one and one["trials_per_min"] > 0:
+            fig["trials_per_min_ratio"][ds] = round(pop["trials_per_min"] / one["trials_per_min"], 2)
+    missing = [f"{ds}/{arm}" for ds in datasets for arm in ("nntune", "nntune_pop1")
+               if f"{ds}/{arm}" not in fig["rows"]]
     if missing:
         r.problems.append(f"bench: no row for {', '.join(missing)}")
 
 
 def step_evidence_cost(r: Runner, a: argparse.Namespace, fig: dict) -> None:
     cases = ["mlp-digits"] if a.quick else ["mlp-digits", "cnn-digits"]
-    size = ["--epochs", "2", "--seeds", "2", "--budget", "2"] if a.quick else ["--budget", str(EVIDENCE_COST_BUDGET)]
+    size = ["--epochs", "2", "--seeds", "2", "--budget", "3"] if a.quick else ["--budget", str(EVIDENCE_COST_BUDGET)]
     rows = r.parsed("bench", [sys.executable, str(BENCH / "evidence_cost.py"), "--cases", ",".join(cases), "--device",
                               a.device, *size], json_values)
     if rows is None:
@@ -383,10 +391,14 @@ def step_evidence_cost(r: Runner, a: argparse.Namespace, fig: dict) -> None:
     fig["rows"] = {f"{x['case']}/{x['arm']}": {k: x[k] for k in ("runs", "configurations", "skipped", "seconds",
                                                                   "seconds_per_run", "population_size", "epochs",
                                                                   "seeds", "budget")} for x in rows}
-    fig["single_vs_population_seconds_per_run"] = {
-        c: round(fig["rows"][f"{c}/single"]["seconds_per_run"] / max(1e-9, fig["rows"][f"{c}/population"]
-                                                                     ["seconds_per_run"]), 2)
-        for c in cases if f"{c}/single" in fig["rows"] and f"{c}/population" in fig["rows"]}
+    fig["single_vs_population_seconds_per_run"] = {}
+    for c in cases:
+        pop, one = fig["rows"].get(f"{c}/population"), fig["rows"].get(f"{c}/single")
+        if pop and one and pop["seconds_per_run"] > 0:
+            fig["single_vs_population_seconds_per_run"][c] = round(one["seconds_per_run"] / pop["seconds_per_run"], 2)
+    idle = [name for name, row in fig["rows"].items() if not row["runs"]]
+    if idle:
+        r.problems.append(f"bench: no run finished in the budget for {', '.join(idle)}")
     missing = [f"{c}/{arm}" for c in cases for arm in ("population", "single") if f"{c}/{arm}" not in fig["rows"]]
     if missing:
         r.problems.append(f"bench: no row for {', '.join(missing)}")
@@ -491,6 +503,8 @@ def main() -> int:
     env = {**os.environ, GUARD: "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src")] + ([os.environ["PYTHONPATH"]]
                                                                  if os.environ.get("PYTHONPATH") else []))}
+    if a.quick:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if a.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # every step, the suite included, sees no GPU
     probe = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True)

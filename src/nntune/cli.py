@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -446,14 +447,21 @@ SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=P
 def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None,
              **kwargs: Any) -> None:
     """Search architecture and training settings with Optuna, then fit and test the best model."""
+    started = time.monotonic()  # --timeout covers the whole command, imports and the report included
+    from nntune.artifacts import write_result
     from nntune.evidence.explain import explain
+    from nntune.search.budget import with_report
     from nntune.search.study import tune
 
     cfg = _search_config(kwargs)
-    result = tune(cfg, out, resume=resume, progress=not quiet, log=log)
-    if evidence:
+    result = tune(cfg, out, resume=resume, progress=not quiet, log=log, started=started)
+    if evidence:  # the evidence has its own budget (--evidence-budget)
         result["evidence"] = explain(out, progress=not quiet)
+    reporting = time.monotonic()
     report = _build_report(out, quiet or json_out == "-", result)
+    result["budget"] = with_report(result["budget"], time.monotonic() - reporting)
+    result["seconds"] = result["budget"]["seconds"]
+    write_result(out, result)
     if json_out != "-":
         _print_tune_summary(result, out)
         if evidence:

@@ -25,11 +25,12 @@ def _study(values: dict[float, str]):
 
 def _search(seeds=3):
     cfg = apply_overrides(RunConfig(), {"search.finalists": 3, "search.finalist_seeds": seeds})
-    return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c: 4, data_for=lambda c: None)
+    return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c, seconds=None: 4,
+                           data_for=lambda c: None)
 
 
 def _fits(scores_by_activation):
-    def fake_fit_configs(cfgs, data_for, size):
+    def fake_fit_configs(cfgs, data_for, size, callbacks=None):
         out = []
         for c in cfgs:
             fit = FitResult(history=[{"epoch": 1, "val_accuracy": scores_by_activation[c.model.activation][c.seed]}],
@@ -64,7 +65,7 @@ def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
     study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
     monkeypatch.setattr(finalists, "fit_configs", _fits({a: {1000: 0.9, 2000: 0.9} for a in ("relu", "gelu",
                                                                                            "tanh")}))
-    budget = Budget(None, 3.5)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s: two fit
+    budget = Budget(None, 3.9)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s, the tail 0.39 s: two fit
     out = finalists.run_finalists(_search(), study, budget)
     assert [r["trial"] for r in out["finalists"]] == [0, 1]
     assert finalists.run_finalists(_search(), study, Budget(None, 2.0))["chosen"] is None  # not even two

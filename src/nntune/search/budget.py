@@ -1,9 +1,11 @@
 """What ends a search: a trial cap, a time budget, or both (whichever comes first), and what the search keeps back.
 
 ``--trials`` alone means no time cap, ``--timeout`` alone no trial cap, neither means the default trial count. The
-timeout is the budget of the whole ``tune`` command: the search stops early enough to leave the finalists' seed
-re-runs and the final fit their estimated time (at most a third of the budget), and a population running at the
-search's deadline is cut there (its members keep the epochs they finished). result.json and the live table say which
+timeout is a hard cap on the whole ``tune`` command (final fit and report included): the search stops early enough
+to leave the finalists' seed re-runs and the final fit their estimated time (re-estimated from every population's
+measured time, at most a third of the budget), a population running at the search's deadline is cut there (its
+members keep the epochs they finished), and the finalists and the final fit have deadlines of their own, ahead of a
+few seconds kept for the report. What a deadline cut is listed in ``cut``. result.json and the live table say which
 limit ended the search and how much of the budget was used.
 """
 
@@ -20,6 +22,16 @@ from nntune.config import DEFAULT_TRIALS, SearchConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RESERVE = 1 / 3  # the finalists and the final fit never take more than this share of a time budget
+TAIL_SECONDS = 4.0  # kept after the final fit for result.json, the ensemble's test and the report (measured 1-3 s)
+TAIL_SHARE = 0.1  # ... but never more than this share of a short budget
+PROBE_SHARE = 0.1  # measuring a family's population size may take at most this share of the time left
+
+
+def with_report(summary: dict, seconds: float) -> dict:
+    """A budget's ``to_dict()`` with the report's ``seconds`` counted in: the report is part of the command."""
+    used = summary["seconds"] + seconds
+    return {**summary, "report_seconds": round(seconds, 2), "seconds": round(used, 2),
+            "fraction_used": round(used / summary["timeout"], 3) if summary["timeout"] else None}
 
 
 def count(study: optuna.Study, states: tuple = FINISHED) -> int:
@@ -33,14 +45,21 @@ class Budget:
     trials: int | None
     timeout: float | None
     started: float = field(default_factory=time.monotonic)
-    reserve: float = 0.0  # seconds kept for the finalists and the final fit
+    reserve: float = 0.0  # seconds kept for the finalists, the final fit and the tail
     stopped_by: str | None = None
     search_seconds: float | None = None
+    cut: list[str] = field(default_factory=list)  # what a deadline shortened or skipped, in words
+
+    @property
+    def tail(self) -> float:
+        """Seconds kept after the final fit (result.json, the ensemble's test, the report)."""
+        return 0.0 if self.timeout is None else min(TAIL_SECONDS, TAIL_SHARE * self.timeout)
 
     @classmethod
-    def from_config(cls, search: SearchConfig) -> Budget:
+    def from_config(cls, search: SearchConfig, started: float | None = None) -> Budget:
+        """The config's limits, counted from ``started`` (a ``time.monotonic()`` reading; default now)."""
         trials = search.trials if (search.trials or search.timeout) else DEFAULT_TRIALS
-        budget = cls(trials, search.timeout)
+        budget = cls(trials, search.timeout, started=time.monotonic() if started is None else started)
         budget.keep_back(math.inf)  # the most, until trials have measured what the finishing steps will take
         return budget
 
@@ -55,10 +74,15 @@ class Budget:
         """Seconds left for search trials: the budget left minus the reserve (inf without a timeout)."""
         return self.left() - self.reserve
 
+    def finish_left(self) -> float:
+        """Seconds left for the finalists and the final fit: the budget left minus the tail (inf without a
+        timeout)."""
+        return self.left() - self.tail
+
     def keep_back(self, seconds: float) -> None:
-        """Reserve ``seconds`` (capped at a third of the timeout) for what follows the search."""
+        """Reserve ``seconds`` plus the tail (capped at a third of the timeout) for what follows the search."""
         if self.timeout is not None:
-            self.reserve = min(max(0.0, seconds), MAX_RESERVE * self.timeout)
+            self.reserve = min(max(0.0, seconds) + self.tail, MAX_RESERVE * self.timeout)
 
     def trials_left(self, study: optuna.Study) -> int | float:
         """How many more trials this run may start: the cap minus the study's finished and running trials."""
@@ -83,4 +107,4 @@ class Budget:
         return {"trials": self.trials, "timeout": self.timeout, "stopped_by": self.stopped_by,
                 "search_seconds": round(self.search_seconds if self.search_seconds is not None else used, 2),
                 "seconds": round(used, 2),
-                "fraction_used": round(used / self.timeout, 3) if self.timeout else None}
+                "fraction_used": round(used / self.timeout, 3) if self.timeout else None, "cut": list(self.cut)}

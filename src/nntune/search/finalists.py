@@ -19,8 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nntune.config import RunConfig, apply_overrides, build_config
-from nntune.search.budget import MAX_RESERVE, Budget
+from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
 from nntune.search.objectives import is_multi, maximize, score
+from nntune.training.callbacks import TimeLimit
 from nntune.training.pipeline import fit_configs
 
 if TYPE_CHECKING:
@@ -54,14 +55,20 @@ def seed_cost(search: Search, trial: FrozenTrial) -> float:
     """Estimated seconds to train ``trial``'s configuration with the extra seeds (its population's wall time per
     population of extra seeds)."""
     extra = search.cfg.search.finalist_seeds - 1
-    size = search.population_size(build_config(trial.user_attrs["config"]))
+    size = search.population_size(build_config(trial.user_attrs["config"]), seconds=0)  # an estimate: no probing
     return _population_seconds(trial) * math.ceil(extra / size)
 
 
-def final_cost(trial: FrozenTrial, data_share: float = 1.25) -> float:
-    """Estimated seconds of the final fit: the wall time of the trial's population (an upper bound on one run of
-    the trial alone) times the larger train+val set (``data_share``)."""
-    return _population_seconds(trial) * data_share
+def final_cost(trial: FrozenTrial, data_share: float = 1.25, stacking_gain: float = 2.0) -> float:
+    """Estimated seconds of the final fit: the trial's share of its population's wall time (a member alone runs at
+    most ``stacking_gain`` times slower than its share; measured gains on a CPU are about 1.7), for the epochs the
+    final fit trains (up to the best epoch of those the trial ran), times the larger train+val set
+    (``data_share``)."""
+    pop = trial.user_attrs.get("population") or {}
+    alone = _population_seconds(trial) * min(1.0, stacking_gain / max(1, int(pop.get("size", 1))))
+    ran = len(trial.user_attrs.get("history") or []) or 1
+    epochs = min(ran, int(trial.user_attrs.get("best_epoch") or ran))
+    return alone * epochs / ran * data_share
 
 
 def plan(search: Search, candidates: list[FrozenTrial], room: float) -> tuple[list[FrozenTrial], float]:
@@ -93,10 +100,11 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
     if search.cfg.search.finalists < 2:
         return None
     candidates = top_trials(study, search.cfg.search.finalists)
-    # the search stopped with the reserve left, give or take its last population's overrun
-    room = max(budget.left(), budget.reserve) - (final_cost(candidates[0]) if candidates else 0.0)
-    top, _ = plan(search, candidates, room)
+    final = final_cost(candidates[0]) if candidates else 0.0
+    top, _ = plan(search, candidates, budget.finish_left() - final)
     if not top:
+        if len(candidates) >= 2:
+            budget.cut.append("finalists skipped: fewer than two fit the time left")
         return {"skipped": "fewer than two finalists fit the time left" if len(candidates) >= 2 else
                 "fewer than two complete trials", "chosen": None}
     started = time.perf_counter()
@@ -106,12 +114,19 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
     for t in top:
         cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
         runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
-        fits = fit_configs(runs, search.data_for, search.population_size(cfg))
+        # a hard deadline: what is left after them is the final fit's estimated time
+        limit = [[TimeLimit(lambda: budget.finish_left() - final)] for _ in runs]
+        size = search.population_size(cfg, seconds=PROBE_SHARE * budget.finish_left())
+        fits = fit_configs(runs, search.data_for, size, limit)
         scores = [float(score(t))] + [_score(fit, search.monitor) for _, fit in fits]
         finite = [s for s in scores if math.isfinite(s)]
+        cut = sum(fit.stop_reason.startswith(TimeLimit.DEFAULT) for _, fit in fits)
+        if cut:
+            budget.cut.append(f"finalist trial {t.number}: {cut} of {len(runs)} seed runs stopped at the deadline")
         rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
-                     "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None})
+                     "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None,
+                     "cut": cut})
     steady = [r for r in rows if r["mean"] is not None]  # every seed trained to a finite score
     best = max(steady, key=lambda r: r["mean"] if up else -r["mean"]) if steady else rows[0]
     return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),

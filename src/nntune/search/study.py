@@ -33,7 +33,7 @@ from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
 from nntune.search.budget import Budget, count
 from nntune.search.ensemble import ensemble_test
-from nntune.search.finalists import finishing_cost, run_finalists
+from nntune.search.finalists import final_cost, finishing_cost, run_finalists
 from nntune.search.objectives import best_trial, is_multi, pareto, score
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import Interrupts, run_trials
@@ -41,7 +41,7 @@ from nntune.search.warm_start import source_study, warm_trials
 from nntune.redact import redact
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
-from nntune.training.callbacks import StopAtEpoch
+from nntune.training.callbacks import StopAtEpoch, TimeLimit
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import adopt, check_out, describe
 from nntune.training.pipeline import (PreparedData, choose_population_size, data_source, fit_model, prepare_data,
@@ -146,10 +146,10 @@ class Search:
             self.data_by_scaler[method] = prepare_data(cfg, ds, split=self.base_data.split)
         return self.data_by_scaler[method]
 
-    def population_size(self, cfg: RunConfig) -> int:
+    def population_size(self, cfg: RunConfig, seconds: float = math.inf) -> int:
         """Members per population for ``cfg``'s family: ``search.population``, else measured on the first
-        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`); after running
-        out of memory, half the size that did."""
+        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`) in at most
+        ``seconds`` (0: do not measure, 1 until measured); after running out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
         if not stackable(cfg):  # a saved starting model or a recurrent network: one at a time (recorded)
             self.sizes.setdefault(family, 1)
@@ -159,7 +159,9 @@ class Search:
         if fixed:
             return min(fixed, self.sizes.get(family, fixed))
         if family not in self.sizes:
-            self.sizes[family] = choose_population_size(cfg, self.data_for(cfg))
+            if seconds <= 0:
+                return 1
+            self.sizes[family] = choose_population_size(cfg, self.data_for(cfg), seconds=seconds)
         return self.sizes[family]
 
     def shrink_population(self, cfg: RunConfig, tried: int) -> None:
@@ -245,24 +247,44 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     return study
 
 
-def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
+def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | None = None) -> dict:
     """Retrain the chosen trial's configuration on train+val for its best epoch count (or keep the trial's weights),
-    evaluate the test split once, and save ``best/``."""
+    evaluate the test split once, and save ``best/``. Under a time budget the retrain has a deadline: when its
+    estimated time does not fit, or it reaches the deadline, the chosen trial's own weights are the final model
+    (when this process has them), and ``budget.cut`` says so."""
     cfg = build_config(best.user_attrs["config"], where=f"trial {best.number}")
     data = search.data_for(cfg)
     out = search.out
-    if search.cfg.search.final == "retrain":
+    mode = search.cfg.search.final
+    own = (out / "trials" / str(best.number)).is_dir()  # another worker's trial has its weights elsewhere
+    left = budget.finish_left if budget is not None else (lambda: math.inf)
+    if mode == "retrain" and own and final_cost(best) > left():
+        mode = "best_trial"
+        if budget is not None:
+            budget.cut.append(f"final retrain skipped: its estimated {final_cost(best):.0f} s exceed the "
+                              f"{max(0.0, left()):.0f} s left; the chosen trial's weights are the final model")
+    if mode == "retrain":
         # the trial's epoch count stays the schedule's horizon, so the LR follows the same path up to best_epoch
         epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg.train.epochs))
         final_cfg = apply_overrides(cfg, {"train.early_stopping.enabled": False})
         merged = _train_plus_val(final_cfg, data)
         run = search.tracker.run("final", {**best.params, "trial": best.number, "epochs": epochs})
-        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs), *([run] if run else [])])
-        test = trainer.evaluate(merged.x_test, merged.y_test)
-        if run:
-            run.end("COMPLETE", {f"test_{k}": v for k, v in test.items()})
-        scaler, history, x_val = merged.scaler, fit.history, merged.x_val
-    else:
+        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs), TimeLimit(left),
+                                                            *([run] if run else [])])
+        cut = fit.stop_reason.startswith(TimeLimit.DEFAULT)
+        if cut and budget is not None:
+            budget.cut.append(f"final retrain reached the deadline after {len(fit.history)} of {epochs} epochs"
+                              + ("; the chosen trial's weights are the final model" if own else ""))
+        if cut and own:
+            if run:
+                run.end("FAIL", {})
+            mode = "best_trial"
+        else:
+            test = trainer.evaluate(merged.x_test, merged.y_test)
+            if run:
+                run.end("COMPLETE", {f"test_{k}": v for k, v in test.items()})
+            scaler, history, x_val = merged.scaler, fit.history, merged.x_val
+    if mode == "best_trial":
         art = artifacts.load(out / "trials" / str(best.number))
         final_cfg, model, scaler, history = cfg, art.model, art.scaler, []
         epochs = int(best.user_attrs.get("best_epoch") or cfg.train.epochs)
@@ -275,7 +297,7 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial) -> dict:
     return {"config": final_cfg.to_dict(), "test": test, "history": history,
             "finetune": describe(final_cfg, data.dataset),
             "findings": [f.to_dict() for f in findings], "model": summary(model, data.dataset.input_shape).to_dict(),
-            "mode": search.cfg.search.final, "epochs": epochs}
+            "mode": mode, "epochs": epochs}
 
 
 def save_pareto(study: optuna.Study, out: Path) -> list[dict]:
@@ -326,13 +348,14 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 
 def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False,
-         log: Sequence[str] = (), dataset: Dataset | None = None) -> dict:
+         log: Sequence[str] = (), dataset: Dataset | None = None, started: float | None = None) -> dict:
     """Search, re-run the finalists with extra seeds, then fit the chosen model and evaluate it on the test split
     once. ``log`` names loggers (``tensorboard``, ``mlflow``) that record every trial and the final fit; ``dataset``
-    (in memory) replaces the config's data source. Returns ``result.json``'s content."""
+    (in memory) replaces the config's data source; ``started`` (a ``time.monotonic()`` reading) is when the
+    command's time budget began (default: now). Returns ``result.json``'s content."""
     out = Path(out)
     with Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune") as tracker:
-        result = _tune(cfg, out, resume, progress, tracker, dataset)
+        result = _tune(cfg, out, resume, progress, tracker, dataset, started)
         tracker.summary({"best_value": result["best_value"], **{f"test_{k}": v for k, v in result["test"].items()},
                          **{f"trials_{k}": v for k, v in result["trials"].items()}})
         tracker.artifacts([out / "best", out / "result.json", out / "trials.csv"])
@@ -340,9 +363,8 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
 
 
 def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Tracker,
-          dataset: Dataset | None) -> dict:
-    started = time.perf_counter()
-    budget = Budget.from_config(cfg.search)
+          dataset: Dataset | None, started: float | None) -> dict:
+    budget = Budget.from_config(cfg.search, started)
     check_out(cfg, out)
     rundir.check(out, "tune")
     cfg = adopt(cfg)  # fine-tuning: the saved model's architecture and scaler
@@ -363,7 +385,7 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     chosen = best_trial(study)
     if finalists and finalists.get("chosen") is not None:
         chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
-    final = final_fit(search, chosen)
+    final = final_fit(search, chosen, budget)
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
                   "objectives": cfg.search.objectives,
@@ -386,9 +408,10 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
         "lr_find": search.lr_find,
         "data": search.base_data.describe(),
         "tracking": tracker.info,
-        "seconds": time.perf_counter() - started,
     }
     if cfg.search.ensemble:
         result["ensemble"] = ensemble_test(study, out / "trials", search.base_data, cfg.search.ensemble)
+    result["budget"] = budget.to_dict()
+    result["seconds"] = result["budget"]["seconds"]
     artifacts.write_result(out, result)
     return result

@@ -35,7 +35,7 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import NNTuneError
 from nntune.redact import redact
-from nntune.search.budget import Budget
+from nntune.search.budget import PROBE_SHARE, Budget
 from nntune.search.constraints import extra_values, measure, violation
 from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
@@ -216,7 +216,7 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
     """Trials within the budget's cap: one sampled freely, then members with its structure (waiting trials first).
     A grid sampler gives every trial its own grid point, so there the members are plain trials, grouped later."""
     first, values = _ask(search, study, beats)
-    size = search.population_size(first[1])
+    size = search.population_size(first[1], seconds=PROBE_SHARE * budget.search_left())
     members = [first]
     grid = study.sampler if hasattr(study.sampler, "unstarted") else None
     fixed = None if grid else structure_values(values)

@@ -21,6 +21,10 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         """Called after each epoch with its logged values (epoch counted from 1)."""
 
+    def on_batch_end(self, trainer: Trainer) -> None:
+        """Called after each training step, only for callbacks that override it; ``trainer.stop(reason)`` here cuts
+        the epoch short (it is validated and recorded on the batches done)."""
+
     def on_train_end(self, trainer: Trainer) -> None:
         """Called once after the last epoch, also when training was stopped or interrupted."""
 
@@ -105,13 +109,21 @@ class StopAtEpoch(Callback):
             trainer.stop(f"fixed length: {self.epoch} epochs")
 
 
-class TimeLimit(Callback):
-    """End training after the epoch during which a time budget ran out (``seconds_left`` is asked each epoch)."""
+def batch_callbacks(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks that watch every training step (most watch epochs only, and cost nothing per step)."""
+    return [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
 
-    def __init__(self, seconds_left: Callable[[], float], what: str = "time budget") -> None:
+
+class TimeLimit(Callback):
+    """A hard deadline: training ends at the first step after the time budget ran out (``seconds_left`` is asked
+    after every step), and the epoch it cut short is validated on the batches done."""
+
+    DEFAULT = "time budget"  # the stop reason's first words
+
+    def __init__(self, seconds_left: Callable[[], float], what: str = DEFAULT) -> None:
         self.seconds_left = seconds_left
         self.what = what
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_batch_end(self, trainer: Trainer) -> None:
         if self.seconds_left() <= 0:
-            trainer.stop(f"{self.what} at epoch {epoch}")
+            trainer.stop(f"{self.what} at epoch {len(trainer.history) + 1}")

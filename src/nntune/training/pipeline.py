@@ -6,6 +6,7 @@ a final fit can never disagree about preprocessing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,12 +183,13 @@ def stackable(cfg: RunConfig) -> bool:
 
 
 def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,
-                           memory_fraction: float = 0.8) -> int:
+                           memory_fraction: float = 0.8, seconds: float = math.inf) -> int:
     """How many members of ``cfg``'s structure to train at once on its device, by measurement.
 
     K doubles from 1 while the measured member-steps per second grow by more than ``gain`` per doubling (a CPU stops
     early: there stacking pays less, and for CNNs not at all) and, on a GPU, while the memory per member measured by
-    the previous probe fits in ``memory_fraction`` of the free memory. A probe that runs out of memory ends it too.
+    the previous probe fits in ``memory_fraction`` of the free memory. A probe that runs out of memory ends it too,
+    and so does a next probe (about twice the last one's time) that would end past ``seconds`` of probing.
     """
     if limit < 1:
         raise ConfigError(f"population size limit must be at least 1, got {limit}")
@@ -196,9 +198,13 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
     device = resolve_device(cfg.train.device)
     sizes = [k for k in (2**i for i in range(limit.bit_length())) if k < limit] + [limit]
     best_k, best_rate, per_member = 1, 0.0, 0.0
+    started, last = time.perf_counter(), 0.0
     for k in sizes:
         if device.type == "cuda" and per_member * k > memory_fraction * torch.cuda.mem_get_info(device)[0]:
             break
+        if time.perf_counter() - started + 2 * last > seconds:
+            break
+        probing = time.perf_counter()
         cfgs = [apply_overrides(cfg, {"seed": cfg.seed + i}) for i in range(k)]
         trainer, x_train = population_trainer(cfgs, data)
         try:
@@ -210,6 +216,7 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         per_member = max(per_member, peak / k)
+        last = time.perf_counter() - probing
         if rate <= best_rate * gain:
             break
         best_k, best_rate = k, rate

@@ -29,7 +29,7 @@ from nntune.config import RunConfig, TrainConfig
 from nntune.errors import SpecError
 from nntune.models.builders import ConvBlock
 from nntune.models.inspect import parameter_counts
-from nntune.training.callbacks import Callback, StopRequest
+from nntune.training.callbacks import Callback, StopRequest, batch_callbacks
 from nntune.training.early_stopping import Patience, check_monitor, monitor_mode
 from nntune.training.schedules import Schedule, replay
 from nntune.training.trainer import FitResult, matmul_precision, resolve_device, resolve_precision, weighted_layers
@@ -626,6 +626,7 @@ class PopulationTrainer:
         snapped = [False] * K
         counts = [parameter_counts(member) for member in self.members]
         handles = [MemberHandle(self, m) for m in range(K)]
+        per_step = [batch_callbacks(cbs) for cbs in self.callbacks]
         results = [FitResult() for _ in range(K)]
         self._finals = finals = {}
         self._slots = slots = list(range(K))
@@ -654,6 +655,7 @@ class PopulationTrainer:
                 perms = torch.stack([torch.randperm(n, generator=gens[m])[:n_used] for m in slots]).to(dev)
                 sums = torch.zeros(2, len(slots), device=dev, dtype=like.dtype)
                 grad_norms = None
+                seen = 0
                 for start in range(0, n_used, bs):
                     idx = perms[:, start:start + bs]
                     xb, yb = x_train[idx], y_train[idx]
@@ -665,7 +667,14 @@ class PopulationTrainer:
                     with torch.no_grad():
                         sums[0] += losses.detach() * idx.shape[1]
                         sums[1] += self._metric_sums(out.detach(), yb)
-                train = (sums / n_used).tolist()
+                    seen += idx.shape[1]
+                    if any(per_step[m] for m in slots):
+                        for m in slots:
+                            for cb in per_step[m]:
+                                cb.on_batch_end(handles[m])
+                        if all(handles[m].stop_requested for m in slots):  # a deadline: the epoch ends here
+                            break
+                train = (sums / seen).tolist()
                 val = self._evaluate(x_val, y_val, self._vectors["smoothing"])
                 norms = grad_norms.T.tolist() if grad_norms is not None else None
                 seconds = (time.perf_counter() - t0) / len(slots)  # this epoch's wall time, shared by the members

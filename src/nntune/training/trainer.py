@@ -21,7 +21,7 @@ from nntune.config import TrainConfig
 from nntune.errors import ConfigError
 from nntune.models.builders import forward_batched
 from nntune.models.inspect import parameter_counts
-from nntune.training.callbacks import Callback, StopRequest
+from nntune.training.callbacks import Callback, StopRequest, batch_callbacks
 from nntune.training.early_stopping import EarlyStopping, monitor_mode
 from nntune.training.schedules import Schedule
 
@@ -195,6 +195,7 @@ class Trainer(StopRequest):
             self.model.to(memory_format=torch.channels_last)
         step_model = _compiled(self.model, dev) if self.cfg.compile else self.model
         result = FitResult()
+        per_step = batch_callbacks(self.callbacks)
         started = time.perf_counter()
         result.initial_val_loss = self.evaluate(x_val, y_val)["loss"]
         for cb in self.callbacks:
@@ -213,6 +214,7 @@ class Trainer(StopRequest):
                     loss_sum = torch.zeros((), device=dev)
                     metric_sum = torch.zeros((), device=dev)
                     grad_norms = None
+                    seen = 0
                     for start in range(0, n_used, bs):
                         idx = perm[start:start + bs]
                         xb, yb = x_train[idx], y_train[idx]
@@ -244,7 +246,13 @@ class Trainer(StopRequest):
                         with torch.no_grad():
                             loss_sum += loss.detach() * len(idx)
                             metric_sum += self._metric_sum(out.detach(), yb)
-                    train_loss, train_metric = (torch.stack([loss_sum, metric_sum]) / n_used).tolist()
+                        seen += len(idx)
+                        if per_step:
+                            for cb in per_step:
+                                cb.on_batch_end(self)
+                            if self.stop_requested:  # a deadline: this epoch ends on the batches done
+                                break
+                    train_loss, train_metric = (torch.stack([loss_sum, metric_sum]) / seen).tolist()
                     logs = {"epoch": epoch, "loss": train_loss, self.metric_name: train_metric}
                     logs.update({f"val_{k}": v for k, v in self.evaluate(x_val, y_val).items()})
                     logs["lr"] = lr
