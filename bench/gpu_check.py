@@ -1,34 +1,14 @@
-"""GPU check: the test suite, the engine benchmarks and the search/evidence runs on one CUDA machine, in one command.
+"""GPU check: the test suite, the engine benchmarks and the search/evidence runs on a CUDA machine, in one command.
 
-Run from the repository root on any machine with a CUDA GPU and nntune's dependencies installed (nntune itself
-need not be installed: ``src/`` is put on ``PYTHONPATH``)::
-
-    python bench/gpu_check.py --out gpu_check                 # all steps (two parts of at most ~8 min each)
-    python bench/gpu_check.py --out gpu_check --only engines  # suite, population, trainer_overhead, train
-    python bench/gpu_check.py --out gpu_check --only search   # search_quality, evidence_cost, tune_gpu
-
-Each step runs as subprocesses under a wall-clock cap (``--step-timeout`` overrides every cap). One JSON line per
-step is appended to ``OUT/results.jsonl`` (step, ok, seconds, device name, torch and CUDA versions, git commit, the
-step's figures; a failed step adds its error and the tail of its log), and each step's full stdout/stderr goes to
-``OUT/STEP.log``. A failed or timed-out step is recorded and the next one runs. Exit code 0 when every step ran ok,
-1 otherwise, 2 when the machine cannot run the check at all (e.g. ``--device cuda`` without a GPU).
-``--device cpu --quick`` runs every step on tiny sizes on the CPU (about a minute): the smoke test of this script
+Run it from the repository root of any CUDA machine with nntune's dependencies installed:
+``python bench/gpu_check.py --out gpu_check`` (``--only engines`` or ``--only search`` runs one part, each within
+about 8 minutes). Every step runs as subprocesses under a wall-clock cap; one JSON line per step (ok, seconds, device,
+torch and CUDA versions, git commit, the step's figures) is appended to ``OUT/results.jsonl``, each step's output
+goes to ``OUT/STEP.log``, and a failed step is recorded before the next one runs. Exit code 0 when every step ran
+ok, 1 otherwise. ``--device cpu --quick`` runs every step on tiny sizes in about a minute: the smoke test
 (``tests/test_gpu_check.py``).
 
-Steps (``--only`` takes step and group names, comma-separated):
-
-- engines: ``suite`` (pytest over the test suite, in parallel shards on a many-core machine), ``population``
-  (``bench/population.py`` at K = 1, 8, 32, 128 and the K ``choose_population_size`` picks for each case, with the
-  probe rates it measured), ``trainer_overhead`` (``bench/trainer_overhead.py`` with ``--precision auto``,
-  ``--precision fp32``, ``--compile``, and on the machine's CPU cores), ``train`` (``nntune train`` on digits (MLP)
-  and mnist5k (CNN), on the GPU and on the CPU: seconds and test accuracy);
-- search: ``search_quality`` (``bench/search_quality.py``, arms nntune and nntune ``--population 1`` on digits,
-  mnist5k and signals: trials, trials per minute, population sizes, test accuracy), ``evidence_cost``
-  (``bench/evidence_cost.py``, default MLP and CNN on digits, population vs single), ``tune_gpu`` (``nntune tune
-  --dataset mnist5k --evidence``: trials, finalists, questions measured vs skipped, trial states).
-
-The default budgets keep each part within about 8 minutes (the sum of its steps' caps); ``--search-budget`` and
-``--tune-budget`` lengthen the search runs (their caps follow), e.g. ``--only search_quality --search-budget 90``.
+Steps: engines = suite, population, trainer_overhead, train; search = search_quality, evidence_cost, tune_gpu.
 """
 
 from __future__ import annotations
@@ -167,7 +147,7 @@ class Runner:
         return self.cap - (time.monotonic() - self.started)
 
     def run(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> dict | None:
-        """One command; returns its record (rc, seconds, stdout) or None when it failed or could not start."""
+        """One command; its record (rc, seconds, stdout), or None when it timed out or the step cap left no time."""
         return self.run_parallel([(name, argv, env)])[0]
 
     def run_parallel(self, cmds: list[tuple[str, list[str], dict[str, str] | None]]) -> list[dict | None]:
@@ -183,43 +163,49 @@ class Runner:
                 p = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(env or {})}, stdout=fo, stderr=fe,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
             procs.append((name, argv, p, files, time.monotonic()))
-        records: list[dict | None] = []
+        ended: dict[int, float] = {}
+        late: set[int] = set()
         try:
-            for name, argv, p, files, t0 in procs:
-                timed_out = False
-                try:
-                    p.wait(timeout=max(1.0, self.left()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    kill(p)
-                seconds = round(time.monotonic() - t0, 1)
-                stdout, stderr = (f.read_text(errors="replace") for f in files)
-                for f in files:
-                    f.unlink()
-                with self.log.open("a") as log:
-                    log.write(f"\n=== {name}: {' '.join(argv)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n"
-                              f"=== {name}: rc {p.returncode}{' (timed out)' if timed_out else ''} in {seconds} s\n")
-                rec = {"name": name, "cmd": " ".join(argv[1:]), "rc": p.returncode, "seconds": seconds}
-                self.runs.append({**rec, **({"timed_out": True} if timed_out else {})})
-                if timed_out:
-                    self.timed_out = True
-                    self.problems.append(f"{name}: timed out after {seconds} s (step cap {self.cap:.0f} s)")
-                    records.append(None)
-                else:
-                    records.append({**rec, "stdout": stdout})
+            while len(ended) < len(procs):
+                for i, (_, _, p, _, _) in enumerate(procs):
+                    if i not in ended and p.poll() is not None:
+                        ended[i] = time.monotonic()
+                if self.left() <= 0:
+                    for i, (_, _, p, _, _) in enumerate(procs):
+                        if i not in ended:
+                            kill(p)
+                            ended[i], late = time.monotonic(), late | {i}
+                time.sleep(0.05)
         except BaseException:
             for _, _, p, _, _ in procs:
                 kill(p)
             raise
+        records: list[dict | None] = []
+        for i, (name, argv, p, files, t0) in enumerate(procs):
+            seconds, timed_out = round(ended[i] - t0, 1), i in late
+            stdout, stderr = (f.read_text(errors="replace") for f in files)
+            for f in files:
+                f.unlink()
+            with self.log.open("a") as log:
+                log.write(f"\n=== {name}: {' '.join(argv)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n"
+                          f"=== {name}: rc {p.returncode}{' (timed out)' if timed_out else ''} in {seconds} s\n")
+            shown = ["-c", "<snippet>", *argv[3:]] if argv[1] == "-c" else argv[1:]
+            rec = {"name": name, "cmd": " ".join(shown), "rc": p.returncode, "seconds": seconds}
+            self.runs.append({**rec, **({"timed_out": True} if timed_out else {})})
+            if timed_out:
+                self.timed_out = True
+                self.problems.append(f"{name}: timed out after {seconds} s (step cap {self.cap:.0f} s)")
+                records.append(None)
+            else:
+                records.append({**rec, "stdout": stdout})
         return records
 
-    def parsed(self, name: str, argv: list[str], parse: Callable[[str], Any], env: dict[str, str] | None = None,
-               ok_codes: tuple[int, ...] = (0,)) -> Any:
+    def parsed(self, name: str, argv: list[str], parse: Callable[[str], Any]) -> Any:
         """Run a command and parse its stdout; None (and a problem recorded) when it failed."""
-        rec = self.run(name, argv, env)
+        rec = self.run(name, argv)
         if rec is None:
             return None
-        if rec["rc"] not in ok_codes:
+        if rec["rc"] != 0:
             self.problems.append(f"{name}: exit code {rec['rc']}")
             return None
         try:
@@ -299,8 +285,8 @@ def step_population(r: Runner, a: argparse.Namespace, fig: dict) -> None:
         missing = [f"{c} K={k}" for c in cases for k in ks if k not in fig["rates"][c]]
         if missing:
             r.problems.append(f"bench: no row for {', '.join(missing)}")
-    chosen = r.parsed("choose_population_size", [sys.executable, "-c", CHOOSE_K, a.device, "4" if a.quick else "128",
-                                                 ",".join(cases),
+    limit = "4" if a.quick else "128"
+    chosen = r.parsed("choose_population_size", [sys.executable, "-c", CHOOSE_K, a.device, limit, ",".join(cases),
                                                  str(BENCH / "population.py")], json_values)
     if chosen is not None:
         fig["chosen_K"] = {x["case"]: x["chosen_K"] for x in chosen}
@@ -455,13 +441,24 @@ STEP_FUNCS: dict[str, Callable[[Runner, argparse.Namespace, dict], None]] = {
     "tune_gpu": step_tune_gpu}
 
 
+EPILOG = """steps (cap in seconds; each part's caps sum to under 8 minutes at the default budgets):
+  suite             pytest over tests/, in parallel shards on 8+ cores                        180
+  population        bench/population.py K=1,8,32,128, and choose_population_size's K           100
+  trainer_overhead  bench/trainer_overhead.py --precision auto, fp32, on the CPU, --compile    100
+  train             nntune train: digits (MLP), mnist5k (CNN), on the GPU and on the CPU       90
+  search_quality    bench/search_quality.py nntune, nntune_pop1 on digits, mnist5k, signals    6 x budget + 30
+  evidence_cost     bench/evidence_cost.py mlp-digits, cnn-digits: population vs single        90
+  tune_gpu          nntune tune --dataset mnist5k --evidence                                   2 x budget + 30
+"""
+
+
 def caps(a: argparse.Namespace) -> dict[str, float]:
     """Each step's wall-clock cap in seconds; each part's caps sum to at most 8 minutes at the default budgets."""
     if a.quick:
         c = dict.fromkeys(STEPS, 120.0)
     else:
-        c = {"suite": 200.0, "population": 100.0, "trainer_overhead": 100.0, "train": 70.0,
-             "search_quality": 6 * a.search_budget + 30, "evidence_cost": 4 * EVIDENCE_COST_BUDGET + 20,
+        c = {"suite": 180.0, "population": 100.0, "trainer_overhead": 100.0, "train": 90.0,
+             "search_quality": 6 * a.search_budget + 30, "evidence_cost": 4 * EVIDENCE_COST_BUDGET + 30,
              "tune_gpu": 2 * a.tune_budget + 30}
     if a.step_timeout:
         c = dict.fromkeys(c, float(a.step_timeout))
@@ -478,28 +475,31 @@ def selected(only: str | None) -> list[str]:
         elif part in STEPS:
             names.append(part)
         else:
-            raise SystemExit(f"gpu_check: unknown step or group {part!r} (steps: {', '.join(STEPS)}; groups: "
+            raise ValueError(f"unknown step or group {part!r} (steps: {', '.join(STEPS)}; groups: "
                              f"{', '.join(GROUPS)})")
     return [s for s in STEPS if s in names]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog="Run from the repository root; see the module docstring for the steps.")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="device under test (default cuda)")
     p.add_argument("--quick", action="store_true", help="every step on tiny sizes (the smoke test, about a minute)")
-    p.add_argument("--out", type=Path, default=Path("gpu_check"), help="results.jsonl and STEP.log go here")
+    p.add_argument("--out", type=Path, default=Path("gpu_check"),
+                   help="results.jsonl and STEP.log go here (default gpu_check)")
     p.add_argument("--only", help="comma-separated steps and groups: engines, search, " + ", ".join(STEPS))
     p.add_argument("--step-timeout", type=float, help="wall-clock cap of every step in seconds (default per step)")
-    p.add_argument("--search-budget", type=float, default=35.0,
-                   help="search_quality: seconds per dataset and arm (default 35; 6 runs)")
+    p.add_argument("--search-budget", type=float, default=32.0,
+                   help="search_quality: seconds per dataset and arm (default 32; 6 runs)")
     p.add_argument("--tune-budget", type=float, default=60.0,
                    help="tune_gpu: --timeout and --evidence-budget in seconds (default 60 each)")
     p.add_argument("--suite-shards", type=int, help="suite: parallel pytest processes (default: CPU cores / 4, 1-4)")
     a = p.parse_args()
-    steps = selected(a.only)
+    try:
+        steps = selected(a.only)
+    except ValueError as err:
+        p.error(str(err))
     out = a.out if a.out.is_absolute() else Path.cwd() / a.out
-    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, GUARD: "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src")] + ([os.environ["PYTHONPATH"]]
                                                                  if os.environ.get("PYTHONPATH") else []))}
@@ -516,6 +516,7 @@ def main() -> int:
         print("gpu_check: --device cuda but torch sees no CUDA GPU (use --device cpu --quick for the smoke test)",
               file=sys.stderr)
         return 2
+    out.mkdir(parents=True, exist_ok=True)
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     common = {"device": a.device, "device_name": info.get("gpu") if a.device == "cuda" else cpu_model(),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nntune import artifacts
+from nntune import artifacts, atomic
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import ArtifactError
 from nntune.training.pipeline import fit_model, prepare_data
@@ -107,6 +107,15 @@ HOSTILE = [  # (what, file, how to break it, the words of the one-line error)
      lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(units=17)), "weights do not fit the saved config"),
     ("a missing weights file", "weights.safetensors", lambda p: p.unlink(), "weights.safetensors: missing"),
     ("a missing model.json", "model.json", lambda p: p.unlink(), "model.json: missing"),
+    # checked against the weights header on the meta device: nothing is allocated for a huge or impossible model
+    ("model.json with a negative input shape", "model.json",
+     lambda p: _edit_meta(p, lambda m: m["data"].update(input_shape=[1, -8, 8])), "model.json: corrupt"),
+    ("model.json with a huge input shape", "model.json",
+     lambda p: _edit_meta(p, lambda m: m["data"].update(input_shape=[10**6, 10**6])), "model.json: corrupt"),
+    ("model.json with a huge width", "model.json",
+     lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(units=10**9)), "weights do not fit the saved config"),
+    ("model.json with a negative width", "model.json",
+     lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(widths=[64, -3])), "widths must be positive"),
 ]
 
 
@@ -192,3 +201,27 @@ def test_a_full_disk_is_a_one_line_error_and_keeps_the_previous_file(tmp_path, m
     # a parent that is a file, not a directory, also fails in one line
     with pytest.raises(ArtifactError, match=r"cannot write \(Not a directory\)"):
         atomic.write_text(target / "x.json", "{}")
+
+
+def test_a_full_disk_inside_safetensors_is_one_line_and_keeps_the_old_model(saved, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    out, trainer, data = saved
+    cfg = RunConfig()
+    target = artifacts.save(tmp_path / "best", trainer.model, cfg, data.scaler, data.dataset.meta())
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(artifacts, "save_file", full)
+    with pytest.raises(ArtifactError, match=r"weights.safetensors: cannot write \(.*No space left on device"):
+        artifacts.save(target, trainer.model, cfg, data.scaler, data.dataset.meta())
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no staging directory left
+
+
+def test_saved_files_get_the_ordinary_mode(saved):
+    out, _, _ = saved
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == \
+        {name: atomic.FILE_MODE for name in ("model.json", "scaler.safetensors", "weights.safetensors")}

@@ -46,6 +46,27 @@ def config(text):
     return _file("run.yaml", text)
 
 
+def png(name, size, mode="L"):
+    def make(d):
+        from PIL import Image
+
+        root = d / "imgs"
+        for cls in ("a", "b"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.new(mode, size).save(root / cls / name)
+        return ["--data", str(root)]
+    return make
+
+
+def flags(*args):
+    return lambda d: list(args)
+
+
+def existing_file(d):
+    (d / "out").write_text("not a folder")
+    return []
+
+
 ROWS = "\n".join(f"{i % 7},{(i * 3) % 5},{i % 2}" for i in range(40))
 CASES = [  # (case, input, words the error must contain)
     ("empty csv", csv(""), "data.csv"),
@@ -69,6 +90,16 @@ CASES = [  # (case, input, words the error must contain)
     ("unknown config key", config("train:\n  learning_rate: 0.1\n"), "learning_rate'; valid keys here: epochs"),
     ("impossible value", config("train:\n  lr: -1\n"), "train.lr"),
     ("config not a mapping", config("- 1\n- 2\n"), "run.yaml"),
+    # values finite in float64 but not in float32, the training dtype (no RuntimeWarning line either)
+    ("csv feature beyond float32", csv("a,b,y\n" + ROWS + "\n1e39,1,0\n"), "float32"),
+    ("npz x beyond float32", npz(x=np.full((40, 3), 1e39), y=np.arange(40) % 2), "array 'x' has values outside"),
+    ("regression target beyond float32", npz(x=np.random.rand(100, 3), y=np.random.rand(100) * 1e39),
+     "array 'y' has values outside"),
+    ("npz empty axis", npz(x=np.zeros((40, 0)), y=np.arange(40) % 2), "empty axis"),
+    ("oversized image", png("big.png", (4100, 4100)), "big.png: image is 4100x4100 pixels"),
+    ("out is an existing file", existing_file, "is a file, not a run directory"),
+    ("flag value out of range", flags("--lr", "-1"), "--lr (train.lr): Input should be greater than 0"),
+    ("flag value out of range (batch)", flags("--batch-size", "0"), "--batch-size (train.batch_size):"),
 ]
 
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from nntune.cli import main
@@ -128,3 +129,39 @@ def test_predict_csv_needs_feature_columns(capsys, tmp_path):
     (tmp_path / "bad.csv").write_text("a\n1\n")
     code, _, err = run(capsys, "predict", str(tmp_path / "r" / "best"), "--data", str(tmp_path / "bad.csv"))
     assert code == 2 and "feature column 'b' is missing" in err
+
+
+def test_predictions_of_a_duplicated_header_file_equal_a_correct_reading(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=60), rng.normal(size=60)
+    rows = [f"{x:.6f},{y:.6f},{int(x > y)}" for x, y in zip(a, b)]
+    dup, fixed = tmp_path / "dup.csv", tmp_path / "fixed.csv"
+    dup.write_text("a,a,label\n" + "\n".join(rows))
+    fixed.write_text("a,a.1,label\n" + "\n".join(rows))  # the same columns, named as nntune reads them
+    run_ok(capsys, "train", "--data", str(dup), "--target", "label", "--epochs", "3", "--quiet", "--out",
+           str(tmp_path / "run"))
+    best = str(tmp_path / "run" / "best")
+    run_ok(capsys, "predict", best, "--data", str(dup), "--out", str(tmp_path / "p1.csv"))
+    run_ok(capsys, "predict", best, "--data", str(fixed), "--out", str(tmp_path / "p2.csv"))
+    assert (tmp_path / "p1.csv").read_text() == (tmp_path / "p2.csv").read_text()
+    swapped = tmp_path / "swapped.csv"  # reading the first 'a' twice would not see the second column
+    swapped.write_text("a.1,a,label\n" + "\n".join(rows))
+    run_ok(capsys, "predict", best, "--data", str(swapped), "--out", str(tmp_path / "p3.csv"))
+    assert (tmp_path / "p3.csv").read_text() != (tmp_path / "p1.csv").read_text()
+
+
+def test_predictions_for_an_image_folder_name_the_files(capsys, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for k, cls in enumerate(("dark", "light")):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), 40 + 170 * k + i, dtype=np.uint8)).save(root / cls / f"{i}.png")
+    run_ok(capsys, "train", "--data", str(root), "--family", "mlp", "--epochs", "3", "--quiet", "--out",
+           str(tmp_path / "run"))
+    run_ok(capsys, "predict", str(tmp_path / "run" / "best"), "--data", str(root), "--out", str(tmp_path / "p.csv"))
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "file,label,prob_dark,prob_light"
+    assert [line.split(",")[0] for line in lines[1:]] == [str(root / c / f"{i}.png") for c in ("dark", "light")
+                                                           for i in range(6)]

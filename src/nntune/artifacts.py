@@ -21,7 +21,7 @@ from torch import nn
 from nntune import atomic
 from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
-from nntune.errors import ArtifactError, NNTuneError
+from nntune.errors import ArtifactError, ConfigError, NNTuneError
 from nntune.models.builders import build_model, forward_batched
 from nntune.redact import redact
 
@@ -123,6 +123,8 @@ def load(directory: str | Path) -> Artifact:
                              f"{MAX_INPUT_VALUES:,} values")
     except FileNotFoundError:
         raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
+    except ConfigError as err:  # an invalid config inside model.json: the file is what is wrong
+        raise ArtifactError(str(err)) from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
     _check_shapes(meta_path, directory / WEIGHTS, _planned_shapes(meta_path, config, input_shape, n_outputs))

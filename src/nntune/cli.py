@@ -154,7 +154,7 @@ def _config_from(kwargs: dict[str, Any]) -> RunConfig:
 def flag_names() -> dict[str, str]:
     """Config key -> the CLI flag that sets it (``train.lr`` -> ``--lr``), for errors that name what the user typed."""
     tables = (DATA_OPTIONS, MODEL_OPTIONS, TRAIN_OPTIONS, FINETUNE_OPTIONS, SEARCH_OPTIONS, EVIDENCE_OPTIONS)
-    return {key: flag.split("/")[0] for table in tables for flag, key, _, _ in table}
+    return {key: f"{flag.split('/')[0]} ({key})" for table in tables for flag, key, _, _ in table}
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -378,7 +378,7 @@ SEARCH_OPTIONS = [
 
 
 EVIDENCE_OPTIONS = [
-    ("--seeds", "evidence.seeds", click.IntRange(min=2), "seeds per variant, the same for every variant (default 3)"),
+    ("--seeds", "evidence.seeds", int, "seeds per variant, the same for every variant (default 3)"),
     ("--evidence-budget", "evidence.budget", str, "time budget of the evidence, e.g. 300, 5m, 1h (default 10m); "
      "variants run most informative first, the rest are reported as skipped"),
     ("--questions", "evidence.questions", str, "comma-separated questions to answer (default all): "
@@ -484,6 +484,8 @@ def explain_cmd(run_dir: Path, quiet: bool, json_out: str | None, **kwargs: Any)
 
     flags = _evidence_flags(kwargs)
     seeds = kwargs.pop("evidence__seeds", None)
+    if seeds is not None:  # checked here, so that its error names the flag
+        apply_overrides(RunConfig(), {"evidence.seeds": seeds}, labels=flag_names())
     evidence = explain(run_dir, seeds=seeds, budget=flags.get("evidence.budget"),
                        questions=flags.get("evidence.questions"), progress=not quiet and json_out != "-")
     report = _build_report(run_dir, quiet or json_out == "-")

@@ -325,7 +325,7 @@ class RunConfig(_Section):
 def _format_error(err: ValidationError, where: str, labels: dict[str, str] | None = None) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(root)"
-    if labels and key in labels:  # a value that came from a CLI flag: name the flag, not the config key
+    if labels and key in labels:  # a value that came from a CLI flag: name the flag with its config key
         value = first.get("input")
         return f"{labels[key]}: {first['msg']}" + ("" if isinstance(value, dict) else f" (got {value!r})")
     if first["type"] == "extra_forbidden":  # a typo: say which keys that section has
@@ -374,7 +374,7 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
     """Return a copy with dotted overrides applied, e.g. ``["train.lr=0.01", "model.widths=[64,32]"]``.
 
     Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell; an invalid value's
-    error names ``labels[key]`` (the CLI flag it came from) when given, else the key.
+    error names ``labels[key]`` (e.g. the CLI flag it came from) when given, else the key.
     """
     data = config.to_dict()
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)

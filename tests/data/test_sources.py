@@ -109,3 +109,40 @@ def test_non_finite_and_unconvertible_targets_are_clear_errors(tmp_path):
     q = _csv(tmp_path, "a,y\n1,cat\n2,dog\n", "s.csv")
     with pytest.raises(DataError, match="non-numeric classes"):
         load_dataset(path=q, target="y", task="regression")
+
+
+def _image_folder(root, mode, values, hidden=True):
+    """Two classes of 4x4 images of ``mode`` with the given constant pixel values; hidden entries beside them."""
+    for cls, value in zip(("a", "b"), values):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((4, 4), value, dtype=np.uint16 if mode == "I;16" else np.uint8)).save(
+                root / cls / f"{i}.png")
+    if hidden:
+        (root / ".ipynb_checkpoints").mkdir()
+        Image.new("L", (4, 4)).save(root / ".ipynb_checkpoints" / "x.png")
+        Image.new("L", (4, 4)).save(root / "a" / ".hidden.png")
+    return root
+
+
+def test_sixteen_bit_images_keep_their_full_range(tmp_path):
+    # 300 and 65000 both clip to 255 when read as 8-bit; scaled by 65535 they stay apart
+    ds = load_dataset(path=_image_folder(tmp_path / "imgs", "I;16", (300, 65000), hidden=False))
+    assert ds.x.dtype == torch.float32 and ds.x.shape == (6, 1, 4, 4)
+    assert torch.allclose(ds.x[ds.y == 0], torch.tensor(300 / 65535)) and \
+        torch.allclose(ds.x[ds.y == 1], torch.tensor(65000 / 65535))
+
+
+def test_eight_bit_images_are_scaled_by_255_and_hidden_entries_skipped(tmp_path):
+    ds = load_dataset(path=_image_folder(tmp_path / "imgs", "L", (0, 255)))
+    assert ds.class_names == ["a", "b"] and len(ds) == 6  # no '.ipynb_checkpoints' class, no '.hidden.png'
+    assert ds.x.min() == 0 and ds.x.max() == 1 and ds.meta()["image_values"] == "unit"
+    assert all(not f.split("/")[-1].startswith(".") for f in ds.files)
+
+
+def test_duplicate_header_names_are_made_unique(tmp_path):
+    rows = "\n".join(f"{i},{10 * i},{i % 2}" for i in range(30))
+    with pytest.warns(UserWarning, match=r"duplicate column names renamed: 'a' -> 'a.1'"):
+        ds = load_dataset(path=_csv(tmp_path, "a,a,y\n" + rows), target="y")
+    assert ds.feature_names == ["a", "a.1"]
+    assert torch.equal(ds.x[:, 1], ds.x[:, 0] * 10)  # each column read once, from its own place
