@@ -1,10 +1,15 @@
 import math
+import time
 
 import optuna
 import pytest
+import torch
 
+from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
-from nntune.search.budget import Budget
+from nntune.search.budget import Budget, with_report
+from nntune.search.objectives import best_trial
+from nntune.search.study import final_fit, prepare_search, tune
 
 
 @pytest.mark.parametrize("trials,timeout,expected", [
@@ -39,3 +44,50 @@ def test_trial_cap_counts_finished_and_running_trials():
     study.tell(study.ask(), 3.0)
     assert b.trials_left(study) == 0 and b.check(study) == "trials"
     assert b.to_dict()["stopped_by"] == "trials" and b.to_dict()["fraction_used"] is None
+
+
+def test_the_tail_is_kept_for_the_report_and_what_a_deadline_cut_is_reported():
+    b = Budget(None, 20.0)
+    b.keep_back(3.0)
+    assert b.tail == pytest.approx(2.0) and b.reserve == pytest.approx(5.0)  # a tenth of a short budget
+    assert Budget(None, 600.0).tail == 4.0 and Budget(5, None).finish_left() == math.inf
+    b.cut.append("final retrain skipped")
+    assert b.to_dict()["cut"] == ["final retrain skipped"]
+    assert with_report({**b.to_dict(), "seconds": 19.0}, 1.2)["fraction_used"] == pytest.approx(1.01)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished small search, and what final_fit needs to fit its best trial again."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.trials": 2, "search.epochs": 4,
+                                        "search.finalists": 0, "search.space": {"model.family": "mlp"}})
+    tune(cfg, out)
+    search = prepare_search(cfg, out)
+    return search, best_trial(optuna.load_study(study_name="nntune", storage=f"sqlite:///{out / 'study.db'}"))
+
+
+def test_a_final_retrain_that_does_not_fit_the_time_left_keeps_the_chosen_trials_weights(searched):
+    search, best = searched
+    late = Budget(None, 60.0, started=time.monotonic() - 59.0)  # one second left
+    final = final_fit(search, best, late)
+    assert final["mode"] == "best_trial" and final["history"] == []
+    assert late.cut and late.cut[0].startswith("final retrain skipped")
+    kept = artifacts.load(search.out / "trials" / str(best.number))
+    assert all(torch.equal(a, b) for a, b in zip(kept.model.state_dict().values(),
+                                                 artifacts.load(search.out / "best").model.state_dict().values()))
+
+
+def test_a_final_retrain_that_reaches_its_deadline_stops_within_an_epoch(searched, monkeypatch):
+    search, best = searched
+    budget = Budget(None, 600.0)
+    calls = []
+
+    def finish_left():  # plenty of time for the estimate, then the deadline passes after the first step
+        calls.append(1)
+        return 100.0 if len(calls) == 1 else -1.0
+
+    monkeypatch.setattr(budget, "finish_left", finish_left)
+    final = final_fit(search, best, budget)
+    assert final["mode"] == "best_trial" and len(calls) == 2  # asked once for the estimate, once after one step
+    assert "final retrain reached the deadline after 1 of" in budget.cut[0]

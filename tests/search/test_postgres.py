@@ -95,3 +95,20 @@ def test_eight_workers_on_an_empty_postgres_database_reach_exactly_the_budget(tm
                     "--resume", "--out", str(out)], check=True, stdout=subprocess.DEVNULL, timeout=300)
     result = json.loads((out / "result.json").read_text())
     assert result["trials"]["complete"] + result["trials"]["pruned"] >= 40 and result["test"]["accuracy"] > 0.8
+
+
+def test_a_storage_password_is_kept_out_of_every_file(tmp_path):
+    """The test server trusts every login, so a password in the URL is accepted and ignored: it must not be written
+    to result.json, config.yaml, best/model.json, the trials' records or the report (which reopens the study)."""
+    secret = "hunter2-not-stored"
+    url = URL.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "nntune", "tune", "--storage", url, "--study-name", name, "--trials", "2",
+                    "--trial-epochs", "2", "--finalists", "0", "--quiet", "--set", "search.space={model.family: mlp}",
+                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL, timeout=300)
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".csv", ".html")]
+    assert {"result.json", "config.yaml", "model.json", "report.html"} <= {p.name for p in written}
+    assert not [p for p in written if secret in p.read_text(errors="replace")]
+    study = optuna.load_study(study_name=name, storage=URL.replace("postgresql://", "postgresql+psycopg://"))
+    assert secret not in json.dumps([t.user_attrs for t in study.trials]) + json.dumps(study.user_attrs)

@@ -156,9 +156,10 @@ def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
     assert len(result["final"]["history"]) == result["final"]["epochs"]
 
 
-def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path, sig):
     """SIGINT mid-search (after two trials finished, with trials in flight) ends the search, fits the best trial found
-    so far and exits 0 with ``interrupted`` in result.json."""
+    so far and exits 0 with ``interrupted`` in result.json; SIGTERM (docker stop, Slurm, timeout) does the same."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nntune", "tune", "--trials", "1000", "--trial-epochs", "10",
                              "--epochs", "10",
@@ -171,7 +172,7 @@ def test_ctrl_c_finishes_cleanly_with_the_trials_done(tmp_path):
         if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0):
             break
     assert proc.poll() is None, "the search ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-1000:]
     result = json.loads((out / "result.json").read_text())

@@ -50,3 +50,79 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_still_stops_the_search():
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_results_are_recorded_waits_for_them(sig):
+    """Inside ``deferred`` a signal is recorded, and raised once the block has done its work."""
+    import os
+    import signal
+
+    from nntune.search.trials import Interrupts
+
+    done = []
+    with Interrupts() as interrupts:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                os.kill(os.getpid(), getattr(signal, sig))
+                os.kill(os.getpid(), getattr(signal, sig))  # a second one, 0 s later: still recorded, not raised
+                done.append("told")
+        assert done == ["told"] and interrupts.seen
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _wine(**over):
+    return apply_overrides(RunConfig(), {"data.dataset": "wine", "search.trials": 6, "search.epochs": 3,
+                                         "search.population": 2, "search.finalists": 0,
+                                         "search.space": {"model.family": "mlp"}, **over})
+
+
+def test_a_ctrl_c_right_after_a_trials_weights_are_saved_keeps_it_complete(tmp_path, monkeypatch):
+    """The reported case: SIGINT lands while the first finished trial's weights are written. That trial stays
+    COMPLETE, the search ends, and the final model is fitted from it."""
+    import os
+    import signal
+
+    real, calls = trials_module.artifacts.save, []
+
+    def save_then_interrupt(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(trials_module.artifacts, "save", save_then_interrupt)
+    result = tune(_wine(), tmp_path)
+    study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert result["interrupted"] and result["budget"]["stopped_by"] == "interrupted"
+    assert states.count("COMPLETE") >= 1 and "RUNNING" not in states
+    assert all(s == "COMPLETE" for s in states[:len(calls)])  # every trial whose weights were saved
+    assert (tmp_path / "best" / "weights.safetensors").is_file()
+
+
+def test_a_second_signal_ends_at_once_and_keeps_the_finished_trials(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from nntune.search import study as study_module
+
+    real_save, real_fit = trials_module.artifacts.save, study_module.fit_model
+
+    def save_then_interrupt(*args, **kwargs):
+        out = real_save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the first: finish cleanly
+        return out
+
+    def fit_then_interrupt(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the second, during the final fit: end now
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(trials_module.artifacts, "save", save_then_interrupt)
+    monkeypatch.setattr(study_module, "fit_model", fit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_wine(), tmp_path)
+    study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials][:1] == ["COMPLETE"]
+    assert "RUNNING" not in {t.state.name for t in study.trials}

@@ -9,7 +9,7 @@ from nntune.config import RunConfig, apply_overrides
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import forward_batched
-from nntune.training.callbacks import Callback
+from nntune.training.callbacks import Callback, TimeLimit
 from nntune.training.pipeline import (population_trainer, choose_population_size, fit_configs, fit_model,
                                       fit_population, prepare_data)
 from nntune.training.population import PopulationTrainer, structure_key
@@ -261,3 +261,25 @@ def test_probe_measures_member_steps(small_digits):
     trainer, x = population_trainer(cfgs, data)
     rate, peak = trainer.probe(x, data.y_train, steps=2)
     assert rate > 0 and peak >= 0
+
+
+def _deadline_after(steps: int) -> TimeLimit:
+    """A time budget that runs out after ``steps`` training steps (asked once per step)."""
+    asked = [0]
+
+    def left() -> float:
+        asked[0] += 1
+        return 1.0 if asked[0] < steps else -1.0
+    return TimeLimit(left)
+
+
+def test_a_deadline_cuts_the_epoch_at_the_same_step_in_a_population_and_alone(float64, small_digits):
+    """350 training samples in batches of 64: 6 steps an epoch, so a deadline at step 9 ends epoch 2 after 3 steps;
+    that epoch is validated and recorded on the batches done, the same in both loops."""
+    cfgs = members({"train.epochs": 4, "train.early_stopping.enabled": False}, lrs=(1e-3, 3e-3))
+    data = prepare_data(cfgs[0], small_digits)
+    pop = fit_population(cfgs, data, [[_deadline_after(9)] for _ in cfgs])
+    solo = [fit_model(c, data, [_deadline_after(9)]) for c in cfgs]
+    for (m, _, f), member in zip(solo, pop):
+        assert_same_fit((m, f), member)
+        assert len(f.history) == 2 and f.stop_reason == "time budget at epoch 2" and f.stopped_epoch == 2
