@@ -90,6 +90,7 @@ CASES = [  # (case, input, words the error must contain)
     ("unknown config key", config("train:\n  learning_rate: 0.1\n"), "learning_rate'; valid keys here: epochs"),
     ("impossible value", config("train:\n  lr: -1\n"), "train.lr"),
     ("config not a mapping", config("- 1\n- 2\n"), "run.yaml"),
+    ("binary garbage config", raw("run.yaml", b"\xff\xfe\x00garbage"), "run.yaml: not a UTF-8 text file"),
     # values finite in float64 but not in float32, the training dtype (no RuntimeWarning line either)
     ("csv feature beyond float32", csv("a,b,y\n" + ROWS + "\n1e39,1,0\n"), "float32"),
     ("npz x beyond float32", npz(x=np.full((40, 3), 1e39), y=np.arange(40) % 2), "array 'x' has values outside"),

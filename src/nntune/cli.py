@@ -416,7 +416,7 @@ def _search_config(kwargs: dict[str, Any]) -> RunConfig:
 
         try:
             space = yaml.safe_load(Path(space_file).read_text())
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise NNTuneError(f"{space_file}: cannot read the search space ({err.__class__.__name__})") from None
         if not isinstance(space, dict):
             raise NNTuneError(f"{space_file}: a search space must be a mapping of config keys")

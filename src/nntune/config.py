@@ -356,6 +356,10 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
     return build_config(raw, where=str(path))

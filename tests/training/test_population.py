@@ -9,7 +9,7 @@ from nntune.config import RunConfig, apply_overrides
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import forward_batched
-from nntune.training.callbacks import Callback, TimeLimit
+from nntune.training.callbacks import Callback, Deadline
 from nntune.training.pipeline import (population_trainer, choose_population_size, fit_configs, fit_model,
                                       fit_population, prepare_data)
 from nntune.training.population import PopulationTrainer, structure_key
@@ -263,14 +263,14 @@ def test_probe_measures_member_steps(small_digits):
     assert rate > 0 and peak >= 0
 
 
-def _deadline_after(steps: int) -> TimeLimit:
+def _deadline_after(steps: int) -> Deadline:
     """A time budget that runs out after ``steps`` training steps (asked once per step)."""
     asked = [0]
 
     def left() -> float:
         asked[0] += 1
         return 1.0 if asked[0] < steps else -1.0
-    return TimeLimit(left)
+    return Deadline(left)
 
 
 def test_a_deadline_cuts_the_epoch_at_the_same_step_in_a_population_and_alone(float64, small_digits):

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
 from nntune.search.objectives import is_multi, maximize, score
-from nntune.training.callbacks import TimeLimit
+from nntune.training.callbacks import Deadline
 from nntune.training.pipeline import fit_configs
 
 if TYPE_CHECKING:
@@ -115,12 +115,12 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
         cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
         runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
         # a hard deadline: what is left after them is the final fit's estimated time
-        limit = [[TimeLimit(lambda: budget.finish_left() - final)] for _ in runs]
+        limit = [[Deadline(lambda: budget.finish_left() - final)] for _ in runs]
         size = search.population_size(cfg, seconds=PROBE_SHARE * budget.finish_left())
         fits = fit_configs(runs, search.data_for, size, limit)
         scores = [float(score(t))] + [_score(fit, search.monitor) for _, fit in fits]
         finite = [s for s in scores if math.isfinite(s)]
-        cut = sum(fit.stop_reason.startswith(TimeLimit.DEFAULT) for _, fit in fits)
+        cut = sum(fit.stop_reason.startswith(Deadline.DEFAULT) for _, fit in fits)
         if cut:
             budget.cut.append(f"finalist trial {t.number}: {cut} of {len(runs)} seed runs stopped at the deadline")
         rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,

@@ -41,7 +41,7 @@ from nntune.search.warm_start import source_study, warm_trials
 from nntune.redact import redact
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
-from nntune.training.callbacks import StopAtEpoch, TimeLimit
+from nntune.training.callbacks import Deadline, StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import adopt, check_out, describe
 from nntune.training.pipeline import (PreparedData, choose_population_size, data_source, fit_model, prepare_data,
@@ -269,9 +269,9 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
         final_cfg = apply_overrides(cfg, {"train.early_stopping.enabled": False})
         merged = _train_plus_val(final_cfg, data)
         run = search.tracker.run("final", {**best.params, "trial": best.number, "epochs": epochs})
-        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs), TimeLimit(left),
+        model, trainer, fit = fit_model(final_cfg, merged, [StopAtEpoch(epochs), Deadline(left),
                                                             *([run] if run else [])])
-        cut = fit.stop_reason.startswith(TimeLimit.DEFAULT)
+        cut = fit.stop_reason.startswith(Deadline.DEFAULT)
         if cut and budget is not None:
             budget.cut.append(f"final retrain reached the deadline after {len(fit.history)} of {epochs} epochs"
                               + ("; the chosen trial's weights are the final model" if own else ""))

@@ -41,7 +41,7 @@ from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
 from nntune.storage import fail_stale_trials
-from nntune.training.callbacks import Callback, TimeLimit
+from nntune.training.callbacks import Callback, Deadline
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import fit_population
 from nntune.training.population import structure_key
@@ -257,7 +257,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     started = time.perf_counter()
     try:
         extra = [search.interrupts] if search.interrupts is not None else []
-        fits = fit_population(cfgs, data, [[p, TimeLimit(budget.search_left), *extra, *([log] if log else [])]
+        fits = fit_population(cfgs, data, [[p, Deadline(budget.search_left), *extra, *([log] if log else [])]
                                            for p, log in zip(pruning, logs)])
     except BaseException as err:
         for log in filter(None, logs):

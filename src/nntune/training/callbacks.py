@@ -115,14 +115,23 @@ def batch_callbacks(callbacks: list[Callback]) -> list[Callback]:
 
 
 class TimeLimit(Callback):
-    """A hard deadline: training ends at the first step after the time budget ran out (``seconds_left`` is asked
-    after every step), and the epoch it cut short is validated on the batches done."""
+    """End training after the epoch during which a time budget ran out (``seconds_left`` is asked each epoch)."""
 
     DEFAULT = "time budget"  # the stop reason's first words
 
     def __init__(self, seconds_left: Callable[[], float], what: str = DEFAULT) -> None:
         self.seconds_left = seconds_left
         self.what = what
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self.seconds_left() <= 0:
+            trainer.stop(f"{self.what} at epoch {epoch}")
+
+
+class Deadline(TimeLimit):
+    """A hard deadline: ``seconds_left`` is also asked after every training step, and training ends at the first
+    step past it; the epoch it cut short is validated and recorded on the batches done. The search's time budget
+    (``tune --timeout``) is one."""
 
     def on_batch_end(self, trainer: Trainer) -> None:
         if self.seconds_left() <= 0:
