@@ -49,8 +49,8 @@ def test_trial_cap_counts_finished_and_running_trials():
 def test_the_tail_is_kept_for_the_report_and_what_a_deadline_cut_is_reported():
     b = Budget(None, 20.0)
     b.keep_back(3.0)
-    assert b.tail == pytest.approx(2.0) and b.reserve == pytest.approx(5.0)  # a tenth of a short budget
-    assert Budget(None, 600.0).tail == 4.0 and Budget(5, None).finish_left() == math.inf
+    assert b.tail == pytest.approx(3.0) and b.reserve == pytest.approx(6.0)  # 15 % of a short budget
+    assert Budget(None, 600.0).tail == 5.0 and Budget(5, None).finish_left() == math.inf
     b.cut.append("final retrain skipped")
     assert b.to_dict()["cut"] == ["final retrain skipped"]
     assert with_report({**b.to_dict(), "seconds": 19.0}, 1.2)["fraction_used"] == pytest.approx(1.01)

@@ -65,7 +65,7 @@ def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
     study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
     monkeypatch.setattr(finalists, "fit_configs", _fits({a: {1000: 0.9, 2000: 0.9} for a in ("relu", "gelu",
                                                                                            "tanh")}))
-    budget = Budget(None, 3.9)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s, the tail 0.39 s: two fit
+    budget = Budget(None, 3.9)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s, the tail 0.59 s: two fit
     out = finalists.run_finalists(_search(), study, budget)
     assert [r["trial"] for r in out["finalists"]] == [0, 1]
     assert finalists.run_finalists(_search(), study, Budget(None, 2.0))["chosen"] is None  # not even two

@@ -87,11 +87,13 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     top = top_trials(study, max(1, search.cfg.search.finalists))
     if not top:
         return 0.0
+    most = MAX_RESERVE * budget.timeout - budget.tail if budget.timeout else math.inf
     final = final_cost(top[0])
+    if final > most:  # it could not fit the most ever kept back: the chosen trial's weights will be the final model
+        final = 0.0
     if is_multi(study):  # a Pareto search has no finalists
         return final
-    room = MAX_RESERVE * budget.timeout - final if budget.timeout else math.inf
-    return final + plan(search, top, room)[1]
+    return final + plan(search, top, most - final)[1]
 
 
 def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
