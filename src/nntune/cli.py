@@ -6,6 +6,7 @@ User errors (:class:`nntune.errors.NNTuneError`) print one line and exit 2; ``--
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -447,7 +448,7 @@ SPACE_OPTION = click.option("--space", "space_file", type=click.Path(path_type=P
 def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None,
              **kwargs: Any) -> None:
     """Search architecture and training settings with Optuna, then fit and test the best model."""
-    started = time.monotonic()  # --timeout covers the whole command, imports and the report included
+    started = STARTED  # --timeout covers the whole command: start-up, imports and the report included
     from nntune.artifacts import write_result
     from nntune.evidence.explain import explain
     from nntune.search.budget import with_report
@@ -725,9 +726,27 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     console.print(f"[yellow]warning:[/] {escape(redact(str(message)))}", highlight=False, soft_wrap=True)
 
 
+def _process_age() -> float:
+    """Seconds since this process started (from Linux's /proc; 0 elsewhere): the interpreter's start-up and imports
+    count in ``--timeout`` too."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: the start time
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+STARTED = time.monotonic()  # when this command began (main() sets it; a monotonic clock reading)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors with exit code 2 unless --debug; SIGTERM (``docker stop``,
     Slurm, ``timeout``) is handled like Ctrl-C; warnings are one line each."""
+    global STARTED
+    # the console script and `python -m nntune` own their process, so its start-up counts; a call from Python
+    # (argv given) starts now
+    STARTED = time.monotonic() - (_process_age() if argv is None else 0.0)
     args = sys.argv[1:] if argv is None else argv
     terminate = threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
