@@ -391,7 +391,8 @@ def step_evidence_cost(r: Runner, a: argparse.Namespace, fig: dict) -> None:
 
 
 def step_tune_gpu(r: Runner, a: argparse.Namespace, fig: dict) -> None:
-    dataset, timeout, evidence = ("digits", 4.0, 3.0) if a.quick else ("mnist5k", a.tune_budget, a.tune_budget)
+    # quick: --timeout counts the process's start-up too (a few seconds on a busy CPU)
+    dataset, timeout, evidence = ("digits", 12.0, 3.0) if a.quick else ("mnist5k", a.tune_budget, a.tune_budget)
     out = r.tmp / "tune"
     tiny = ["--epochs", "2", "--trial-epochs", "2", "--seeds", "2"] if a.quick else []
     res = r.parsed("tune", [sys.executable, "-m", "nntune", "tune", "--dataset", dataset, "--device", a.device,

@@ -113,7 +113,8 @@ HOSTILE = [  # (what, file, how to break it, the words of the one-line error)
     ("model.json with a huge input shape", "model.json",
      lambda p: _edit_meta(p, lambda m: m["data"].update(input_shape=[10**6, 10**6])), "model.json: corrupt"),
     ("model.json with a huge width", "model.json",
-     lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(units=10**9)), "weights do not fit the saved config"),
+     lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(units=10**9)),
+     "weights do not fit the saved config"),
     ("model.json with a negative width", "model.json",
      lambda p: _edit_meta(p, lambda m: m["config"]["model"].update(widths=[64, -3])), "widths must be positive"),
 ]

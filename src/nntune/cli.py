@@ -270,8 +270,10 @@ def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None
 @_add_options(DATA_OPTIONS)
 @_add_options(MODEL_OPTIONS)
 @_add_options(TRAIN_OPTIONS)
-@click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True, help="first learning rate")
-@click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="last learning rate")
+@click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
+              help="first learning rate")
+@click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="last learning rate")
 @click.option("--steps", type=click.IntRange(min=10), default=100, show_default=True, help="mini-batches in the test")
 @click.option("--mode", type=click.Choice(["exp", "linear"]), default="exp", show_default=True, help="LR growth")
 @click.option("--method", type=click.Choice(["steepest", "valley", "min_div_10"]), default="steepest",

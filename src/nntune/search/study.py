@@ -31,6 +31,7 @@ from nntune.data.scalers import resolve_method
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, NNTuneError
 from nntune.models.inspect import summary
+from nntune.redact import redact
 from nntune.search.budget import Budget, count
 from nntune.search.ensemble import ensemble_test
 from nntune.search.finalists import final_cost, finishing_cost, run_finalists
@@ -38,7 +39,6 @@ from nntune.search.objectives import best_trial, is_multi, pareto, score
 from nntune.search.space import Param, default_trials, resolve_space, trial_epochs
 from nntune.search.trials import Interrupts, run_trials
 from nntune.search.warm_start import source_study, warm_trials
-from nntune.redact import redact
 from nntune.storage import make_storage
 from nntune.tracking import Tracker
 from nntune.training.callbacks import Deadline, StopAtEpoch
@@ -258,11 +258,11 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
     mode = search.cfg.search.final
     own = (out / "trials" / str(best.number)).is_dir()  # another worker's trial has its weights elsewhere
     left = budget.finish_left if budget is not None else (lambda: math.inf)
-    if mode == "retrain" and own and final_cost(best) > left():
+    estimate, room = final_cost(best), left()
+    if mode == "retrain" and own and estimate > room:
         mode = "best_trial"
-        if budget is not None:
-            budget.cut.append(f"final retrain skipped: its estimated {final_cost(best):.0f} s exceed the "
-                              f"{max(0.0, left()):.0f} s left; the chosen trial's weights are the final model")
+        budget.cut.append(f"final retrain skipped: its estimated {estimate:.0f} s exceed the {max(0.0, room):.0f} s "
+                          "left; the chosen trial's weights are the final model")
     if mode == "retrain":
         # the trial's epoch count stays the schedule's horizon, so the LR follows the same path up to best_epoch
         epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg.train.epochs))
@@ -379,7 +379,10 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     write_trials_csv(study, out / "trials.csv")
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if n["complete"] == 0:
-        raise NNTuneError(f"no trial completed ({n['pruned']} pruned, {n['fail']} failed); see {out / 'trials.csv'}")
+        within = f" within --timeout {budget.timeout:g}s" if budget.stopped_by == "timeout" else ""
+        more = "; give the search more time" if within else ""
+        raise NNTuneError(f"no trial completed{within} ({n['pruned']} pruned, {n['fail']} failed; see "
+                          f"{out / 'trials.csv'}){more}")
     multi = is_multi(study)
     finalists = run_finalists(search, study, budget) if completed and not multi else None
     chosen = best_trial(study)
