@@ -284,18 +284,14 @@ def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None
 def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: str, out: Path,
                 json_out: str | None, **kwargs: Any) -> None:
     """Run the LR range test and suggest an initial learning rate (plot: OUT/lr_find.png)."""
-    from nntune.models import build_model
     from nntune.reporting.plots import lr_find_plot, save
-    from nntune.training.lr_finder import lr_find
-    from nntune.training.pipeline import prepare_data
+    from nntune.training.pipeline import prepare_data, range_test
 
     cfg = _config_from(kwargs)
     data = prepare_data(cfg)
-    ds = data.dataset
-    model = build_model(cfg.model, ds.input_shape, ds.n_outputs, seed=cfg.seed)
     with console.status("LR range test"):
-        result = lr_find(model, ds.task, data.x_train, data.y_train, cfg.train, start_lr=start_lr, end_lr=end_lr,
-                         steps=steps, mode=mode, method=method, seed=cfg.seed).to_dict()
+        result = range_test(cfg, data, start_lr=start_lr, end_lr=end_lr, steps=steps, mode=mode,
+                            method=method).to_dict()
     out.mkdir(parents=True, exist_ok=True)
     save(lr_find_plot(result), out / "lr_find.png")
     atomic.write_text(out / "lr_find.json", json.dumps(result, indent=2))

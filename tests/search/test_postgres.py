@@ -15,9 +15,16 @@ if not URL and os.environ.get("NNTUNE_REQUIRE_POSTGRES"):
 pytestmark = pytest.mark.skipif(not URL, reason="no PostgreSQL server (run tests through `make test`)")
 
 
+SECRET = "hunter2-not-stored"
+
+
 def test_two_workers_share_a_postgres_study_then_tune_resumes_for_the_final_model(tmp_path):
+    """Also: a password in the storage URL (the test server trusts every login, so it is accepted and ignored) is
+    written to no file (result.json, config.yaml, model.json, the report, which reopens the study) and to no record in
+    the study."""
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    common = ["--storage", URL, "--study-name", name, "--trials", "6", "--trial-epochs", "5", "--quiet",
+    url = URL.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@")
+    common = ["--storage", url, "--study-name", name, "--trials", "6", "--trial-epochs", "5", "--quiet",
               "--set", "search.space={model.family: mlp}"]
     workers = [subprocess.Popen([sys.executable, "-m", "nntune", "worker", *common, "--out", str(tmp_path / f"w{i}")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
@@ -34,6 +41,10 @@ def test_two_workers_share_a_postgres_study_then_tune_resumes_for_the_final_mode
     result = json.loads((out / "result.json").read_text())
     assert result["study"]["storage"].startswith("postgresql") and result["trials"]["complete"] >= 1
     assert result["test"]["accuracy"] > 0.9
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".csv", ".html")]
+    assert {"result.json", "config.yaml", "model.json", "report.html", "run.json"} <= {p.name for p in written}
+    assert not [p for p in written if SECRET in p.read_text(errors="replace")]
+    assert SECRET not in json.dumps([t.user_attrs for t in study.trials]) + json.dumps(study.user_attrs)
 
 
 def test_unreachable_server_is_one_clear_line(capsys):
@@ -96,19 +107,3 @@ def test_eight_workers_on_an_empty_postgres_database_reach_exactly_the_budget(tm
     result = json.loads((out / "result.json").read_text())
     assert result["trials"]["complete"] + result["trials"]["pruned"] >= 40 and result["test"]["accuracy"] > 0.8
 
-
-def test_a_storage_password_is_kept_out_of_every_file(tmp_path):
-    """The test server trusts every login, so a password in the URL is accepted and ignored: it must not be written
-    to result.json, config.yaml, best/model.json, the trials' records or the report (which reopens the study)."""
-    secret = "hunter2-not-stored"
-    url = URL.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
-    name = f"pg-{uuid.uuid4().hex[:8]}"
-    out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "nntune", "tune", "--storage", url, "--study-name", name, "--trials", "2",
-                    "--trial-epochs", "2", "--finalists", "0", "--quiet", "--set", "search.space={model.family: mlp}",
-                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL, timeout=300)
-    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".csv", ".html")]
-    assert {"result.json", "config.yaml", "model.json", "report.html"} <= {p.name for p in written}
-    assert not [p for p in written if secret in p.read_text(errors="replace")]
-    study = optuna.load_study(study_name=name, storage=URL.replace("postgresql://", "postgresql+psycopg://"))
-    assert secret not in json.dumps([t.user_attrs for t in study.trials]) + json.dumps(study.user_attrs)

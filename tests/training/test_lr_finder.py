@@ -77,3 +77,23 @@ def test_bad_ranges():
     model = build_model(RunConfig().model, (4,), 2)
     with pytest.raises(ConfigError, match="start_lr < end_lr"):
         lr_find(model, "classification", torch.randn(8, 4), torch.zeros(8, dtype=torch.long), start_lr=1, end_lr=0.1)
+
+
+@pytest.mark.parametrize("command", ["lr-find", "explain"])
+def test_every_range_test_clips_a_recurrent_model_as_training_does(command, monkeypatch):
+    """``nntune lr-find``, ``--lr auto`` and the evidence's range test all go through pipeline.range_test, which
+    gives lr_find the settings training uses (an RNN clips at RNN_GRAD_CLIP); before, two passed ``cfg.train``."""
+    from nntune.config import RNN_GRAD_CLIP
+    from nntune.data.sources import load_signals
+    from nntune.evidence import explain
+    from nntune.training import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "lr_find", lambda model, task, x, y, cfg, **kw: seen.append(cfg.grad_clip))
+    cfg = apply_overrides(RunConfig(), {"model.family": "rnn", "model.rnn_units": 8})
+    data = prepare_data(cfg, load_signals(n=120, length=16))
+    if command == "lr-find":
+        pipeline.range_test(cfg, data)
+    else:
+        explain._range_test(cfg, type("S", (), {"data_for": lambda self, c: data})())
+    assert seen == [RNN_GRAD_CLIP]

@@ -34,8 +34,7 @@ from nntune.models.inspect import summary
 from nntune.search.study import Search
 from nntune.storage import load_recorded_study
 from nntune.training.callbacks import TimeLimit
-from nntune.training.lr_finder import lr_find
-from nntune.training.pipeline import data_source, fit_configs, prepare_data
+from nntune.training.pipeline import data_source, fit_configs, prepare_data, range_test
 from nntune.training.population import structure_key
 
 SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, none used by the search or finalists
@@ -165,7 +164,7 @@ def _range_test(cfg: RunConfig, search: Search) -> float | None:
     data = search.data_for(cfg)
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_outputs, seed=cfg.seed)
     try:
-        return lr_find(model, data.dataset.task, data.x_train, data.y_train, cfg.train, seed=cfg.seed).suggestion
+        return range_test(cfg, data, model).suggestion
     except Exception:  # a failed range test only loses that one variant; the answer says it did not run
         return None
 

@@ -80,9 +80,17 @@ def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindRes
     """With ``train.lr_auto``, run the LR range test on a fresh model and return the config using its suggestion."""
     if not cfg.train.lr_auto:
         return cfg, None
-    model = initial_model(cfg, data.dataset)
-    found = lr_find(model, data.dataset.task, data.x_train, data.y_train, training_settings(cfg), seed=cfg.seed)
+    found = range_test(cfg, data)
     return apply_overrides(cfg, {"train.lr": found.suggestion, "train.lr_auto": False}), found
+
+
+def range_test(cfg: RunConfig, data: PreparedData, model: nn.Module | None = None, **options) -> LRFindResult:
+    """The LR range test on ``model`` (default: the model ``cfg`` starts from) with the settings training uses
+    (:func:`nntune.config.training_settings`: an RNN's gradient clipping included); ``options`` go to
+    :func:`nntune.training.lr_finder.lr_find`. ``nntune lr-find``, ``--lr auto`` and the evidence all run it here."""
+    model = model if model is not None else initial_model(cfg, data.dataset)
+    return lr_find(model, data.dataset.task, data.x_train, data.y_train, training_settings(cfg), seed=cfg.seed,
+                   **options)
 
 
 def train_inputs(cfg: RunConfig, data: PreparedData) -> tuple[torch.Tensor, Callable | None]:
