@@ -4,13 +4,11 @@ folders.
 Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
 ``(N, C, L)`` and tables as ``(N, F)``. Classification targets are mapped to ``0..K-1`` with the original class
 names kept. Values are checked at float32, the dtype nntune trains in (1e39 is finite in float64, not in float32).
-Image files are read at their full bit depth and scaled to [0, 1] by their type's maximum (8-bit by 255, 16-bit by
-65535); hidden files and folders (``.ipynb_checkpoints``) are skipped, and oversized images are refused.
+Hidden files and folders (``.ipynb_checkpoints``) are skipped; image files are read by :mod:`nntune.data.images`.
 """
 
 from __future__ import annotations
 
-import collections
 import csv
 import warnings
 import zipfile
@@ -22,14 +20,13 @@ import numpy as np
 import torch
 
 from nntune.config import BUILTIN_DATASETS, DataConfig
+from nntune.data.images import IMAGE_VALUES, read_images
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
 BUILTIN = BUILTIN_DATASETS
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_CLASSES = 50
-MAX_IMAGE_PIXELS = 4096 * 4096  # per image; larger ones are refused before they are decoded
-IMAGE_VALUES = "unit"  # image files are read into [0, 1]; a saved model without this mark saw 0..255
 
 
 @dataclass
@@ -364,55 +361,6 @@ def load_image_folder(path: str | Path) -> Dataset:
     x = read_images(path, [f for f, _ in files])
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
     return Dataset(path.name, x, y, "classification", classes, files=[str(f) for f, _ in files])
-
-
-def read_images(where: Path, files: list[Path]) -> torch.Tensor:
-    """Image files as one float32 tensor (N, C, H, W) in [0, 1]: grey when every file is grey, else RGB; the most
-    common size wins and the others are resized to it (with a warning)."""
-    images = [_open_image(f) for f in files]
-    rgb = any(im.mode not in ("L", "1", "I", "F") and not im.mode.startswith("I;16") for im in images)
-    sizes = collections.Counter(im.size for im in images)
-    size = sizes.most_common(1)[0][0]
-    if len(sizes) > 1:
-        warnings.warn(f"{where}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
-                      stacklevel=3)
-    x = torch.from_numpy(np.stack([_pixels(im, rgb, size) for im in images]))
-    return x.unsqueeze(1) if not rgb else x.permute(0, 3, 1, 2).contiguous()
-
-
-def _open_image(f: Path):
-    """A decoded copy of image file ``f``; unreadable, oversized or decompression-bomb files are DataErrors."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(f) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise DataError(f"{f}: image is {w}x{h} pixels; nntune reads images of at most {MAX_IMAGE_PIXELS:,} "
-                                "pixels (resize it first)")
-            im.load()
-            return im.copy()
-    except Image.DecompressionBombError:
-        raise DataError(f"{f}: image is larger than {MAX_IMAGE_PIXELS:,} pixels (resize it first)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{f}: unreadable image ({err.__class__.__name__})") from None
-
-
-def _pixels(im, rgb: bool, size: tuple[int, int]) -> np.ndarray:
-    """One image's pixels as float32 in [0, 1], scaled by its type's maximum: 8-bit by 255, 16-bit by 65535 (32-bit
-    integer images holding 16-bit data, as some readers return, too), float images as they are."""
-    from PIL import Image
-
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        values = np.asarray(im).astype(np.float64)
-        top = 1.0 if im.mode == "F" else 65535.0 if im.mode != "I" or values.max(initial=0) <= 65535 else 2.0**31 - 1
-        grey = Image.fromarray((values / top).astype(np.float32), mode="F")
-        grey = grey.resize(size) if grey.size != size else grey
-        out = np.asarray(grey, dtype=np.float32)
-        return np.repeat(out[..., None], 3, axis=2) if rgb else out
-    im = im.convert("RGB" if rgb else "L")
-    im = im.resize(size) if im.size != size else im
-    return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]]:
