@@ -27,7 +27,8 @@ from nntune.models import build_model
 from nntune.training.callbacks import BestCheckpoint, Callback
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.pipeline import prepare_data
-from nntune.training.trainer import Trainer, resolve_precision
+from nntune.training.device import resolve_precision
+from nntune.training.single import Trainer
 
 SETUP = {"device": torch.device("cpu"), "precision": "auto", "amp": None, "compile": False}
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nntune import dotted
 from nntune.errors import ConfigError
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "selu", "tanh", "sigmoid")
@@ -383,15 +384,13 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
     data = config.to_dict()
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
     for key, value in items:
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"override {key}: unknown section {part!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"override {key}: unknown key {parts[-1]!r}")
-        node[parts[-1]] = value
+        try:
+            node, last = dotted.parent(data, key)
+        except KeyError as err:
+            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}") from None
+        if last not in node:
+            raise ConfigError(f"override {key}: unknown key {last!r}")
+        node[last] = value
     return build_config(data, where="override", labels=labels)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nntune import dotted
 from nntune.errors import ConfigError
 from nntune.redact import redact
 from nntune.training.callbacks import Callback
@@ -45,14 +46,8 @@ def check_loggers(names: Iterable[str]) -> list[str]:
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``; lists and None become strings (both tools want scalars)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in dotted.flatten(config, prefix).items()}
 
 
 def _scalars(logs: dict) -> dict[str, float]:

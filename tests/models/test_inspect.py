@@ -58,7 +58,7 @@ def test_freeze_errors():
 
 def test_frozen_layer_gets_no_update(digits):
     from nntune.config import TrainConfig
-    from nntune.training.trainer import Trainer
+    from nntune.training.single import Trainer
 
     m = build_model(ModelConfig(), (1, 8, 8), 10)
     freeze(m, "fc1")

@@ -6,7 +6,7 @@ import pytest
 from nntune.config import RunConfig, apply_overrides
 from nntune.search import finalists
 from nntune.search.budget import Budget
-from nntune.training.trainer import FitResult
+from nntune.training.epoch import FitResult
 
 
 def _study(values: dict[float, str]):

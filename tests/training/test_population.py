@@ -12,8 +12,9 @@ from nntune.models.builders import forward_batched
 from nntune.training.callbacks import Callback, Deadline
 from nntune.training.pipeline import (population_trainer, choose_population_size, fit_configs, fit_model,
                                       fit_population, prepare_data)
-from nntune.training.population import PopulationTrainer, structure_key
-from nntune.training.trainer import compute_metrics, make_loss
+from nntune.training.population import PopulationTrainer
+from nntune.training.population.structure import structure_key
+from nntune.training.metrics import compute_metrics, make_loss
 
 LRS = (1e-3, 3e-3, 1e-2, 5e-4)
 
@@ -157,7 +158,7 @@ def test_zero_lr_member_does_not_move(float64, small_digits):
     data = prepare_data(cfgs[0], small_digits)
     ds = data.dataset
     from nntune.models.builders import build_model
-    from nntune.training.population import union_model_config
+    from nntune.training.population.structure import union_model_config
 
     models = [build_model(c.model, ds.input_shape, ds.n_outputs, seed=c.seed) for c in cfgs]
     initial = {k: v.clone() for k, v in models[0].named_parameters()}

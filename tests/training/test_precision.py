@@ -7,7 +7,7 @@ import torch
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import SpecError
 from nntune.training.pipeline import fit_model, fit_population, prepare_data
-from nntune.training.trainer import matmul_precision, resolve_precision
+from nntune.training.device import matmul_precision, resolve_precision
 
 CPU = torch.device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

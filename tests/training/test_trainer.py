@@ -7,7 +7,7 @@ from nntune.data.sources import Dataset
 from nntune.training.callbacks import Callback
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.pipeline import fit_model, prepare_data, train
-from nntune.training.trainer import Trainer
+from nntune.training.single import Trainer
 from nntune.models import build_model
 from nntune.config import ModelConfig
 
@@ -86,7 +86,7 @@ def test_unusable_device_is_a_config_error():
     import pytest
 
     from nntune.errors import ConfigError
-    from nntune.training.trainer import resolve_device
+    from nntune.training.device import resolve_device
 
     with pytest.raises(ConfigError, match="train.device: unknown device 'gpu'"):
         resolve_device("gpu")

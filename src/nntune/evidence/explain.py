@@ -35,7 +35,7 @@ from nntune.search.study import Search
 from nntune.storage import load_recorded_study
 from nntune.training.callbacks import TimeLimit
 from nntune.training.pipeline import data_source, fit_configs, prepare_data, range_test
-from nntune.training.population import structure_key
+from nntune.training.population.structure import structure_key
 
 SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, none used by the search or finalists
 

@@ -3,8 +3,9 @@
 Evidence runs train for the full epoch count with early stopping off, so every curve is complete. Whether a policy
 (monitor, patience, min_delta, restore) would have stopped, and which epoch's weights it would have kept, is then a
 pure function of the curve: the LR schedule depends on the epoch count, not on the stop, so the epochs up to the stop
-are the same with and without early stopping. The replay uses the trainer's own :class:`Patience` decision, and the
-score of any run under the chosen configuration's policy is read off its full curve the same way.
+are the same with and without early stopping. The replay uses the training loops' own stop rule
+(:class:`~nntune.training.epoch.StopRule`), and the score of any run under the chosen configuration's policy is read
+off its full curve the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from nntune.config import EarlyStoppingConfig
 from nntune.evidence.stats import Effect, format_diff, paired_effect, verdict
-from nntune.training.early_stopping import Patience
+from nntune.training.epoch import StopRule, non_finite
 
 PATIENCES = (3, 5, 10, 20)
 MIN_DELTAS = (1e-3, 1e-2)
@@ -32,33 +33,20 @@ class Outcome:
 
 def diverged(history: Sequence[dict]) -> bool:
     """Whether a run hit a non-finite training or validation loss (the trainer stops there)."""
-    return any(not _finite(row) for row in history)
-
-
-def _finite(row: dict) -> bool:
-    return math.isfinite(row.get("loss", 0.0)) and math.isfinite(row.get("val_loss", 0.0))
+    return any(non_finite(row.get("epoch", 0), row) for row in history)
 
 
 def replay(history: Sequence[dict], policy: EarlyStoppingConfig) -> Outcome:
-    """The epoch a policy stops at on a full curve (``history`` rows numbered from 1) and the epoch it keeps, as
-    :class:`~nntune.training.trainer.Trainer` would with :class:`~nntune.training.early_stopping.EarlyStopping`:
-    a row with a non-finite loss ends training without being seen by early stopping, and the best weights seen
-    before it are restored (the last, diverged ones when there are none)."""
-    if not history:
-        return Outcome(0, 0)
-    patience = Patience(policy)
-    snapped = False
-    restore = policy.enabled and policy.restore_best_weights
+    """The epoch a policy stops at on a full curve (``history`` rows numbered from 1) and the epoch it keeps, by the
+    training loops' own :class:`~nntune.training.epoch.StopRule`: a row with a non-finite loss ends training without
+    being seen by early stopping, and the best weights seen before it are restored (the last, diverged ones when
+    there are none)."""
+    rule = StopRule(policy)
     for row in history:
-        if not _finite(row):
-            return Outcome(row["epoch"], patience.best_epoch if restore and snapped else row["epoch"])
-        if not policy.enabled:
-            continue
-        snapshot, reason = patience.update(row["epoch"], row.get(policy.monitor, math.nan))
-        snapped = snapped or snapshot
+        _, reason = rule.update(row["epoch"], row, value=row.get(policy.monitor, math.nan))
         if reason:
-            return Outcome(row["epoch"], patience.best_epoch if restore and snapped else row["epoch"])
-    return Outcome(len(history), patience.best_epoch if restore and snapped else len(history))
+            return Outcome(row["epoch"], rule.kept_epoch(row["epoch"]))
+    return Outcome(len(history), rule.kept_epoch(len(history)))
 
 
 def score(history: Sequence[dict], policy: EarlyStoppingConfig, metric: str) -> float:

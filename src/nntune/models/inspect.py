@@ -175,3 +175,11 @@ def unfreeze(model: nn.Module, pattern: str | None = "*", last: int | None = Non
 def frozen_layers(model: nn.Module) -> list[str]:
     """Names of weighted layers whose parameters are all frozen."""
     return [n for n, m in _layers_with_params(model) if not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every Linear/Conv layer, input to output, and the first recurrent matrix of a GRU/LSTM (where
+    gradients explode through time): the layers gradient diagnostics watch."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return [(n, m.weight if isinstance(m, kinds) else m.weight_hh_l0) for n, m in model.named_modules()
+            if isinstance(m, (*kinds, nn.RNNBase))]

@@ -17,7 +17,7 @@ from torch import nn
 from nntune.config import RunConfig
 from nntune.data.sources import Dataset
 from nntune.errors import TrainingError
-from nntune.training.trainer import resolve_device
+from nntune.training.device import resolve_device
 
 REPEATS, WARMUP = 30, 5
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from nntune import artifacts
 from nntune.search.objectives import maximize, score
 from nntune.training.pipeline import PreparedData
-from nntune.training.trainer import compute_metrics
+from nntune.training.metrics import compute_metrics
 
 
 def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: int) -> dict | None:

@@ -21,10 +21,11 @@ from typing import Any
 
 import optuna
 
+from nntune import dotted
 from nntune.config import RunConfig, apply_overrides
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError
-from nntune.training.population import MEMBER_KEYS
+from nntune.training.population.structure import MEMBER_KEYS
 
 PLACES = ("after_pool", "before_fc", "after_fc")
 VIRTUAL = {"model.dropout_placement", "model.dropout_rate"}
@@ -275,22 +276,12 @@ def to_config(base: RunConfig, values: dict[str, Any]) -> RunConfig:
 
 def sample(trial: optuna.Trial, params: list[Param], base: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     """Suggest every active parameter (in order, so conditions see earlier choices); return config and values."""
-    flat = _flatten(base.to_dict())
+    flat = dotted.flatten(base.to_dict())
     values: dict[str, Any] = {}
     for p in params:
         if p.active({**flat, **values}):
             values[p.key] = p.suggest(trial)
     return to_config(base, values), values
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
@@ -340,7 +331,7 @@ def default_trials(params: list[Param], base: RunConfig, kind: str) -> list[dict
     trials = []
     for fam in families:
         cfg = apply_overrides(base, {"model.family": fam})
-        flat = _flatten(cfg.to_dict())
+        flat = dotted.flatten(cfg.to_dict())
         flat["preprocess.scaler"] = resolve_method(cfg.preprocess.scaler, kind)
         rates = {place: flat[f"model.dropout_{place}"] for place in PLACES}
         flat["model.dropout_placement"] = "+".join(p for p in PLACES if rates[p] > 0) or "none"

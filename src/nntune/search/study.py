@@ -46,7 +46,7 @@ from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import adopt, check_out, describe
 from nntune.training.pipeline import (PreparedData, choose_population_size, data_source, fit_model, prepare_data,
                                      resolve_lr, stackable)
-from nntune.training.trainer import compute_metrics, make_loss
+from nntune.training.metrics import compute_metrics, make_loss
 
 
 def parse_duration(text: str | float | None, flag: str = "--timeout") -> float | None:

@@ -44,7 +44,7 @@ from nntune.storage import fail_stale_trials
 from nntune.training.callbacks import Callback, Deadline
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import fit_population
-from nntune.training.population import structure_key
+from nntune.training.population.structure import structure_key
 
 if TYPE_CHECKING:
     from nntune.search.study import Search

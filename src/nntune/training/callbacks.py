@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import save_file
+
+from nntune.atomic import staged
+from nntune.training.monitor import is_improvement, monitor_mode
 
 if TYPE_CHECKING:
-    from nntune.training.trainer import Trainer
+    from nntune.training.single import Trainer
 
 
 class Callback:
@@ -74,19 +78,12 @@ class BestCheckpoint(Callback):
     """Save the weights (safetensors) whenever the monitored value improves, so a crash loses nothing."""
 
     def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "auto") -> None:
-        from nntune.training.early_stopping import monitor_mode  # early_stopping imports this module
-
         self.path = Path(path)
         self.monitor = monitor
         self.mode = monitor_mode(monitor, mode)
         self.best: float | None = None
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        from safetensors.torch import save_file
-
-        from nntune.atomic import staged
-        from nntune.training.early_stopping import is_improvement
-
         value = logs.get(self.monitor)
         if value is None or value != value:
             return

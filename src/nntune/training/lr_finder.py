@@ -20,7 +20,9 @@ from torch import nn
 
 from nntune.config import TrainConfig
 from nntune.errors import ConfigError, TrainingError
-from nntune.training.trainer import build_optimizer, make_loss, resolve_device
+from nntune.training.device import resolve_device
+from nntune.training.metrics import make_loss
+from nntune.training.single import build_optimizer
 
 FLAT_DROP = 0.05   # smoothed loss falls by less than this fraction of its start: too flat to trust
 NOISY = 0.5        # median |raw - smoothed| above this fraction of the drop: too noisy to trust

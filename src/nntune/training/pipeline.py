@@ -30,8 +30,11 @@ from nntune.training.callbacks import BestCheckpoint, Callback, ProgressBar
 from nntune.training.diagnostics import diagnose
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.lr_finder import LRFindResult, lr_find
-from nntune.training.population import PopulationTrainer, check_same_structure, structure_key, union_model_config
-from nntune.training.trainer import FitResult, Trainer, resolve_device
+from nntune.training.population import PopulationTrainer
+from nntune.training.population.structure import check_same_structure, structure_key, union_model_config
+from nntune.training.device import resolve_device
+from nntune.training.epoch import FitResult
+from nntune.training.single import Trainer
 
 
 @dataclass
