@@ -12,16 +12,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nntune import dotted
+from nntune import dotted, registry
 from nntune.errors import ConfigError
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "selu", "tanh", "sigmoid")
+ACTIVATIONS = registry.names(registry.ACTIVATIONS)
 SCALERS = ("auto", "none", "minmax", "zscore", "robust", "unit", "channel")
-SCHEDULES = (
-    "none", "exponential", "step", "multistep", "linear", "polynomial",
-    "cosine", "cosine_restarts", "onecycle", "plateau",
-)
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULES = registry.names(registry.SCHEDULES)
+OPTIMIZERS = registry.names(registry.OPTIMIZERS)
+SAMPLERS = registry.names(registry.SAMPLERS)
+PRUNERS = registry.PRUNERS
 BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "breast_cancer", "wine")
 DEFAULT_TRIALS = 20  # the trial budget of a search given neither --trials nor --timeout
 # the keys of the ten questions in result.json's evidence, in the report's order
@@ -224,8 +223,8 @@ class SearchConfig(_Section):
                                                     f"{DEFAULT_TRIALS}; with only a timeout, no trial cap")
     timeout: float | None = Field(None, gt=0, description="time budget in seconds for the whole tune (search, "
                                                           "finalists, final fit); with only trials, no time cap")
-    sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2"] = "tpe"
-    pruner: Literal["median", "asha", "hyperband", "none"] = "median"
+    sampler: Literal[SAMPLERS] = "tpe"
+    pruner: Literal[PRUNERS] = "median"
     storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
     study_name: str = "nntune"
     space: dict[str, Any] | None = Field(None, description="search space overrides (see nntune.search.space)")

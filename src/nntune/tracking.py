@@ -25,9 +25,10 @@ from typing import Any
 from nntune import dotted
 from nntune.errors import ConfigError
 from nntune.redact import redact
+from nntune.registry import TRACKERS
 from nntune.training.callbacks import Callback
 
-LOGGERS = ("tensorboard", "mlflow")  # each is a module to import and the name of its nntune extra
+LOGGERS = TRACKERS  # each is a module to import and the name of its nntune extra
 SKIPPED = ("epoch", "grad_norms")
 
 

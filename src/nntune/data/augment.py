@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nntune.errors import ConfigError
+from nntune.registry import AUGMENT_PRESETS
 
 IMAGE_OPS: dict[str, dict[str, Any]] = {
     # op: default parameters (magnitudes are scaled by strength)
@@ -37,23 +38,6 @@ SIGNAL_OPS: dict[str, dict[str, Any]] = {
 }
 PROBABILITY_SCALED = {"hflip", "vflip", "erasing"}
 
-PRESETS: dict[str, list[dict[str, Any]]] = {
-    "none": [],
-    "light": [{"op": "affine", "degrees": 8.0, "translate": 0.05, "scale": 0.05, "shear": 0.0},
-              {"op": "noise", "std": 0.02}],
-    "digits": [{"op": "affine"}, {"op": "erasing", "p": 0.3, "max_area": 0.1}],
-    "natural": [{"op": "hflip"}, {"op": "crop"}, {"op": "jitter"}, {"op": "affine", "degrees": 10.0},
-                {"op": "erasing", "p": 0.25}],
-}
-SIGNAL_PRESETS: dict[str, list[dict[str, Any]]] = {
-    "none": [],
-    "light": [{"op": "shift", "fraction": 0.05}, {"op": "noise", "std": 0.02}],
-    "signal": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
-    "digits": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
-    "natural": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
-}
-
-
 @dataclass
 class AugmentSpec:
     """Ops with their parameters, and the strength that scales them."""
@@ -63,7 +47,7 @@ class AugmentSpec:
 
     @classmethod
     def preset(cls, name: str, strength: float = 0.5, kind: str = "image") -> AugmentSpec:
-        table = SIGNAL_PRESETS if kind == "signal" else PRESETS
+        table = AUGMENT_PRESETS["signal" if kind == "signal" else "image"]
         if name not in table:
             raise ConfigError(f"preprocess.augment: unknown preset {name!r} (choose one of {', '.join(table)})")
         return cls(copy.deepcopy(table[name]), strength)

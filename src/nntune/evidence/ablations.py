@@ -12,17 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nntune import registry
 from nntune.config import ModelConfig, RunConfig, ScheduleConfig, apply_overrides
-from nntune.data.augment import PRESETS, SIGNAL_PRESETS
 from nntune.data.scalers import resolve_method
 from nntune.search.space import PLACES
 
-ACTIVATIONS = ("relu", "gelu", "silu", "leaky_relu", "elu", "tanh")
+ACTIVATIONS = registry.evidence_order(registry.ACTIVATIONS)
 SCALERS = {"tabular": ("none", "zscore", "minmax", "robust", "unit"),
            "signal": ("none", "channel", "zscore", "minmax", "robust", "unit"),
            "image": ("none", "channel", "zscore", "minmax", "robust", "unit")}
-SCHEDULE_ORDER = ("none", "cosine", "onecycle", "step", "exponential", "linear", "multistep", "polynomial",
-                  "cosine_restarts", "plateau")
+SCHEDULE_ORDER = registry.evidence_order(registry.SCHEDULES)
 NO_DROPOUT_RATE = 0.25  # the rate placements are compared at when the chosen model has no dropout
 
 
@@ -239,7 +238,7 @@ def _augmentation(cfg: RunConfig, kind: str) -> list[Variant] | str:
         presets = ("light", "signal") if kind == "signal" else ("light", "digits", "natural")
         return [_v("augmentation", f"{name} at 0.50", {"preprocess.augment": name, "preprocess.augment_strength": 0.5},
                    i) for i, name in enumerate(presets)]
-    ops = p.augment_ops if p.augment == "custom" else (SIGNAL_PRESETS if kind == "signal" else PRESETS)[p.augment]
+    ops = p.augment_ops if p.augment == "custom" else registry.AUGMENT_PRESETS["signal" if kind == "signal" else "image"][p.augment]
     out = [_v("augmentation", "none", {"preprocess.augment": "none", "preprocess.augment_ops": None}, 0)]
     for i, op in enumerate(ops):
         rest = [o for j, o in enumerate(ops) if j != i]

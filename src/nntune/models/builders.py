@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nntune.config import ACTIVATIONS, ModelConfig
+from nntune.config import ModelConfig
 from nntune.errors import SpecError
+from nntune.registry import ACTIVATIONS
 
-RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu")
 EVAL_BATCH = 2048
 
 
@@ -32,14 +32,10 @@ def forward_batched(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) 
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
-    """An activation module by name (see ``nntune.config.ACTIVATIONS``)."""
-    factories = {
-        "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "selu": nn.SELU,
-        "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": lambda: nn.LeakyReLU(leaky_slope),
-    }
-    if name not in factories:
+    """An activation module by name (see :data:`nntune.registry.ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
         raise SpecError(f"model.activation: unknown activation {name!r} (choose one of {', '.join(ACTIVATIONS)})")
-    return factories[name]()
+    return ACTIVATIONS[name].make(leaky_slope)
 
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], n_outputs: int, seed: int = 0) -> nn.Module:
@@ -212,14 +208,15 @@ def initialize(model: nn.Module, activation: str, leaky_slope: float = 0.01, see
                         p.data[m.hidden_size:2 * m.hidden_size] = 1.0
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     output = layers[-1] if layers else None
+    init = ACTIVATIONS[activation].init
     for m in layers:
         w = m.weight
-        if m is output or activation in ("tanh", "sigmoid"):
-            gain = nn.init.calculate_gain("tanh") if activation == "tanh" and m is not output else 1.0
+        if m is output or init.startswith("xavier"):
+            gain = nn.init.calculate_gain("tanh") if init == "xavier_tanh" and m is not output else 1.0
             nn.init.xavier_uniform_(w, gain=gain, generator=gen)
-        elif activation == "selu":
+        elif init == "kaiming_linear":
             nn.init.kaiming_normal_(w, nonlinearity="linear", generator=gen)
-        elif activation == "leaky_relu":
+        elif init == "kaiming_leaky":
             nn.init.kaiming_normal_(w, a=leaky_slope, nonlinearity="leaky_relu", generator=gen)
         else:
             nn.init.kaiming_normal_(w, nonlinearity="relu", generator=gen)

@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from nntune import dotted
+from nntune import dotted, registry
 from nntune.config import RunConfig, apply_overrides
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError
@@ -101,13 +101,13 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
         "model.units": {"low": 16 if kind == "tabular" else 32, "high": 512, "log": True, "when": MLP},
         "model.funnel": {"low": 0.25, "high": 1.0, "when": MLP},
         "model.dropout": {"low": 0.0, "high": 0.5, "when": MLP},
-        "model.activation": {"choice": ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh"]},
+        "model.activation": {"choice": registry.searched(registry.ACTIVATIONS)},
         "model.batch_norm": {"choice": [False, True]},
         "train.lr": lr,
-        "train.optimizer": {"choice": ["adamw", "sgd"]},
+        "train.optimizer": {"choice": registry.searched(registry.OPTIMIZERS)},
         "train.weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
         "train.batch_size": {"choice": [16, 32, 64] if n_train < 1000 else [32, 64, 128]},
-        "train.schedule.name": {"choice": ["none", "cosine", "onecycle", "step", "exponential"]},
+        "train.schedule.name": {"choice": registry.searched(registry.SCHEDULES)},
         "train.schedule.gamma": {"low": 0.5, "high": 0.98, "when": {"train.schedule.name": SCHEDULE_WITH_GAMMA}},
         "train.schedule.step_size": {"low": 2, "high": max(3, max_epochs // 2), "when": {"train.schedule.name":
                                                                                          ["step"]}},

@@ -12,6 +12,7 @@ from torch.optim import lr_scheduler as S
 
 from nntune.config import ScheduleConfig
 from nntune.errors import ConfigError
+from nntune.registry import SCHEDULES
 
 
 class Schedule:
@@ -20,7 +21,7 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int,
                  plateau_mode: str = "min") -> None:
         self.cfg = cfg
-        self.per_batch = cfg.name == "onecycle"
+        self.per_batch = SCHEDULES[cfg.name].per_batch
         warmup = cfg.warmup_epochs
         if warmup >= epochs and cfg.name != "none":
             raise ConfigError(f"train.schedule.warmup_epochs: {warmup} leaves no epoch for the schedule "
@@ -31,7 +32,7 @@ class Schedule:
         self.warmup: S.LRScheduler | None = None
         self.scheduler: S.LRScheduler | None = None
         lr0 = optimizer.param_groups[0]["lr"]
-        main = self._main(optimizer, cfg, main_steps, lr0, plateau_mode)
+        main = SCHEDULES[cfg.name].make(optimizer, cfg, main_steps, lr0, plateau_mode)
         if cfg.name == "plateau":
             self.plateau = main
             if warm_steps:
@@ -46,34 +47,6 @@ class Schedule:
         self._warm_left = warm_steps
         self._steps, self._total = 0, warm_steps + main_steps
         self._optimizer = optimizer
-
-    @staticmethod
-    def _main(opt: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, lr0: float, plateau_mode: str):
-        name = cfg.name
-        if name == "none":
-            return None
-        if name == "exponential":
-            return S.ExponentialLR(opt, gamma=cfg.gamma)
-        if name == "step":
-            return S.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-        if name == "multistep":
-            return S.MultiStepLR(opt, milestones=sorted(cfg.milestones), gamma=cfg.gamma)
-        if name == "linear":
-            return S.LinearLR(opt, start_factor=1.0, end_factor=cfg.end_factor, total_iters=steps)
-        if name == "polynomial":
-            return S.PolynomialLR(opt, total_iters=steps, power=cfg.power)
-        if name == "cosine":
-            return S.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.min_lr_factor * lr0)
-        if name == "cosine_restarts":
-            return S.CosineAnnealingWarmRestarts(opt, T_0=cfg.restart_period, T_mult=cfg.restart_mult,
-                                                 eta_min=cfg.min_lr_factor * lr0)
-        if name == "onecycle":  # each parameter group peaks at its own LR (discriminative LRs)
-            return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
-                                pct_start=cfg.pct_start)
-        if name == "plateau":
-            return S.ReduceLROnPlateau(opt, mode=plateau_mode, factor=cfg.plateau_factor,
-                                       patience=cfg.plateau_patience)
-        raise ConfigError(f"train.schedule.name: unknown schedule {name!r}")
 
     @property
     def lr(self) -> float:

@@ -18,6 +18,7 @@ from torch import nn
 from nntune.config import TrainConfig
 from nntune.models.builders import forward_batched
 from nntune.models.inspect import parameter_counts, weighted_layers
+from nntune.registry import OPTIMIZERS
 from nntune.training.callbacks import Callback, StopRequest, batch_callbacks
 from nntune.training.device import (compiled, matmul_precision, resolve_device, resolve_precision, set_threads,
                                     uses_channels_last)
@@ -29,16 +30,9 @@ from nntune.training.schedules import Schedule
 
 
 def build_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW (default), Adam, SGD (momentum, optional Nesterov) or RMSprop, with weight decay."""
+    """``cfg.optimizer`` (see :data:`nntune.registry.OPTIMIZERS`) with the config's weight decay and momentum."""
     lr = cfg.lr if lr is None else lr
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer].make(params, lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
 
 
 class Trainer(StopRequest):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nntune.config import TrainConfig
+from nntune.registry import SCHEDULES
 from nntune.training.monitor import monitor_mode
 from nntune.training.population.stacked_model import per_member
 from nntune.training.schedules import Schedule, replay
@@ -23,7 +24,7 @@ class MemberLRs:
     """
 
     def __init__(self, cfgs: Sequence[TrainConfig], steps: int, like: torch.Tensor) -> None:
-        self.per_batch = cfgs[0].schedule.name == "onecycle"
+        self.per_batch = SCHEDULES[cfgs[0].schedule.name].per_batch
         self.step = 0
         self.momenta: torch.Tensor | None = None  # (steps, K) when the schedule drives the momentum
         self.schedules: list[tuple[Schedule, torch.optim.Optimizer]] = []

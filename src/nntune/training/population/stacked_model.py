@@ -16,8 +16,10 @@ from torch import nn
 from nntune.errors import SpecError
 from nntune.models.builders import ConvBlock
 from nntune.models.inspect import weighted_layers
+from nntune.registry import ACTIVATIONS
 
-ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.Identity)
+# every registered activation (and the identity) runs elementwise, the same on any layout
+ACTIVATION_TYPES = (*{type(a.make(0.01)) for a in ACTIVATIONS.values()}, nn.Identity)
 POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 Op = Callable[[torch.Tensor, bool], torch.Tensor]
 
