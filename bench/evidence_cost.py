@@ -18,7 +18,7 @@ import torch
 
 from nntune.config import RunConfig, apply_overrides
 from nntune.evidence.explain import run_evidence
-from nntune.search.study import Search
+from nntune.training.context import RunContext
 from nntune.training.pipeline import prepare_data
 
 CASES = {"mlp-digits": {"model.family": "mlp"}, "cnn-digits": {"model.family": "cnn"}}
@@ -28,8 +28,7 @@ def measure(case: str, arm: str, epochs: int, seeds: int, budget: float, device:
     cfg = apply_overrides(RunConfig(), {**CASES[case], "train.epochs": epochs, "train.device": device,
                                         "search.population": 1 if arm == "single" else None})
     data = prepare_data(cfg)
-    search = Search(cfg, None, [], base_data=data)
-    search.data_by_scaler[data.scaler.method] = data
+    search = RunContext(cfg, data)
     started = time.perf_counter()
     ev = run_evidence(cfg, search, seeds=seeds, budget=budget)
     seconds = time.perf_counter() - started

@@ -128,7 +128,8 @@ class _NNTuneEstimator(BaseEstimator):
     def fit(self, X: Any, y: Any) -> _NNTuneEstimator:
         """Search (or, with ``trials=1``, train once) on ``X, y`` and keep the final model in ``model_``."""
         from nntune.evidence.explain import explain
-        from nntune.search.study import trials_table, tune
+        from nntune.search.records import trials_table
+        from nntune.search.study import tune
         from nntune.storage import load_recorded_study
         from nntune.training.pipeline import train, train_artifact
 

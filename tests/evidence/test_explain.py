@@ -9,7 +9,7 @@ from nntune.errors import ConfigError
 from nntune.evidence.explain import Unit, _execute, run_evidence
 from nntune.evidence.replay import score
 from nntune.evidence.stats import paired_effect, verdict
-from nntune.search.study import Search
+from nntune.training.context import RunContext
 from nntune.training.pipeline import fit_configs, prepare_data
 
 TINY = {"train.epochs": 12, "model.units": 32, "model.hidden_layers": 1, "train.batch_size": 32}
@@ -23,10 +23,9 @@ def blobs(n=400, features=8, classes=4, seed=0) -> Dataset:
                    [str(i) for i in range(classes)])
 
 
-def searching(cfg: RunConfig, ds: Dataset) -> Search:
+def searching(cfg: RunConfig, ds: Dataset) -> RunContext:
     data = prepare_data(cfg, ds)
-    search = Search(cfg, None, [], base_data=data)
-    search.data_by_scaler[data.scaler.method] = data
+    search = RunContext(cfg, data)
     return search
 
 

@@ -72,7 +72,7 @@ def test_a_task_that_needs_memory_over_the_sequence_is_learned():
 
 
 def test_gradient_clipping_defaults_by_family_and_can_be_set_or_turned_off():
-    from nntune.config import training_settings
+    from nntune.training.settings import training_settings
     from nntune.training.pipeline import fit_model, prepare_data
 
     rnn = apply_overrides(RunConfig(), {"model.family": "rnn"})

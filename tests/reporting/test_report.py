@@ -9,8 +9,9 @@ import urllib.request
 import pytest
 
 from nntune.cli import main
-from nntune.config import RunConfig, apply_overrides
+from nntune.config import EVIDENCE_QUESTIONS, RunConfig, apply_overrides
 from nntune.errors import ArtifactError
+from nntune.reporting.questions import SECTIONS
 from nntune.reporting.report import QUESTIONS, build_report
 from nntune.search.study import tune
 from nntune.training.pipeline import train
@@ -47,6 +48,10 @@ def test_tune_report_has_ten_sections_and_embeds_everything(tune_dir):
     assert "default configurations ran first" in page and "mlp (trial 0)" in page and "cnn (trial 1)" in page
     for row in result["finalists"]["finalists"]:
         assert f"<td>{row['trial']}</td>" in page
+
+
+def test_sections_are_keyed_by_the_evidence_questions():
+    assert tuple(SECTIONS) == EVIDENCE_QUESTIONS  # one section per question, in the evidence's order
 
 
 def test_train_report(tmp_path):

@@ -9,7 +9,9 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.search.budget import Budget, with_report
 from nntune.search.objectives import best_trial
-from nntune.search.study import final_fit, prepare_search, tune
+from nntune.search.final import final_fit
+from nntune.search.setup import prepare_search
+from nntune.search.study import tune
 
 
 @pytest.mark.parametrize("trials,timeout,expected", [

@@ -12,7 +12,8 @@ import pytest
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import ConfigError
-from nntune.search.study import parse_duration, tune
+from nntune.config import parse_duration
+from nntune.search.study import tune
 
 
 def test_parse_duration():

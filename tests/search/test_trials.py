@@ -37,7 +37,7 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_still_stops_the_search():
     import signal
     import weakref
 
-    from nntune.search.trials import Interrupts
+    from nntune.training.callbacks import Interrupts
 
     class Thing:
         pass
@@ -58,7 +58,7 @@ def test_a_signal_while_results_are_recorded_waits_for_them(sig):
     import os
     import signal
 
-    from nntune.search.trials import Interrupts
+    from nntune.training.callbacks import Interrupts
 
     done = []
     with Interrupts() as interrupts:

@@ -83,7 +83,7 @@ def test_bad_ranges():
 def test_every_range_test_clips_a_recurrent_model_as_training_does(command, monkeypatch):
     """``nntune lr-find``, ``--lr auto`` and the evidence's range test all go through pipeline.range_test, which
     gives lr_find the settings training uses (an RNN clips at RNN_GRAD_CLIP); before, two passed ``cfg.train``."""
-    from nntune.config import RNN_GRAD_CLIP
+    from nntune.training.settings import RNN_GRAD_CLIP
     from nntune.data.sources import load_signals
     from nntune.evidence import explain
     from nntune.training import pipeline

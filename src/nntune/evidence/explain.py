@@ -21,7 +21,8 @@ from pathlib import Path
 
 from nntune import rundir
 from nntune.artifacts import read_result, write_result
-from nntune.config import EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config, load_config
+from nntune.config import (EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config,
+                           check_questions, load_config)
 from nntune.data.sources import Dataset
 from nntune.errors import ArtifactError, ConfigError
 from nntune.evidence import ablations
@@ -31,9 +32,9 @@ from nntune.evidence.replay import early_stopping_evidence, score
 from nntune.evidence.stats import METHOD, paired_effect, verdict
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
-from nntune.search.study import Search
 from nntune.storage import load_recorded_study
 from nntune.training.callbacks import TimeLimit
+from nntune.training.context import RunContext
 from nntune.training.pipeline import data_source, fit_configs, prepare_data, range_test
 from nntune.training.population.structure import structure_key
 
@@ -72,10 +73,10 @@ class CostModel:
             self.observed.append(seconds / units[0].weight)
 
 
-def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: float = 600.0,
+def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget: float = 600.0,
                  questions: Sequence[str] | None = None, lr_suggestion: float | None = None,
                  progress: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Answer the questions with controlled variants of ``chosen`` on ``search``'s data split (the run's base split,
+    """Answer the questions with controlled variants of ``chosen`` on ``context``'s data split (the run's base split,
     scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``.
     ``budget`` is in seconds of ``clock`` (the tests pass a clock that ticks per call, to plan deterministically)."""
     started = clock()
@@ -85,48 +86,48 @@ def run_evidence(chosen: RunConfig, search: Search, seeds: int = 3, budget: floa
         raise ConfigError(f"evidence.seeds: at least 2 seeds are needed for a confidence interval, got {seeds}")
     if not budget > 0:
         raise ConfigError(f"evidence.budget: must be a positive number of seconds, got {budget}")
-    ds = search.base_data.dataset
+    ds = context.base_data.dataset
     maximize = points = ds.task == "classification"
-    resolution = 1 / len(search.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
+    resolution = 1 / len(context.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
     base = apply_overrides(chosen, {"train.early_stopping.enabled": False, "train.lr_auto": False})
     seed_list = [chosen.seed + SEED_STRIDE * (i + 1) for i in range(seeds)]
     if "lr" in questions and lr_suggestion is None:
-        lr_suggestion = _range_test(base, search)
+        lr_suggestion = _range_test(base, context)
     made = ablations.variants(base, ds.kind, lr_suggestion)
-    reference, units, valid, skipped = _plan(base, made, questions, search)
+    reference, units, valid, skipped = _plan(base, made, questions, context)
     ranked = ablations.order(valid, EVIDENCE_QUESTIONS)
     plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked)}.values())
     tuned = base.finetune.init_from is not None  # then question 1 has experiments (freezing variants)
     needs_runs = tuned or any(q != "trainable" for q in questions)
-    runs, interrupted = _execute(plan if needs_runs else [], search, seed_list, chosen.train.early_stopping,
+    runs, interrupted = _execute(plan if needs_runs else [], context, seed_list, chosen.train.early_stopping,
                                  deadline, progress, clock)
     result = {}
     for q in (q for q in EVIDENCE_QUESTIONS if q in questions):
         if q == "trainable" and not tuned:
-            result[q] = _trainable(base, search)
+            result[q] = _trainable(base, context)
         elif q == "early_stopping":
             curves = [c for u in plan if u.scores is not None for c in u.curves]
-            result[q] = early_stopping_evidence(curves, chosen.train.early_stopping, search.monitor, maximize,
+            result[q] = early_stopping_evidence(curves, chosen.train.early_stopping, context.monitor, maximize,
                                                 points, resolution)
         else:
-            result[q] = _answer(q, base, search, made, valid, skipped, units, reference, maximize, points,
+            result[q] = _answer(q, base, context, made, valid, skipped, units, reference, maximize, points,
                                 resolution)
     n_skipped = sum(1 for u in units.values() if u.skipped)
     result["setup"] = {
-        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": search.monitor,
+        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": context.monitor,
         "maximize": maximize, "points": points, "budget": budget, "seconds": round(clock() - started, 2),
         "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
         "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
-        "score": f"{search.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
+        "score": f"{context.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
     }
     return result
 
 
 def _plan(base: RunConfig, made: dict, questions: Sequence[str],
-          search: Search) -> tuple[Unit, dict[str, Unit], dict[str, list[Variant]], dict[str, list[dict]]]:
+          context: RunContext) -> tuple[Unit, dict[str, Unit], dict[str, list[Variant]], dict[str, list[dict]]]:
     """The reference unit, one unit per distinct variant configuration (keyed by it), and per question its
     buildable variants and the skipped ones with the reason."""
-    reference, ref_params = Unit(base, weight=1.0), _params(base, search)
+    reference, ref_params = Unit(base, weight=1.0), _params(base, context)
     units: dict[str, Unit] = {}
     valid: dict[str, list[Variant]] = {}
     skipped: dict[str, list[dict]] = {}
@@ -136,7 +137,7 @@ def _plan(base: RunConfig, made: dict, questions: Sequence[str],
         valid[q], skipped[q] = ablations.build(base, made[q])
         for v in list(valid[q]):
             try:
-                weight = math.sqrt(min(16.0, max(0.25, _params(v.config, search) / ref_params)))
+                weight = math.sqrt(min(16.0, max(0.25, _params(v.config, context) / ref_params)))
             except Exception as err:  # e.g. one more conv block than the input size allows
                 valid[q].remove(v)
                 skipped[q].append({"name": v.name, "reason": f"cannot build: {str(err).splitlines()[0]}"})
@@ -145,23 +146,14 @@ def _plan(base: RunConfig, made: dict, questions: Sequence[str],
     return reference, units, valid, skipped
 
 
-def check_questions(questions: Sequence[str] | None) -> list[str]:
-    """The questions to answer (all ten when none are given); an unknown one is a ConfigError naming it."""
-    unknown = [q for q in questions or () if q not in EVIDENCE_QUESTIONS]
-    if unknown:
-        raise ConfigError(f"evidence.questions: unknown question {unknown[0]!r} (choose from "
-                          f"{', '.join(EVIDENCE_QUESTIONS)})")
-    return list(questions or EVIDENCE_QUESTIONS)
-
-
-def _params(cfg: RunConfig, search: Search) -> int:
-    ds = search.base_data.dataset
+def _params(cfg: RunConfig, context: RunContext) -> int:
+    ds = context.base_data.dataset
     return sum(p.numel() for p in build_model(cfg.model, ds.input_shape, ds.n_outputs).parameters())
 
 
-def _range_test(cfg: RunConfig, search: Search) -> float | None:
+def _range_test(cfg: RunConfig, context: RunContext) -> float | None:
     """The LR range test's suggestion for the chosen model (None when the test fails on this model)."""
-    data = search.data_for(cfg)
+    data = context.data_for(cfg)
     model = build_model(cfg.model, data.dataset.input_shape, data.dataset.n_outputs, seed=cfg.seed)
     try:
         return range_test(cfg, data, model).suggestion
@@ -169,7 +161,7 @@ def _range_test(cfg: RunConfig, search: Search) -> float | None:
         return None
 
 
-def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyStoppingConfig, deadline: float,
+def _execute(units: list[Unit], context: RunContext, seeds: list[int], policy: EarlyStoppingConfig, deadline: float,
              progress: bool, clock: Callable[[], float]) -> tuple[int, bool]:
     """Run the units in order (the reference first), each with the seeds, grouping later units of the same
     structure into its population while there is room and the estimated cost fits the time left. Scores are the
@@ -186,13 +178,13 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
                 if bar:
                     bar.advance(len(seeds))
                 continue
-            group = _group(unit, queue, cost, left, search.population_size(unit.config), len(seeds))
+            group = _group(unit, queue, cost, left, context.population_size(unit.config), len(seeds))
             if bar:
                 bar.describe(group)
             cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
             limit = TimeLimit(lambda: deadline - clock(), "evidence budget")
             t0 = clock()
-            fits = fit_configs(cfgs, search.data_for, search.population_size(unit.config), [[limit] for _ in cfgs])
+            fits = fit_configs(cfgs, context.data_for, context.population_size(unit.config), [[limit] for _ in cfgs])
             seconds = clock() - t0
             cost.record(group, seconds)
             for i, u in enumerate(group):
@@ -202,7 +194,7 @@ def _execute(units: list[Unit], search: Search, seeds: list[int], policy: EarlyS
                     u.skipped = "time budget (cut during its runs)"
                     continue
                 u.curves = [[{k: v for k, v in h.items() if k != "grad_norms"} for h in f.history] for f in mine]
-                u.scores = [score(c, policy, search.monitor) for c in u.curves]
+                u.scores = [score(c, policy, context.monitor) for c in u.curves]
                 runs += len(mine)
             if bar:
                 bar.advance(len(cfgs))
@@ -264,11 +256,11 @@ class _Bar:
         self.progress.stop()
 
 
-def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: dict[str, list[Variant]],
+def _answer(question: str, base: RunConfig, context: RunContext, made: dict, valid: dict[str, list[Variant]],
             skipped: dict[str, list[dict]], units: dict[str, Unit], reference: Unit, maximize: bool,
             points: bool, resolution: float) -> dict:
     """One question's entry: each variant's mean score and paired difference to the chosen configuration."""
-    chosen = ablations.chosen_names(base, search.base_data.dataset.kind)[question]
+    chosen = ablations.chosen_names(base, context.base_data.dataset.kind)[question]
     if isinstance(made.get(question), str):
         return {"verdict": made[question], "chosen": chosen, "variants": [], "skipped": []}
     rows, effects, missed, dead = [], {}, list(skipped.get(question, [])), []
@@ -297,7 +289,7 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
         more = "; give --evidence-budget more time" if any(r.startswith("time budget") for r in reasons) else ""
         text = f"Not measured: no variant has a score to compare ({'; '.join(reasons) or 'none to run'}){more}."
     else:
-        text = verdict(chosen, effects, maximize, points, search.monitor)
+        text = verdict(chosen, effects, maximize, points, context.monitor)
         if dead:
             text += f" Diverged (non-finite loss) on some seeds: {', '.join(dead)}."
         budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
@@ -308,9 +300,9 @@ def _answer(question: str, base: RunConfig, search: Search, made: dict, valid: d
             "chosen_seconds": round(reference.seconds, 2), "variants": rows, "skipped": missed}
 
 
-def _trainable(base: RunConfig, search: Search) -> dict:
+def _trainable(base: RunConfig, context: RunContext) -> dict:
     """Question 1: the parameter summary; a model trained from scratch freezes nothing, so there is no experiment."""
-    ds = search.base_data.dataset
+    ds = context.base_data.dataset
     s = summary(build_model(base.model, ds.input_shape, ds.n_outputs), ds.input_shape)
     stats = f" ({s.non_trainable:,} non-trainable: batch-norm running statistics, which get no gradients)" \
         if s.non_trainable else ""
@@ -343,9 +335,8 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     recorded = rundir.owner(run_dir)  # the data may have changed on disk since the run: its answers would not hold
     rundir.same_data(recorded and recorded.get("data"), rundir.fingerprint(data.dataset, data_source(run_cfg, dataset)),
                      f"run {run_dir}", "explain a run on the data it was trained on")
-    search = Search(run_cfg, run_dir, [], base_data=data)
-    search.data_by_scaler[data.scaler.method] = data
-    evidence = run_evidence(chosen, search, ev.seeds, ev.budget, ev.questions, suggestion, progress)
+    context = RunContext(run_cfg, data)
+    evidence = run_evidence(chosen, context, ev.seeds, ev.budget, ev.questions, suggestion, progress)
     result["evidence"] = evidence
     write_result(run_dir, result)
     return evidence

@@ -1,0 +1,1 @@
+"""The report (``nntune report``) and the figures it and the CLI draw."""

@@ -5,6 +5,7 @@ Uses the non-interactive Agg backend so plots work on machines without a display
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,13 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from nntune.atomic import write_bytes  # noqa: E402
+
 SUGGESTION_STYLE = {"steepest": ("tab:red", "o"), "valley": ("tab:green", "s"), "min_div_10": ("tab:purple", "^")}
 
 
 def png(fig: Figure, dpi: int = 110) -> bytes:
     """``fig`` as PNG bytes; the figure is closed."""
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -29,8 +30,6 @@ def png(fig: Figure, dpi: int = 110) -> bytes:
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG (atomically) and close it."""
-    from nntune.atomic import write_bytes
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_bytes(path, png(fig, dpi))

@@ -13,7 +13,6 @@ import json
 import math
 import statistics
 import time
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,11 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
 from nntune.search.objectives import is_multi, maximize, score
+from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline
 from nntune.training.pipeline import fit_configs
 
-if TYPE_CHECKING:
-    from nntune.search.study import Search
 
 
 def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:

@@ -19,13 +19,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -40,14 +37,13 @@ from nntune.search.constraints import extra_values, measure, violation
 from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
+from nntune.search.setup import Search
 from nntune.storage import fail_stale_trials
-from nntune.training.callbacks import Callback, Deadline
+from nntune.training.callbacks import Callback, Deadline, Interrupts
 from nntune.training.diagnostics import diagnose
 from nntune.training.pipeline import fit_population
 from nntune.training.population.structure import structure_key
 
-if TYPE_CHECKING:
-    from nntune.search.study import Search
 
 MAX_FAILURE_STREAK = 10  # this many failed trials in a row (fewer when the trial cap is smaller) end the search
 
@@ -122,58 +118,6 @@ class Heartbeats:
 
 
 Member = tuple[optuna.Trial, RunConfig]
-
-
-class Interrupts(Callback):
-    """Ctrl-C and SIGTERM (``docker stop``, Slurm, ``timeout``) that cannot be lost, and never cost a finished trial.
-
-    Python drops an exception raised inside a garbage-collection callback (SQLAlchemy registers weakref callbacks
-    that run all the time), so a KeyboardInterrupt raised by the default handler can vanish and the search would go
-    on. This handler records the signal before raising; the search loop and every trial's epoch end raise again while
-    it is recorded. Inside :meth:`deferred` (a trial's result being recorded) a signal is only recorded, and raised
-    when the block ends: the result is written first, then the search stops."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.seen = False
-        self._deferring = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.seen = True
-        if not self._deferring:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> Interrupts:
-        # signal handlers live in the main thread; a process started with a signal ignored keeps ignoring it
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                if signal.getsignal(sig) not in (signal.SIG_IGN, None):
-                    self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Record, do not raise, signals that arrive inside the block; raise at its end if one came."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        self.check()
-
-    def check(self) -> None:
-        if self.seen:
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-        self.check()
 
 
 class Infeasible(Exception):

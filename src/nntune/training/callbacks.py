@@ -1,8 +1,12 @@
-"""Callbacks: small objects with hooks the Trainer calls (early stopping, checkpoints, pruning, progress)."""
+"""Callbacks: small objects with hooks the training loops call (early stopping, checkpoints, pruning, progress,
+time limits) and the Ctrl-C/SIGTERM record that stops a run between results."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,3 +137,55 @@ class Deadline(TimeLimit):
     def on_batch_end(self, trainer: Trainer) -> None:
         if self.seconds_left() <= 0:
             trainer.stop(f"{self.what} at epoch {len(trainer.history) + 1}")
+
+
+class Interrupts(Callback):
+    """Ctrl-C and SIGTERM (``docker stop``, Slurm, ``timeout``) that cannot be lost, and never cost a finished trial.
+
+    Python drops an exception raised inside a garbage-collection callback (SQLAlchemy registers weakref callbacks
+    that run all the time), so a KeyboardInterrupt raised by the default handler can vanish and the search would go
+    on. This handler records the signal before raising; the search loop and every trial's epoch end raise again while
+    it is recorded. Inside :meth:`deferred` (a trial's result being recorded) a signal is only recorded, and raised
+    when the block ends: the result is written first, then the search stops."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._deferring = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.seen = True
+        if not self._deferring:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> Interrupts:
+        # signal handlers live in the main thread; a process started with a signal ignored keeps ignoring it
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Record, do not raise, signals that arrive inside the block; raise at its end if one came."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.check()
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.check()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nntune import artifacts, rundir
-from nntune.config import RunConfig, apply_overrides, save_config, training_settings
+from nntune.config import RunConfig, apply_overrides, save_config
 from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
@@ -34,6 +34,7 @@ from nntune.training.population import PopulationTrainer
 from nntune.training.population.structure import check_same_structure, structure_key, union_model_config
 from nntune.training.device import resolve_device
 from nntune.training.epoch import FitResult
+from nntune.training.settings import training_settings
 from nntune.training.single import Trainer
 
 
@@ -89,7 +90,7 @@ def resolve_lr(cfg: RunConfig, data: PreparedData) -> tuple[RunConfig, LRFindRes
 
 def range_test(cfg: RunConfig, data: PreparedData, model: nn.Module | None = None, **options) -> LRFindResult:
     """The LR range test on ``model`` (default: the model ``cfg`` starts from) with the settings training uses
-    (:func:`nntune.config.training_settings`: an RNN's gradient clipping included); ``options`` go to
+    (:func:`nntune.training.settings.training_settings`: an RNN's gradient clipping included); ``options`` go to
     :func:`nntune.training.lr_finder.lr_find`. ``nntune lr-find``, ``--lr auto`` and the evidence all run it here."""
     model = model if model is not None else initial_model(cfg, data.dataset)
     return lr_find(model, data.dataset.task, data.x_train, data.y_train, training_settings(cfg), seed=cfg.seed,

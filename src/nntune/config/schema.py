@@ -1,4 +1,4 @@
-"""The run config: one typed, validated structure describing a run end to end.
+"""The run config's schema: one typed, validated structure describing a run end to end.
 
 Sections: data, preprocess, model, train (with schedule and early stopping) and search. Loaded from YAML, overridden
 with dotted ``key=value`` pairs from the CLI, and saved beside every artifact so any result can be reproduced.
@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nntune import dotted, registry
+from nntune import registry
 from nntune.errors import ConfigError
 
 ACTIVATIONS = registry.names(registry.ACTIVATIONS)
@@ -161,17 +160,6 @@ class EarlyStoppingConfig(_Section):
     restore_best_weights: bool = True
 
 
-RNN_GRAD_CLIP = 1.0  # the default gradient-norm clip of recurrent models (exploding gradients are their failure)
-
-
-def training_settings(cfg: RunConfig) -> TrainConfig:
-    """``cfg.train`` as the trainer runs it: an unset ``grad_clip`` is resolved by family (recurrent models clip at
-    :data:`RNN_GRAD_CLIP`), so the default follows the model even when a search changes the family per trial."""
-    if cfg.train.grad_clip is None and cfg.model.family == "rnn":
-        return cfg.train.model_copy(update={"grad_clip": RNN_GRAD_CLIP})
-    return cfg.train
-
-
 class TrainConfig(_Section):
     """Optimizer, loss and loop settings."""
 
@@ -184,7 +172,7 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     grad_clip: float | None = Field(None, ge=0, description="clip the gradient norm to this; 0: never; unset: "
-                                                             f"{RNN_GRAD_CLIP} for recurrent models, off for others")
+                                                             "the family's default (nntune.training.settings)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
@@ -275,6 +263,20 @@ class FinetuneConfig(_Section):
         return self
 
 
+def unknown_question(questions: list[str] | tuple[str, ...] | None) -> str | None:
+    """What is wrong with a list of evidence question names (its first unknown one), or None."""
+    unknown = [q for q in questions or () if q not in EVIDENCE_QUESTIONS]
+    return f"unknown question {unknown[0]!r} (choose from {', '.join(EVIDENCE_QUESTIONS)})" if unknown else None
+
+
+def check_questions(questions: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The questions to answer (all ten when none are given); an unknown one is a ConfigError naming it."""
+    problem = unknown_question(questions)
+    if problem:
+        raise ConfigError(f"evidence.questions: {problem}")
+    return list(questions or EVIDENCE_QUESTIONS)
+
+
 class EvidenceConfig(_Section):
     """Controlled ablations around the chosen configuration (``nntune explain``, ``tune --evidence``)."""
 
@@ -289,9 +291,9 @@ class EvidenceConfig(_Section):
     @field_validator("questions")
     @classmethod
     def _known_questions(cls, questions: list[str] | None) -> list[str] | None:
-        unknown = [q for q in questions or [] if q not in EVIDENCE_QUESTIONS]
-        if unknown:
-            raise ValueError(f"unknown question {unknown[0]!r} (choose from {', '.join(EVIDENCE_QUESTIONS)})")
+        problem = unknown_question(questions)
+        if problem:
+            raise ValueError(problem)
         return questions
 
 
@@ -320,85 +322,3 @@ class RunConfig(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def _format_error(err: ValidationError, where: str, labels: dict[str, str] | None = None) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(root)"
-    if labels and key in labels:  # a value that came from a CLI flag: name the flag with its config key
-        value = first.get("input")
-        return f"{labels[key]}: {first['msg']}" + ("" if isinstance(value, dict) else f" (got {value!r})")
-    if first["type"] == "extra_forbidden":  # a typo: say which keys that section has
-        section: Any = RunConfig
-        for part in first["loc"][:-1]:
-            section = section.model_fields[part].annotation
-        return f"{where}: unknown key {key!r}; valid keys here: {', '.join(section.model_fields)}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{where}: {key}: {first['msg']}{shown}"
-
-
-def build_config(data: dict[str, Any] | None = None, where: str = "config",
-                 labels: dict[str, str] | None = None) -> RunConfig:
-    """Validate a plain dict into a RunConfig; errors name the key path (or its label, e.g. the CLI flag)."""
-    try:
-        return RunConfig.model_validate(data or {})
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, where, labels)) from None
-
-
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML run config; unknown keys and bad values are errors naming the file and the key."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
-    return build_config(raw, where=str(path))
-
-
-def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the config as YAML (atomically)."""
-    from nntune.atomic import write_text
-    from nntune.redact import redact
-
-    write_text(path, yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
-
-
-def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
-                    labels: dict[str, str] | None = None) -> RunConfig:
-    """Return a copy with dotted overrides applied, e.g. ``["train.lr=0.01", "model.widths=[64,32]"]``.
-
-    Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell; an invalid value's
-    error names ``labels[key]`` (e.g. the CLI flag it came from) when given, else the key.
-    """
-    data = config.to_dict()
-    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
-    for key, value in items:
-        try:
-            node, last = dotted.parent(data, key)
-        except KeyError as err:
-            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}") from None
-        if last not in node:
-            raise ConfigError(f"override {key}: unknown key {last!r}")
-        node[last] = value
-    return build_config(data, where="override", labels=labels)
-
-
-def _split_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value

@@ -1,0 +1,71 @@
+"""The run context: what every training of one run shares, whoever runs it (the search or the evidence).
+
+The prepared data split, its copies per scaler method (each prepared once), the population size measured once per
+model family, and the metric a run is judged by. The search's orchestrator adds its space and study on top
+(:class:`nntune.search.setup.Search`); the evidence uses this alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nntune.config import RunConfig
+from nntune.data.scalers import resolve_method
+from nntune.training.pipeline import PreparedData, choose_population_size, prepare_data, stackable
+
+
+def objective(task: str) -> tuple[str, str]:
+    """(monitored history key, direction) a run of ``task`` is judged by: validation accuracy, or loss."""
+    return ("val_accuracy", "maximize") if task == "classification" else ("val_loss", "minimize")
+
+
+@dataclass
+class RunContext:
+    """The data a run's trainings share: the prepared split, its copies per scaler, population sizes."""
+
+    cfg: RunConfig
+    base_data: PreparedData
+    data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
+
+    def __post_init__(self) -> None:
+        self.data_by_scaler.setdefault(self.base_data.scaler.method, self.base_data)
+
+    @property
+    def task(self) -> str:
+        return self.base_data.dataset.task
+
+    @property
+    def monitor(self) -> str:
+        return objective(self.task)[0]
+
+    def data_for(self, cfg: RunConfig) -> PreparedData:
+        """The search's split scaled as ``cfg`` asks, prepared once per (resolved) scaler method."""
+        ds = self.base_data.dataset
+        method = resolve_method(cfg.preprocess.scaler, ds.kind)
+        if method not in self.data_by_scaler:
+            self.data_by_scaler[method] = prepare_data(cfg, ds, split=self.base_data.split)
+        return self.data_by_scaler[method]
+
+    def population_size(self, cfg: RunConfig, seconds: float = math.inf) -> int:
+        """Members per population for ``cfg``'s family: ``search.population``, else measured on the first
+        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`) in at most
+        ``seconds`` (0: do not measure, 1 until measured); after running out of memory, half the size that did."""
+        family, fixed = cfg.model.family, self.cfg.search.population
+        if not stackable(cfg):  # a saved starting model or a recurrent network: one at a time (recorded)
+            self.sizes.setdefault(family, 1)
+            return 1
+        if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only
+            return 1
+        if fixed:
+            return min(fixed, self.sizes.get(family, fixed))
+        if family not in self.sizes:
+            if seconds <= 0:
+                return 1
+            self.sizes[family] = choose_population_size(cfg, self.data_for(cfg), seconds=seconds)
+        return self.sizes[family]
+
+    def shrink_population(self, cfg: RunConfig, tried: int) -> None:
+        """After running out of memory with ``tried`` members, use half as many for that family."""
+        self.sizes[cfg.model.family] = max(1, tried // 2)
