@@ -185,17 +185,22 @@ def _encode_target(name: str, x: torch.Tensor, y: np.ndarray, feature_names: lis
 def as_float32(values: np.ndarray, what: str) -> np.ndarray:
     """``values`` cast to float32, the training dtype; NaN, infinite or out-of-float32-range values are a
     DataError naming ``what`` (the check runs after the cast, where 1e39 has become infinite)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = np.asarray(values).astype(np.float32)
-    bad = ~np.isfinite(cast)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
+    cast, first = _float32(values)
+    if first is not None:
         original = np.asarray(values)[first]
         why = "NaN values" if np.isnan(original) else "infinite values" if np.isinf(original) else \
             f"values outside float32's range (+-3.4e38, got {float(original):.3g})"
         raise DataError(f"{what} has {why} (first at index {first if len(first) > 1 else first[0]}); "
                         "fill, drop or rescale them")
     return cast
+
+
+def _float32(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(``values`` cast to float32, the index of the first value not finite after the cast, or None)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.asarray(values).astype(np.float32)
+    bad = np.argwhere(~np.isfinite(cast))
+    return cast, (tuple(int(i) for i in bad[0]) if len(bad) else None)
 
 
 def unique_columns(header: list[str]) -> list[str]:
@@ -294,11 +299,9 @@ def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols:
                 value = row[j] if j < len(row) else ""
                 raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})"
                                 + (f"; {advice}" if advice else "")) from None
-    with np.errstate(over="ignore"):
-        cast = x.astype(np.float32)
-    bad = np.argwhere(~np.isfinite(cast))
-    if len(bad):
-        i, k = (int(v) for v in bad[0])
+    cast, first = _float32(x)
+    if first is not None:
+        i, k = first
         why = "NaN or infinite values" if not np.isfinite(x[i, k]) else "values outside float32's range"
         raise DataError(f"{path}: column {header[cols[k]]!r} has {why} (line {i + 2}: {rows[i][cols[k]]!r}); "
                         "fill, drop or rescale them")

@@ -238,7 +238,8 @@ def _augmentation(cfg: RunConfig, kind: str) -> list[Variant] | str:
         presets = ("light", "signal") if kind == "signal" else ("light", "digits", "natural")
         return [_v("augmentation", f"{name} at 0.50", {"preprocess.augment": name, "preprocess.augment_strength": 0.5},
                    i) for i, name in enumerate(presets)]
-    ops = p.augment_ops if p.augment == "custom" else registry.AUGMENT_PRESETS["signal" if kind == "signal" else "image"][p.augment]
+    table = registry.AUGMENT_PRESETS["signal" if kind == "signal" else "image"]
+    ops = p.augment_ops if p.augment == "custom" else table[p.augment]
     out = [_v("augmentation", "none", {"preprocess.augment": "none", "preprocess.augment_ops": None}, 0)]
     for i, op in enumerate(ops):
         rest = [o for j, o in enumerate(ops) if j != i]

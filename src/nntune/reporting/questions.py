@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from nntune.config import EVIDENCE_QUESTIONS, build_config
-from nntune.data.augment import build_augmenter, preview_grid
-from nntune.data.sources import load_configured
-from nntune.data.splits import split_dataset
+from nntune.data.preview import augment_preview
 from nntune.reporting import plots
 from nntune.reporting.evidence_blocks import (category_evidence, evidence_html, findings_html, no_search,
                                               numeric_evidence, observational, rank_text)
@@ -181,13 +179,8 @@ def _augmentation(view: RunView, figs: Figures) -> tuple[str, list[str]]:
     if kind == "tabular":
         return "Not applicable: the data is a table, not images or signals.", body
     try:
-        ds = load_configured(view.config.data)
-        d = view.config.data
-        train_x = ds.x[split_dataset(ds, d.val_fraction, d.test_fraction, view.config.seed).train]
         preset = p.augment if p.augment != "none" else "light"
-        aug = build_augmenter(preset, p.augment_strength if p.augment != "none" else 0.5, ds.input_shape, train_x,
-                              p.custom_ops())
-        grid = preview_grid(train_x[:6], aug, copies=6, seed=view.config.seed)
+        grid = augment_preview(view.config, preset, p.augment_strength if p.augment != "none" else 0.5, 6, 6).grid
         title = (f"chosen pipeline: {p.augment}, strength {p.augment_strength:.2f}" if p.augment != "none"
                  else "no augmentation chosen; preview of 'light' at 0.5 for comparison")
         body.append(figs.embed(plots.augment_grid(grid, title), "q8_augment_preview", title))

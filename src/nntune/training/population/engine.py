@@ -8,11 +8,12 @@ hyper-parameters. This rewrite is exact: a member follows the arithmetic of the 
 :class:`~nntune.training.single.Trainer` (the tests compare weights and histories in float64), which
 ``torch.func.vmap`` cannot promise for batch norm's running statistics.
 
-Members share the structure (everything but :data:`~nntune.training.population.structure.MEMBER_KEYS`) and differ in LR, weight decay, momentum, dropout
-rates, label smoothing, gradient clipping, schedule parameters, augmentation strength, epochs, early stopping and the
-seed (initial weights and data order; every member sees its own shuffle). Each member gets the same history rows,
-early stopping, callbacks (Optuna pruning) and :class:`FitResult` as a single ``Trainer.fit``; a member that stops
-keeps its best weights and leaves the population, so it stops costing compute.
+Members share the structure (everything but :data:`~nntune.training.population.structure.MEMBER_KEYS`) and differ in
+LR, weight decay, momentum, dropout rates, label smoothing, gradient clipping, schedule parameters, augmentation
+strength, epochs, early stopping and the seed (initial weights and data order; every member sees its own shuffle).
+Each member gets the same history rows, early stopping, callbacks (Optuna pruning) and :class:`FitResult` as a
+single ``Trainer.fit``; a member that stops keeps its best weights and leaves the population, so it stops costing
+compute.
 """
 
 from __future__ import annotations
