@@ -106,9 +106,9 @@ def test_a_second_signal_ends_at_once_and_keeps_the_finished_trials(tmp_path, mo
     import os
     import signal
 
-    from nntune.search import study as study_module
+    from nntune.search import final as final_module  # the final fit
 
-    real_save, real_fit = trials_module.artifacts.save, study_module.fit_model
+    real_save, real_fit = trials_module.artifacts.save, final_module.fit_model
 
     def save_then_interrupt(*args, **kwargs):
         out = real_save(*args, **kwargs)
@@ -120,7 +120,7 @@ def test_a_second_signal_ends_at_once_and_keeps_the_finished_trials(tmp_path, mo
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(trials_module.artifacts, "save", save_then_interrupt)
-    monkeypatch.setattr(study_module, "fit_model", fit_then_interrupt)
+    monkeypatch.setattr(final_module, "fit_model", fit_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         tune(_wine(), tmp_path)
     study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")

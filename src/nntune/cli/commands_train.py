@@ -21,6 +21,7 @@ from nntune.cli.options import (AUGMENT_PRESETS, DATA_OPTIONS, FINETUNE_OPTIONS,
 from nntune.cli.render import (console, emit_json, out_console, print_lr_find, print_model_summary,
                                print_train_summary, write_report)
 from nntune.data.preview import augment_preview
+from nntune.data.sources import load_configured
 from nntune.models import build_model, freeze, summary
 from nntune.training.pipeline import prepare_data, range_test, train
 

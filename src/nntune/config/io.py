@@ -11,8 +11,10 @@ import yaml
 from pydantic import ValidationError
 
 from nntune import dotted
+from nntune.atomic import write_text
 from nntune.config.schema import RunConfig
 from nntune.errors import ConfigError
+from nntune.redact import redact
 
 
 def _format_error(err: ValidationError, where: str, labels: dict[str, str] | None = None) -> str:
@@ -60,9 +62,6 @@ def load_config(path: str | Path) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the config as YAML (atomically)."""
-    from nntune.atomic import write_text
-    from nntune.redact import redact
-
     write_text(path, yaml.safe_dump(redact(config.to_dict()), sort_keys=False))
 
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nntune import registry
-from nntune.config import ModelConfig, RunConfig, ScheduleConfig, apply_overrides
+from nntune.config import DROPOUT_PLACES, ModelConfig, RunConfig, ScheduleConfig, apply_overrides
 from nntune.data.scalers import resolve_method
-from nntune.search.space import PLACES
 
 ACTIVATIONS = registry.evidence_order(registry.ACTIVATIONS)
 SCALERS = {"tabular": ("none", "zscore", "minmax", "robust", "unit"),
@@ -79,7 +78,7 @@ def _dropout_name(cfg: RunConfig) -> str:
         return "+".join(places) if places else "no dropout"
     if m.family == "mlp":
         return f"dropout {m.dropout:.2f}" if m.dropout else "no dropout"
-    places = [f"{p} {getattr(m, f'dropout_{p}'):.2f}" for p in PLACES if getattr(m, f"dropout_{p}") > 0]
+    places = [f"{p} {getattr(m, f'dropout_{p}'):.2f}" for p in DROPOUT_PLACES if getattr(m, f"dropout_{p}") > 0]
     return "+".join(places) if places else "no dropout"
 
 
@@ -141,14 +140,15 @@ def _dropout(cfg: RunConfig) -> list[Variant] | str:
                     _v("dropout", f"rate ×½ ({r / 2:.2f})", {"model.dropout": r / 2}, 1),
                     _v("dropout", f"rate ×2 ({min(2 * r, 0.9):.2f})", {"model.dropout": min(2 * r, 0.9)}, 2)]
         return [_v("dropout", f"dropout {x:.2f}", {"model.dropout": x}, i) for i, x in enumerate((0.1, 0.25, 0.5))]
-    rates = {p: getattr(m, f"dropout_{p}") for p in PLACES}
+    rates = {p: getattr(m, f"dropout_{p}") for p in DROPOUT_PLACES}
     rate = max(rates.values()) or NO_DROPOUT_RATE
     out = []
-    combos = [()] + [(p,) for p in PLACES] + [(a, b) for i, a in enumerate(PLACES) for b in PLACES[i + 1:]] + [PLACES]
+    places = DROPOUT_PLACES
+    combos = [()] + [(p,) for p in places] + [(a, b) for i, a in enumerate(places) for b in places[i + 1:]] + [places]
     for i, combo in enumerate(combos):
         name = "no dropout" if not combo else "+".join(combo) + f" {rate:.2f}"
         rank = 0 if not combo else (2 + i if len(combo) == 1 else 6 + i)
-        out.append(_v("dropout", name, {f"model.dropout_{p}": rate if p in combo else 0.0 for p in PLACES}, rank))
+        out.append(_v("dropout", name, {f"model.dropout_{p}": rate if p in combo else 0.0 for p in places}, rank))
     if any(rates.values()):
         for factor, label, rank in ((0.5, "×½", 1), (2.0, "×2", 2)):
             scaled = {f"model.dropout_{p}": min(0.9, v * factor) for p, v in rates.items()}

@@ -18,6 +18,7 @@ from nntune.config import RunConfig
 from nntune.data.sources import Dataset
 from nntune.errors import TrainingError
 from nntune.training.device import resolve_device
+from nntune.training.pipeline import initial_model
 
 REPEATS, WARMUP = 30, 5
 
@@ -42,8 +43,6 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
 
 def measure(cfg: RunConfig, ds: Dataset, search_cfg) -> dict[str, float]:
     """``params`` of ``cfg``'s model, and ``latency_ms``, when a limit or an objective needs them (else nothing)."""
-    from nntune.training.pipeline import initial_model
-
     timed = search_cfg.max_latency_ms is not None or "latency" in search_cfg.objectives
     if not (timed or search_cfg.max_params is not None or len(search_cfg.objectives) > 1):
         return {}

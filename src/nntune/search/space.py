@@ -22,12 +22,13 @@ from typing import Any
 import optuna
 
 from nntune import dotted, registry
-from nntune.config import RunConfig, apply_overrides
+from nntune.config import DROPOUT_PLACES, RunConfig, apply_overrides
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError
+from nntune.models.inspect import layer_groups
+from nntune.training.finetune import saved_model
 from nntune.training.population.structure import MEMBER_KEYS
 
-PLACES = ("after_pool", "before_fc", "after_fc")
 VIRTUAL = {"model.dropout_placement", "model.dropout_rate"}
 MLP, CNN, RNN = {"model.family": "mlp"}, {"model.family": "cnn"}, {"model.family": "rnn"}
 SCHEDULE_WITH_GAMMA = ["step", "exponential"]
@@ -250,7 +251,7 @@ def _check_values(params: list[Param], where: str) -> None:
         for value in candidates:
             probe = {p.key: value}
             if p.key == "model.dropout_rate":  # a rate only lands in the config with a placement
-                probe["model.dropout_placement"] = "+".join(PLACES)
+                probe["model.dropout_placement"] = "+".join(DROPOUT_PLACES)
             if p.key.startswith("finetune."):  # freezing settings exist for a saved model only
                 probe["finetune.init_from"] = "saved-model"
             try:
@@ -267,9 +268,9 @@ def to_config(base: RunConfig, values: dict[str, Any]) -> RunConfig:
     if placement is not None:
         places = [] if placement == "none" else placement.split("+")
         for place in places:
-            if place not in PLACES:
-                raise ConfigError(f"model.dropout_placement: unknown place {place!r} (use {', '.join(PLACES)})")
-        for place in PLACES:
+            if place not in DROPOUT_PLACES:
+                raise ConfigError(f"model.dropout_placement: unknown place {place!r} (use {', '.join(DROPOUT_PLACES)})")
+        for place in DROPOUT_PLACES:
             values[f"model.dropout_{place}"] = rate if place in places else 0.0
     return apply_overrides(base, values) if values else base
 
@@ -290,9 +291,6 @@ def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_ce
     epochs = cfg.search.epochs or trial_epochs(n_train)
     given = copy.deepcopy(cfg.search.space or {})
     if cfg.finetune.init_from is not None:
-        from nntune.models.inspect import layer_groups
-        from nntune.training.finetune import saved_model
-
         fixed = [k for k in given if k.startswith("model.") or k == "preprocess.scaler"]
         if fixed:
             raise ConfigError(f"search.space: {fixed[0]} cannot be searched when fine-tuning (--init-from): the "
@@ -333,8 +331,8 @@ def default_trials(params: list[Param], base: RunConfig, kind: str) -> list[dict
         cfg = apply_overrides(base, {"model.family": fam})
         flat = dotted.flatten(cfg.to_dict())
         flat["preprocess.scaler"] = resolve_method(cfg.preprocess.scaler, kind)
-        rates = {place: flat[f"model.dropout_{place}"] for place in PLACES}
-        flat["model.dropout_placement"] = "+".join(p for p in PLACES if rates[p] > 0) or "none"
+        rates = {place: flat[f"model.dropout_{place}"] for place in DROPOUT_PLACES}
+        flat["model.dropout_placement"] = "+".join(p for p in DROPOUT_PLACES if rates[p] > 0) or "none"
         flat["model.dropout_rate"] = max(rates.values())
         values: dict[str, Any] = {}
         for p in params:

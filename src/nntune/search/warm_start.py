@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nntune.artifacts import read_result
 from nntune.errors import ConfigError
 from nntune.search.objectives import maximize, score
 from nntune.search.space import Param
@@ -30,8 +31,6 @@ def source_study(source: str) -> optuna.Study:
         url, _, name = source.partition("#")
         name = name or study_name
     elif (path / "result.json").is_file():
-        from nntune.artifacts import read_result
-
         study = read_result(path).get("study")
         if not study:
             raise ConfigError(f"--warm-start {source}: a train run has no study; give a tune run directory")
