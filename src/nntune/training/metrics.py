@@ -27,10 +27,11 @@ def outputs(out: torch.Tensor, classification: bool) -> torch.Tensor:
 
 
 def metric_sum(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
-    """Correct predictions (classification) or absolute errors summed over the batch (the last target dimension):
-    a scalar for one model, ``(K,)`` for a population."""
+    """Correct predictions (classification, an integer count: added in place to a float sum it needs no cast) or
+    absolute errors summed over the batch (the last target dimension): a scalar for one model, ``(K,)`` for a
+    population."""
     if classification:
-        return (out.argmax(-1) == y).sum(-1).to(out.dtype)
+        return (out.argmax(-1) == y).sum(-1)
     return (out - y).abs().sum(-1)
 
 

@@ -109,7 +109,9 @@ class Trainer(StopRequest):
                             m.eval()
                     counts = parameter_counts(self.model)
                     perm = plan.order(gen).to(dev)
-                    sums = torch.zeros(2, device=dev)  # loss, metric
+                    # two scalars: ``sums[i] += v`` on one tensor costs a select and a copy per batch
+                    loss_sum = torch.zeros((), device=dev)
+                    metric_total = torch.zeros((), device=dev)
                     grad_norms = None
                     seen = 0
                     for start in plan.starts():
@@ -141,16 +143,17 @@ class Trainer(StopRequest):
                             optimizer.step()
                         schedule.after_batch()
                         with torch.no_grad():
-                            sums[0] += loss.detach() * len(idx)
-                            sums[1] += metric_sum(out.detach(), yb, self.classification)
+                            loss_sum += loss.detach() * len(idx)
+                            metric_total += metric_sum(out.detach(), yb, self.classification)
                         seen += len(idx)
                         if per_step:
                             for cb in per_step:
                                 cb.on_batch_end(self)
                             if self.stop_requested:  # a deadline: this epoch ends on the batches done
                                 break
-                    logs = epoch_logs(epoch, (sums / seen).tolist(), self.metric_name, self.evaluate(x_val, y_val),
-                                      lr, time.perf_counter() - t0)
+                    train = (torch.stack([loss_sum, metric_total]) / seen).tolist()
+                    logs = epoch_logs(epoch, train, self.metric_name, self.evaluate(x_val, y_val), lr,
+                                      time.perf_counter() - t0)
                     shown = None if grad_norms is None else {
                         name: v for (name, p), v in zip(watched, grad_norms.tolist()) if p.requires_grad}
                     self.history.append(history_row(logs, counts, shown))
