@@ -127,6 +127,9 @@ ROUND_TRIPS = {
     "cnn-signal": ("signal", {"model.family": "cnn", "model.conv_blocks": 1, "model.filters": 4,
                               "model.batch_norm": True}),
     "cnn-image": ("image", {"model.family": "cnn", "model.conv_blocks": 1, "model.filters": 4, "model.head": "gap"}),
+    "cnn-signal-tcn-causal": ("signal", {"model.preset": "tcn", "model.conv_blocks": 2, "model.filters": 4,
+                                         "model.causal": True}),
+    "cnn-image-resnet": ("image", {"model.preset": "resnet", "model.conv_blocks": 1, "model.filters": 4}),
     "rnn-signal": ("signal", {"model.family": "rnn", "model.rnn_units": 8}),
 }
 

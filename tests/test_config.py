@@ -2,6 +2,7 @@ import pytest
 
 from nntune.config import RunConfig, apply_overrides, build_config, load_config, save_config
 from nntune.errors import ConfigError
+from nntune.registry import MODEL_PRESETS
 
 
 def test_defaults_roundtrip_yaml(tmp_path):
@@ -51,3 +52,17 @@ def test_custom_augmentation_needs_its_ops_and_evidence_questions_are_checked():
     assert apply_overrides(cfg, {"preprocess.augment": "light"}).preprocess.custom_ops() is None  # a preset wins
     with pytest.raises(ConfigError, match="evidence.questions: Value error, unknown question 'colour'"):
         apply_overrides(RunConfig(), {"evidence.questions": ["lr", "colour"]})
+
+
+def test_a_preset_fills_in_what_the_config_and_overrides_do_not_give(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tcn\n  filters: 64\n  family: cnn\n  conv_blocks: 3\n")
+    cfg = load_config(path)
+    assert (cfg.model.preset, cfg.model.filters, cfg.model.conv_blocks) == ("tcn", 64, 3)
+    assert cfg.model.dilation_growth == MODEL_PRESETS["tcn"]["dilation_growth"] == 2 and cfg.model.pool == "none"
+    # an override of the preset sets its settings first; the other keys of the same call win over them
+    over = apply_overrides(cfg, {"model.preset": "resnet", "model.kernel_size": 5})
+    assert (over.model.pool, over.model.filters, over.model.kernel_size) == ("max", 32, 5)
+    # a saved config reloads to the same model: every key is given, so the preset fills in nothing
+    save_config(over, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == over

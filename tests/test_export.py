@@ -19,6 +19,7 @@ CASES = {
     "cnn1d": ["--dataset", "signals", "--family", "cnn", "--conv-blocks", "2", "--filters", "8", "--head", "gap"],
     "cnn2d": ["--dataset", "digits", "--family", "cnn", "--conv-blocks", "2", "--filters", "8", "--batch-norm",
               "--dropout-after-pool", "0.1", "--dropout-before-fc", "0.3"],
+    "tcn": ["--dataset", "signals", "--preset", "tcn", "--conv-blocks", "3", "--filters", "8", "--causal"],
     "rnn": ["--dataset", "signals", "--family", "rnn", "--cell", "lstm", "--rnn-units", "16", "--bidirectional",
             "--pooling", "attention", "--frontend-filters", "8"],
 }

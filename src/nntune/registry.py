@@ -1,5 +1,5 @@
-"""One registry per extension point: activations, optimizers, LR schedules, augmentation presets, samplers,
-pruners and trackers.
+"""One registry per extension point: activations, optimizers, LR schedules, augmentation presets, model presets,
+samplers, pruners and trackers.
 
 The config's choices, the CLI's, the default search space, the population engine and the evidence all read these
 tables, so a new activation or optimizer is one entry here (plus, for an optimizer, its update rule in the
@@ -111,6 +111,21 @@ AUGMENT_PRESETS: dict[str, dict[str, list[dict[str, Any]]]] = {
         "digits": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
         "natural": [{"op": "shift"}, {"op": "amplitude"}, {"op": "noise"}],
     },
+}
+
+
+# named architectures (``model.preset``): model settings a preset fills in under the ones a config gives itself
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # a temporal-convolution network (Bai et al. 2018): residual blocks of two dilated convolutions, dilation doubling
+    # per block (receptive field 1 + 2·2·(2⁵ - 1) = 125 steps), no pooling, global average pooling into the output
+    "tcn": {"family": "cnn", "conv_blocks": 5, "convs_per_block": 2, "filters": 32, "filter_multiplier": 1.0,
+            "kernel_size": 3, "dilation_growth": 2, "pool": "none", "residual": True, "batch_norm": True,
+            "head": "gap", "fc_layers": 0},
+    # a small ResNet (He et al. 2016; for signals, Wang et al. 2017's 1-D form): residual blocks of two convolutions
+    # with batch norm, filters doubling per block, max pooling between blocks, global average pooling
+    "resnet": {"family": "cnn", "conv_blocks": 3, "convs_per_block": 2, "filters": 32, "filter_multiplier": 2.0,
+               "kernel_size": 3, "dilation_growth": 1, "pool": "max", "residual": True, "batch_norm": True,
+               "head": "gap", "fc_layers": 0},
 }
 
 

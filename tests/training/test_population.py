@@ -102,6 +102,8 @@ CASES = {
     "cnn1d-bn-residual-gap-avgpool": ("signals", {
         "model.family": "cnn", "model.batch_norm": True, "model.filters": 6, "model.residual": True,
         "model.convs_per_block": 2, "model.head": "gap", "model.pool": "avg", "model.fc_layers": 0}),
+    "cnn1d-tcn-causal": ("signals", {  # the TCN preset's shape: dilated causal residual blocks, no pooling
+        "model.preset": "tcn", "model.conv_blocks": 3, "model.filters": 6, "model.causal": True}),
     "mlp-regression": ("regression", {"model.units": 32, "model.batch_norm": True}),
 }
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, OPTIMIZERS, PRUNERS, SAMPLERS, SCALERS,
-                           SCHEDULES)
+from nntune.config import (ACTIVATIONS, BUILTIN_DATASETS, EVIDENCE_QUESTIONS, MODEL_PRESETS, OPTIMIZERS, PRUNERS,
+                           SAMPLERS, SCALERS, SCHEDULES)
 from nntune.registry import TRACKERS, augment_presets
 
 AUGMENT_PRESETS = augment_presets()
@@ -28,6 +28,8 @@ DATA_OPTIONS: list[Option] = [
     ("--seed", "seed", int, "seed for splits, initialisation and shuffling"),
 ]
 MODEL_OPTIONS: list[Option] = [
+    ("--preset", "model.preset", click.Choice(MODEL_PRESETS), "a named architecture: tcn (dilated residual "
+     "convolutions) or resnet; the other model flags override its settings"),
     ("--family", "model.family", click.Choice(["mlp", "cnn", "rnn"]), "model family (rnn: signals only)"),
     ("--activation", "model.activation", click.Choice(ACTIVATIONS), "activation function"),
     ("--batch-norm/--no-batch-norm", "model.batch_norm", None, "batch normalization"),
@@ -43,6 +45,8 @@ MODEL_OPTIONS: list[Option] = [
     ("--kernel-size", "model.kernel_size", int, "CNN: kernel size"),
     ("--pool", "model.pool", click.Choice(["max", "avg", "none"]), "CNN: pooling after each block"),
     ("--residual/--no-residual", "model.residual", None, "CNN: residual connections"),
+    ("--dilation-growth", "model.dilation_growth", int, "CNN: block b's convolutions dilate by this to the (b-1)"),
+    ("--causal/--no-causal", "model.causal", None, "CNN on signals: convolutions see only earlier steps"),
     ("--head", "model.head", click.Choice(["flatten", "gap"]), "CNN: flatten or global average pool"),
     ("--fc-layers", "model.fc_layers", int, "CNN: hidden FC layers"),
     ("--fc-units", "model.fc_units", int, "CNN: units per FC layer"),

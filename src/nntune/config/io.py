@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from nntune import dotted
 from nntune.atomic import write_text
+from nntune.registry import MODEL_PRESETS
 from nntune.config.schema import RunConfig
 from nntune.errors import ConfigError
 from nntune.redact import redact
@@ -70,10 +71,14 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
     """Return a copy with dotted overrides applied, e.g. ``["train.lr=0.01", "model.widths=[64,32]"]``.
 
     Values are parsed as YAML scalars/lists so numbers, booleans and lists work from a shell; an invalid value's
-    error names ``labels[key]`` (e.g. the CLI flag it came from) when given, else the key.
+    error names ``labels[key]`` (e.g. the CLI flag it came from) when given, else the key. A ``model.preset``
+    override sets the preset's model settings first, so the other overrides in the same call win over them.
     """
     data = config.to_dict()
-    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    items = list(overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides))
+    preset = dict(items).get("model.preset")
+    if preset in MODEL_PRESETS:  # an unknown name fails below, in validation, naming the key
+        data["model"].update(MODEL_PRESETS[preset])
     for key, value in items:
         try:
             node, last = dotted.parent(data, key)

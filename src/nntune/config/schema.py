@@ -15,6 +15,7 @@ from nntune import registry
 from nntune.errors import ConfigError
 
 ACTIVATIONS = registry.names(registry.ACTIVATIONS)
+MODEL_PRESETS = registry.names(registry.MODEL_PRESETS)
 SCALERS = ("auto", "none", "minmax", "zscore", "robust", "unit", "channel")
 SCHEDULES = registry.names(registry.SCHEDULES)
 OPTIMIZERS = registry.names(registry.OPTIMIZERS)
@@ -74,6 +75,8 @@ class PreprocessConfig(_Section):
 class ModelConfig(_Section):
     """Architecture of an MLP, a CNN (1-D or 2-D, picked from the input shape) or a recurrent network (signals)."""
 
+    preset: Literal[MODEL_PRESETS] | None = Field(None, description="a named architecture (tcn, resnet) whose "
+                                                   "settings fill in those this section does not give")
     family: Literal["mlp", "cnn", "rnn"] = "mlp"
     activation: Literal[ACTIVATIONS] = "relu"
     leaky_slope: float = Field(0.01, gt=0, lt=1)
@@ -92,6 +95,10 @@ class ModelConfig(_Section):
     kernel_size: int = Field(3, ge=1)
     pool: Literal["max", "avg", "none"] = "max"
     residual: bool = False
+    dilation_growth: int = Field(1, ge=1, le=8, description="CNN: block b's convolutions use dilation "
+                                                            "dilation_growth**(b-1) (2: a TCN-style stack)")
+    causal: bool = Field(False, description="CNN on signals: each convolution sees only the current and earlier "
+                                            "steps (left padding)")
     head: Literal["flatten", "gap"] = "flatten"
     fc_layers: int = Field(1, ge=0, le=16)
     fc_units: int = Field(128, ge=1)
@@ -108,6 +115,14 @@ class ModelConfig(_Section):
                                                        "0 = none")
     pooling: Literal["last", "mean", "attention"] = Field("last", description="RNN: the last state, the mean over "
                                                                                "time, or learned attention weights")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """A preset's settings fill in the keys the section does not give itself."""
+        if isinstance(data, dict) and data.get("preset") in registry.MODEL_PRESETS:
+            return {**registry.MODEL_PRESETS[data["preset"]], **data}
+        return data
 
     @model_validator(mode="after")
     def _widths(self) -> ModelConfig:

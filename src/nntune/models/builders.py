@@ -78,16 +78,24 @@ def _build_mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -
 
 
 class ConvBlock(nn.Module):
-    """``convs_per_block`` x (conv -> [bn] -> act); with ``residual`` the block input is added before the last act."""
+    """``convs_per_block`` x (conv -> [bn] -> act); with ``residual`` the block input is added before the last act.
 
-    def __init__(self, cfg: ModelConfig, dims: int, c_in: int, c_out: int) -> None:
+    Convolutions keep the length (``same`` padding) at the block's ``dilation``; a causal block pads on the left
+    only (``(kernel - 1) · dilation`` zeros), so each output step sees the current and earlier steps alone."""
+
+    def __init__(self, cfg: ModelConfig, dims: int, c_in: int, c_out: int, dilation: int = 1) -> None:
         super().__init__()
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
         self.residual = cfg.residual
         self.body_names: list[str] = []
         for k in range(1, cfg.convs_per_block + 1):
-            self._add(f"conv{k}", conv(c_in if k == 1 else c_out, c_out, cfg.kernel_size, padding="same"))
+            c = c_in if k == 1 else c_out
+            if cfg.causal:
+                self._add(f"pad{k}", nn.ConstantPad1d(((cfg.kernel_size - 1) * dilation, 0), 0.0))
+                self._add(f"conv{k}", conv(c, c_out, cfg.kernel_size, dilation=dilation))
+            else:
+                self._add(f"conv{k}", conv(c, c_out, cfg.kernel_size, padding="same", dilation=dilation))
             if cfg.batch_norm:
                 self._add(f"bn{k}", norm(c_out))
             if not (self.residual and k == cfg.convs_per_block):
@@ -111,12 +119,14 @@ def _build_cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_outputs: int) -
     if len(input_shape) not in (2, 3):
         raise SpecError(f"model.family: cnn needs signals (C, L) or images (C, H, W); got input shape {input_shape}")
     dims = len(input_shape) - 1
+    if cfg.causal and dims != 1:
+        raise SpecError(f"model.causal: causal convolutions are for signals (C, L); got input shape {input_shape}")
     pool = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d}
     spatial_drop = nn.Dropout1d if dims == 1 else nn.Dropout2d
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     channels, size = input_shape[0], list(input_shape[1:])
     for b, filters in enumerate(cfg.block_filters(), start=1):
-        layers[f"block{b}"] = ConvBlock(cfg, dims, channels, filters)
+        layers[f"block{b}"] = ConvBlock(cfg, dims, channels, filters, cfg.dilation_growth ** (b - 1))
         channels = filters
         if cfg.pool != "none":
             size = [s // 2 for s in size]

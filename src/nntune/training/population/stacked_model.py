@@ -20,7 +20,9 @@ from nntune.registry import ACTIVATIONS
 
 # every registered activation (and the identity) runs elementwise, the same on any layout
 ACTIVATION_TYPES = (*{type(a.make(0.01)) for a in ACTIVATIONS.values()}, nn.Identity)
-POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+# per-channel layers without weights (pooling, a causal convolution's left padding): applied to (B, K·C, ...) as is
+POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+              nn.ConstantPad1d)
 Op = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
