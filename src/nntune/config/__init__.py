@@ -10,7 +10,7 @@ from nntune.config.schema import (ACTIVATIONS, BUILTIN_DATASETS, DEFAULT_TRIALS,
 __all__ = [
     "ACTIVATIONS", "BUILTIN_DATASETS", "DEFAULT_TRIALS", "DROPOUT_PLACES", "DataConfig", "EVIDENCE_QUESTIONS",
     "EarlyStoppingConfig", "EvidenceConfig", "FinetuneConfig", "MODEL_PRESETS", "ModelConfig", "OBJECTIVES",
-    "OPTIMIZERS", "PRUNERS", "PreprocessConfig", "RunConfig", "SAMPLERS", "SCALERS", "SCHEDULES", "ScheduleConfig", "SearchConfig",
-    "TrainConfig", "apply_overrides", "build_config", "check_questions", "load_config", "parse_duration",
-    "parse_objectives", "save_config", "unknown_question",
+    "OPTIMIZERS", "PRUNERS", "PreprocessConfig", "RunConfig", "SAMPLERS", "SCALERS", "SCHEDULES", "ScheduleConfig",
+    "SearchConfig", "TrainConfig", "apply_overrides", "build_config", "check_questions", "load_config",
+    "parse_duration", "parse_objectives", "save_config", "unknown_question",
 ]

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from nntune import dotted
 from nntune.atomic import write_text
-from nntune.registry import MODEL_PRESETS
 from nntune.config.schema import RunConfig
 from nntune.errors import ConfigError
 from nntune.redact import redact
+from nntune.registry import MODEL_PRESETS
 
 
 def _format_error(err: ValidationError, where: str, labels: dict[str, str] | None = None) -> str:
