@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,29 @@ def test_corrupt_and_missing_files_name_the_file(saved, tmp_path):
         artifacts.load(broken)
     with pytest.raises(ArtifactError, match="not a model directory"):
         artifacts.load(tmp_path / "nothing")
+
+
+def test_predict_takes_arrays_data_frames_and_lists_as_well_as_tensors(saved):
+    art = artifacts.load(saved[0])
+    raw = saved[2].dataset.x[:6]
+    expected = art.predict_proba(raw)
+    as_numpy = raw.numpy().astype(np.float64)  # any numeric dtype
+    assert torch.allclose(art.predict_proba(as_numpy), expected)
+    assert torch.equal(art.predict(as_numpy), art.predict(raw))
+    assert torch.allclose(art.predict_raw(raw.tolist()), art.predict_raw(raw))
+    with pytest.raises(ArtifactError, match="takes numbers"):
+        art.predict(np.array([["a"] * 8] * 8, dtype=object)[None, None])
+
+
+def test_predict_takes_a_data_frame_for_a_table_model(tmp_path):
+    pd = pytest.importorskip("pandas")
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "train.epochs": 1})
+    data = prepare_data(cfg)
+    model, _, _ = fit_model(cfg, data)
+    art = artifacts.load(artifacts.save(tmp_path / "best", model, cfg, data.scaler, data.dataset.meta()))
+    raw = data.dataset.x[:5]
+    frame = pd.DataFrame(raw.numpy(), columns=[f"f{i}" for i in range(raw.shape[1])])
+    assert torch.allclose(art.predict_proba(frame), art.predict_proba(raw))
 
 
 def test_wrong_input_shape(saved):

@@ -57,6 +57,9 @@ def test_exported_files_agree_with_nntune_predict(exported, capsys):
         _cli("predict", tmp / name, "--data", tmp / "x.npz", "--out", tmp / f"{name}.csv")
         other_labels, other_probs = _read_predictions(tmp / f"{name}.csv")
         assert other_labels == labels and np.abs(other_probs - probs).max() <= 1e-4
+        x = np.load(tmp / "x.npz")["x"]  # the loaded file takes a NumPy array as it takes a tensor
+        loaded = load_exported(tmp / name)
+        assert torch.equal(loaded.predict(x), loaded.predict(torch.from_numpy(x)))
 
 
 def test_onnx_runs_in_onnxruntime_alone_with_any_batch_size(exported):

@@ -12,7 +12,9 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -45,6 +47,18 @@ class Described:
     def class_names(self) -> list[str]:
         return self.data.get("class_names", [])
 
+    def _inputs(self, x: Any) -> torch.Tensor:
+        """Inputs as a float32 tensor: a tensor, a NumPy array, a pandas DataFrame or Series, or nested lists."""
+        if isinstance(x, torch.Tensor):
+            return x.float()
+        if hasattr(x, "to_numpy"):  # pandas, without importing it
+            x = x.to_numpy()
+        try:
+            return torch.from_numpy(np.asarray(x, dtype=np.float32))
+        except (TypeError, ValueError) as err:
+            raise ArtifactError(f"inputs: {self.name} takes numbers (a tensor, a NumPy array or a DataFrame), got "
+                                f"{type(x).__name__} ({err})") from None
+
     def _check(self, x: torch.Tensor) -> torch.Tensor | None:
         """Raise on inputs of another per-sample shape; the (empty) outputs for no inputs, else None."""
         expected = tuple(self.data["input_shape"])
@@ -64,20 +78,21 @@ class Artifact(Described):
     config: RunConfig
     data: dict
 
-    def predict_raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (classification) or values (regression) for raw inputs."""
+    def predict_raw(self, x: Any) -> torch.Tensor:
+        """Logits (classification) or values (regression) for raw inputs (a tensor, array or DataFrame)."""
+        x = self._inputs(x)
         empty = self._check(x)
         if empty is not None:
             return empty
-        out = forward_batched(self.model, self.scaler.transform(x.float()))
+        out = forward_batched(self.model, self.scaler.transform(x))
         return out if self.task == "classification" else out.reshape(-1)
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, x: Any) -> torch.Tensor:
         if self.task != "classification":
             raise ArtifactError("predict_proba: this model does regression")
         return torch.softmax(self.predict_raw(x), dim=1)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Any) -> torch.Tensor:
         """Class indices (classification) or values (regression)."""
         out = self.predict_raw(x)
         return out.argmax(1) if self.task == "classification" else out

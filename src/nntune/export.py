@@ -156,16 +156,17 @@ class ExportedModel(Described):
     def name(self) -> str:
         return str(self.path)
 
-    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+    def _outputs(self, x: Any) -> torch.Tensor:
+        x = self._inputs(x)
         empty = self._check(x)
-        return empty if empty is not None else self._run(x.float().contiguous())
+        return empty if empty is not None else self._run(x.contiguous())
 
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+    def predict_proba(self, x: Any) -> torch.Tensor:
         if self.task != "classification":
             raise ArtifactError(f"predict_proba: {self.path} does regression")
         return self._outputs(x)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: Any) -> torch.Tensor:
         """Class indices (classification) or values (regression)."""
         out = self._outputs(x)
         return out.argmax(1) if self.task == "classification" else out
