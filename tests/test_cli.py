@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -74,10 +75,12 @@ def test_lr_find_and_augment_commands(capsys, tmp_path):
 
 
 def test_train_lr_auto_records_range_test(capsys, tmp_path):
-    run_ok(capsys, "train", "--lr", "auto", "--epochs", "2", "--quiet", "--augment", "light", "--out",
-           str(tmp_path / "r"))
+    out = run_ok(capsys, "train", "--lr", "auto", "--epochs", "2", "--quiet", "--augment", "light", "--out",
+                 str(tmp_path / "r"))
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     assert result["lr_find"]["suggestion"] == result["config"]["train"]["lr"]
+    lr = f"{result['lr_find']['suggestion']:.3g}"
+    assert re.search(rf"learning rate \(range test\)\s*│\s*{re.escape(lr)}\s", out)  # the summary says it
     assert result["config"]["preprocess"]["augment"] == "light"
 
 

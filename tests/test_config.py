@@ -66,3 +66,22 @@ def test_a_preset_fills_in_what_the_config_and_overrides_do_not_give(tmp_path):
     # a saved config reloads to the same model: every key is given, so the preset fills in nothing
     save_config(over, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == over
+
+
+def test_mistyped_keys_get_a_suggestion_and_yaml_errors_a_line_and_column(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model:\n  activaton: relu\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model.activaton'; valid keys here: .*; did you mean "
+                                          r"'activation'\?"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown key 'activaton'; did you mean 'activation'\?"):
+        apply_overrides(RunConfig(), ["model.activaton=relu"])
+    with pytest.raises(ConfigError, match=r"unknown section 'modle'; did you mean 'model'\?"):
+        apply_overrides(RunConfig(), ["modle.family=cnn"])
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        apply_overrides(RunConfig(), ["model.zzzzzz=1"])
+    assert "did you mean" not in str(err.value)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  family: cnn\n   filters: 3\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(line 3, column 11: mapping values"):
+        load_config(broken)

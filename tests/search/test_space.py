@@ -28,6 +28,8 @@ def test_impossible_ranges_name_the_key_path():
         ({"model.dropout_rate": {"low": 0.1, "high": 1.5}}, r"model.dropout_rate: value 1.5 is invalid"),
         ({"model.units": {"low": 8, "high": 9, "when": {"model.famly": "mlp"}}}, r"when: unknown key .model.famly."),
         ({"model.units": {"low": 1}}, r"model.units: a range needs low and high"),
+        ({"model.activaton": ["relu"]}, r"not a config key; searchable keys .*; did you mean 'model.activation'\?"),
+        ({"model.units": {"low": 8, "high": 9, "when": {"model.famly": "mlp"}}}, r"did you mean 'model.family'\?"),
         ({"model.hidden_layers": {"low": 0, "high": 3}}, r"model.hidden_layers: value 0 is invalid"),
         ({"model.activation": {"choice": ["relu", "swish"]}}, r"model.activation: value 'swish' is invalid"),
     ]

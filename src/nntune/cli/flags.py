@@ -12,6 +12,7 @@ import yaml
 
 from nntune.cli.options import ALL_OPTIONS
 from nntune.config import RunConfig, apply_overrides, load_config, parse_duration
+from nntune.config.io import yaml_problem
 from nntune.errors import NNTuneError
 
 
@@ -96,7 +97,9 @@ def search_config(kwargs: dict[str, Any]) -> RunConfig:
 def _read_space(space_file: Path) -> dict:
     try:
         space = yaml.safe_load(Path(space_file).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
+        raise NNTuneError(f"{space_file}: not valid YAML ({yaml_problem(err)})") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise NNTuneError(f"{space_file}: cannot read the search space ({err.__class__.__name__})") from None
     if not isinstance(space, dict):
         raise NNTuneError(f"{space_file}: a search space must be a mapping of config keys")

@@ -85,6 +85,8 @@ def print_train_summary(result: dict, out: Path) -> None:
     table.add_row("parameters (trainable / non-trainable)", f"{m['trainable']:,} / {m['non_trainable']:,}")
     table.add_row("best epoch / stopped", f"{result['best_epoch']} / {result['stopped_epoch'] or '-'}")
     table.add_row("stop reason", result["stop_reason"])
+    if result.get("lr_find"):  # --lr auto: the LR the range test chose, which the run trained at
+        table.add_row("learning rate (range test)", f"{result['lr_find']['suggestion']:.3g}")
     ft = result.get("finetune")
     if ft:
         head = "replaced" if ft["head_replaced"] else "kept"

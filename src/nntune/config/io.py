@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from nntune import dotted
 from nntune.atomic import write_text
 from nntune.config.schema import RunConfig
-from nntune.errors import ConfigError
+from nntune.errors import ConfigError, did_you_mean
 from nntune.redact import redact
 from nntune.registry import MODEL_PRESETS
 
@@ -28,7 +28,8 @@ def _format_error(err: ValidationError, where: str, labels: dict[str, str] | Non
         section: Any = RunConfig
         for part in first["loc"][:-1]:
             section = section.model_fields[part].annotation
-        return f"{where}: unknown key {key!r}; valid keys here: {', '.join(section.model_fields)}"
+        return (f"{where}: unknown key {key!r}; valid keys here: {', '.join(section.model_fields)}"
+                f"{did_you_mean(str(first['loc'][-1]), section.model_fields)}")
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: {key}: {first['msg']}{shown}"
@@ -51,7 +52,7 @@ def load_config(path: str | Path) -> RunConfig:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except OSError as err:
@@ -59,6 +60,13 @@ def load_config(path: str | Path) -> RunConfig:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
     return build_config(raw, where=str(path))
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """What a YAML parser error says, with the line and column it points at (1-based), in one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
@@ -83,9 +91,10 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
         try:
             node, last = dotted.parent(data, key)
         except KeyError as err:
-            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}") from None
+            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}{did_you_mean(err.args[0], data)}"
+                              ) from None
         if last not in node:
-            raise ConfigError(f"override {key}: unknown key {last!r}")
+            raise ConfigError(f"override {key}: unknown key {last!r}{did_you_mean(last, node)}")
         node[last] = value
     return build_config(data, where="override", labels=labels)
 

@@ -24,7 +24,7 @@ import optuna
 from nntune import dotted, registry
 from nntune.config import DROPOUT_PLACES, RunConfig, apply_overrides
 from nntune.data.scalers import resolve_method
-from nntune.errors import ConfigError
+from nntune.errors import ConfigError, did_you_mean
 from nntune.models.inspect import layer_groups
 from nntune.training.finetune import saved_model
 from nntune.training.population.structure import MEMBER_KEYS
@@ -192,14 +192,20 @@ def _known_key(key: str) -> bool:
     return not hasattr(node, "model_fields")
 
 
+def _searchable_keys() -> list[str]:
+    return [k for k in [*dotted.flatten(RunConfig().to_dict()), *VIRTUAL] if _known_key(k)]
+
+
 def parse_space(spec: dict[str, Any], where: str = "search.space") -> list[Param]:
     """Validate a space spec into Params (in order); impossible ranges fail here, naming the key path."""
     params = []
     for key, raw in spec.items():
         path = f"{where}.{key}"
         if not _known_key(key):
-            why = "is fixed for the whole search" if key.startswith(NOT_SEARCHABLE) else "is not a config key"
-            raise ConfigError(f"{path}: {key!r} {why}; searchable keys are model.*, train.*, preprocess.*")
+            fixed = key.startswith(NOT_SEARCHABLE)
+            why = "is fixed for the whole search" if fixed else "is not a config key"
+            hint = "" if fixed else did_you_mean(key, _searchable_keys())
+            raise ConfigError(f"{path}: {key!r} {why}; searchable keys are model.*, train.*, preprocess.*{hint}")
         when: tuple = ()
         if isinstance(raw, dict) and "when" in raw:
             raw = dict(raw)
@@ -208,7 +214,8 @@ def parse_space(spec: dict[str, Any], where: str = "search.space") -> list[Param
                 raise ConfigError(f"{path}.when: expected a mapping of key: value(s)")
             unknown = [k for k in cond if not _known_key(k)]
             if unknown:
-                raise ConfigError(f"{path}.when: unknown key {unknown[0]!r}")
+                raise ConfigError(f"{path}.when: unknown key {unknown[0]!r}"
+                                  f"{did_you_mean(unknown[0], _searchable_keys())}")
             when = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in cond.items())
         if isinstance(raw, list):
             raw = {"choice": raw}
