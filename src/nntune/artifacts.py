@@ -54,7 +54,7 @@ class Described:
         if hasattr(x, "to_numpy"):  # pandas, without importing it
             x = x.to_numpy()
         try:
-            return torch.from_numpy(np.asarray(x, dtype=np.float32))
+            return torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: a DataFrame's view may be read-only
         except (TypeError, ValueError) as err:
             raise ArtifactError(f"inputs: {self.name} takes numbers (a tensor, a NumPy array or a DataFrame), got "
                                 f"{type(x).__name__} ({err})") from None
