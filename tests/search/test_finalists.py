@@ -23,9 +23,9 @@ def _study(values: dict[float, str]):
     return study
 
 
-def _search(seeds=3):
+def _search(seeds=3, size=4):
     cfg = apply_overrides(RunConfig(), {"search.finalists": 3, "search.finalist_seeds": seeds})
-    return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c, seconds=None: 4,
+    return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c, seconds=None: size,
                            data_for=lambda c: None)
 
 
@@ -69,3 +69,24 @@ def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
     out = finalists.run_finalists(_search(), study, budget)
     assert [r["trial"] for r in out["finalists"]] == [0, 1]
     assert finalists.run_finalists(_search(), study, Budget(None, 2.0))["chosen"] is None  # not even two
+
+
+def test_when_two_finalists_do_not_fit_on_every_seed_they_run_on_fewer(monkeypatch):
+    # members that do not stack (population size 1): each extra seed costs the trial's 1 s
+    study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
+    monkeypatch.setattr(finalists, "fit_configs", _fits({a: {1000: 0.9, 2000: 0.9} for a in ("relu", "gelu",
+                                                                                           "tanh")}))
+    search = _search(seeds=3, size=1)
+    assert finalists.plan(search, finalists.top_trials(study, 3), 6.0)[1:] == (6.0, 3)  # 3 finalists x 2 s
+    assert finalists.plan(search, finalists.top_trials(study, 3), 2.5)[1:] == (2.0, 2)  # 2 x 1 s, not 1 x 2 s
+    assert finalists.plan(search, finalists.top_trials(study, 3), 1.5)[0] == []
+    out = finalists.run_finalists(search, study, Budget(None, 4.9))  # 4.9 - 0.74 tail - 1.25 final = 2.9 s left
+    assert [(r["trial"], r["seeds"]) for r in out["finalists"]] == [(0, [0, 1000]), (1, [0, 1000])]
+    assert out["by"] == "mean val accuracy over 2 seeds" and out["chosen"] is not None
+
+
+def test_the_finishing_estimate_keeps_a_margin_over_the_plan():
+    study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
+    search = _search(seeds=3, size=1)
+    budget = Budget(None, 600.0)  # room for everything: 1.25 s final fit + 3 finalists x 2 s
+    assert finalists.finishing_cost(search, study, budget) == pytest.approx(7.25 * (1 + finalists.ESTIMATE_MARGIN))

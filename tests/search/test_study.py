@@ -14,6 +14,7 @@ from nntune.config import RunConfig, apply_overrides
 from nntune.errors import ConfigError
 from nntune.config import parse_duration
 from nntune.search.study import tune
+from nntune.search.budget import MAX_RESERVE
 
 
 def test_parse_duration():
@@ -229,7 +230,11 @@ def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
     result = tune(cfg, tmp_path)
     finished = result["trials"]["complete"] + result["trials"]["pruned"]
     assert finished > 20 and result["budget"]["stopped_by"] == "timeout" and result["budget"]["trials"] is None
-    assert 15 <= result["seconds"] <= 30  # 20 s, with slack for a loaded machine (the finishing cost is estimated)
+    # the search runs until what it keeps back (at most a third) is left; the finishing steps' estimate errs high,
+    # and tune() alone leaves the report's tail unused, so the whole ends between 2/3 of the budget and the cap
+    assert result["budget"]["search_seconds"] >= 20 * (1 - MAX_RESERVE) - 1.0
+    assert result["budget"]["search_seconds"] <= result["seconds"] <= 30  # 20 s, with slack for a loaded machine
+    assert result["finalists"]["chosen"] is not None and not result["budget"]["cut"]  # a timed search chooses
     assert result["budget"]["fraction_used"] == pytest.approx(result["seconds"] / 20, abs=0.02)
 
 

@@ -5,6 +5,10 @@ Before the final fit the top ``search.finalists`` configurations (distinct ones)
 ``search.finalist_seeds - 1`` other seeds (initial weights and data order), the seeds of one configuration as one
 population, and the configuration with the best mean validation score over its seeds wins. A seed that diverges
 scores as a failure. The finalists' runs are not Optuna trials: the study stays a record of the search.
+
+Under a time budget the search keeps back the finalists' and the final fit's estimated time (a third of the budget
+until trials have measured it, with a margin), so a timed search ends with the choice: as many finalists as fit,
+and when fewer than two fit on the configured seeds, two on fewer seeds each.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline
 from nntune.training.pipeline import fit_configs
 
+ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-population times vary ~10 % on a CPU)
 
 
 def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
@@ -49,10 +54,10 @@ def _population_seconds(trial: FrozenTrial) -> float:
     return float(pop["seconds"])
 
 
-def seed_cost(search: Search, trial: FrozenTrial) -> float:
-    """Estimated seconds to train ``trial``'s configuration with the extra seeds (its population's wall time per
-    population of extra seeds)."""
-    extra = search.cfg.search.finalist_seeds - 1
+def seed_cost(search: Search, trial: FrozenTrial, extra: int | None = None) -> float:
+    """Estimated seconds to train ``trial``'s configuration with ``extra`` more seeds (default: the config's), its
+    population's wall time per population of extra seeds."""
+    extra = search.cfg.search.finalist_seeds - 1 if extra is None else extra
     size = search.population_size(build_config(trial.user_attrs["config"]), seconds=0)  # an estimate: no probing
     return _population_seconds(trial) * math.ceil(extra / size)
 
@@ -69,29 +74,36 @@ def final_cost(trial: FrozenTrial, data_share: float = 1.25, stacking_gain: floa
     return alone * epochs / ran * data_share
 
 
-def plan(search: Search, candidates: list[FrozenTrial], room: float) -> tuple[list[FrozenTrial], float]:
-    """The best of ``candidates`` (best first) whose extra seeds fit in ``room`` seconds, and their estimated
-    seconds; none when fewer than two fit."""
-    costs = [seed_cost(search, t) for t in candidates]
-    n = len(candidates)
-    while n >= 2 and sum(costs[:n]) > room:
-        n -= 1
-    return (candidates[:n], sum(costs[:n])) if n >= 2 else ([], 0.0)
+def plan(search: Search, candidates: list[FrozenTrial], room: float) -> tuple[list[FrozenTrial], float, int]:
+    """The best of ``candidates`` (best first) whose extra seeds fit in ``room`` seconds, their estimated seconds
+    and the seeds each runs (its own included). As many finalists as fit with the config's seeds; when fewer than two
+    fit, fewer seeds each (down to one extra), since two finalists on two seeds still choose by a mean; none when
+    not even that fits."""
+    for seeds in range(search.cfg.search.finalist_seeds, 1, -1):
+        costs = [seed_cost(search, t, seeds - 1) for t in candidates]
+        n = len(candidates)
+        while n >= 2 and sum(costs[:n]) > room:
+            n -= 1
+        if n >= 2:
+            return candidates[:n], sum(costs[:n]), seeds
+    return [], 0.0, 0
 
 
 def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float:
     """What the finalists and the final fit will take, estimated from the current top trials (only the finalists
-    that fit in the share of the budget kept back count)."""
+    that fit in the share of the budget kept back count), with ``ESTIMATE_MARGIN`` on top: the search stops when
+    what is left reaches this, so without a margin the finalists planned here would miss the time left by the
+    seconds that pass before they start, and one fewer (often none) would run."""
     top = top_trials(study, max(1, search.cfg.search.finalists))
     if not top:
         return 0.0
-    most = MAX_RESERVE * budget.timeout - budget.tail if budget.timeout else math.inf
+    most = (MAX_RESERVE * budget.timeout - budget.tail) / (1 + ESTIMATE_MARGIN) if budget.timeout else math.inf
     final = final_cost(top[0])
     if final > most:  # it could not fit the most ever kept back: the chosen trial's weights will be the final model
         final = 0.0
     if is_multi(study):  # a Pareto search has no finalists
-        return final
-    return final + plan(search, top, most - final)[1]
+        return final * (1 + ESTIMATE_MARGIN)
+    return (final + plan(search, top, most - final)[1]) * (1 + ESTIMATE_MARGIN)
 
 
 def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
@@ -101,14 +113,13 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
         return None
     candidates = top_trials(study, search.cfg.search.finalists)
     final = final_cost(candidates[0]) if candidates else 0.0
-    top, _ = plan(search, candidates, budget.finish_left() - final)
+    top, _, seeds = plan(search, candidates, budget.finish_left() - final)
     if not top:
         if len(candidates) >= 2:
             budget.cut.append("finalists skipped: fewer than two fit the time left")
         return {"skipped": "fewer than two finalists fit the time left" if len(candidates) >= 2 else
                 "fewer than two complete trials", "chosen": None}
     started = time.perf_counter()
-    seeds = search.cfg.search.finalist_seeds
     up = maximize(study)
     rows = []
     for t in top:
