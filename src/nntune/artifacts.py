@@ -2,7 +2,8 @@
 
 A ``best/`` directory holds ``weights.safetensors``, ``scaler.safetensors`` and ``model.json`` (the run config, the
 data description and the scaler method), which is everything :func:`load` needs to rebuild the model and predict
-on raw inputs. A run directory's ``result.json`` is read and written here too (written atomically: a reader never
+on raw inputs. An ensemble of one architecture's seeds (:class:`~nntune.models.ensemble.Ensemble`) is saved the same
+way, its size in ``model.json`` (format 2, so an older nntune asks to be upgraded instead of misreading it). A run directory's ``result.json`` is read and written here too (written atomically: a reader never
 sees half a file).
 """
 
@@ -25,10 +26,13 @@ from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
 from nntune.errors import ArtifactError, ConfigError, NNTuneError
 from nntune.models.builders import build_model, forward_batched
+from nntune.models.ensemble import Ensemble, build_ensemble
 from nntune.redact import redact
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
-FORMAT = 1  # model.json's format version; a newer one is refused with a message to upgrade nntune
+FORMAT = 2  # the newest model.json format this nntune reads (2: an ensemble); a newer one is refused
+SINGLE_FORMAT = 1  # what a single model is still written as, so older nntune versions keep reading it
+MAX_ENSEMBLE = 64  # members a model.json may claim
 MAX_INPUT_VALUES = 2**28  # per sample; a model.json claiming more is refused before anything is built
 
 
@@ -104,7 +108,9 @@ def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Sca
     one or the previous one (see :func:`nntune.atomic.replacing_dir`)."""
     directory = Path(directory)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "config": redact(config.to_dict()), "data": data, "scaler": scaler.method}
+    meta = {"format": SINGLE_FORMAT, "config": redact(config.to_dict()), "data": data, "scaler": scaler.method}
+    if isinstance(model, Ensemble):
+        meta.update(format=FORMAT, ensemble=len(model.members))
     with atomic.replacing_dir(directory) as staging:
         for name, tensors in ((WEIGHTS, weights), (SCALER, scaler.state_dict())):
             with atomic.staged(staging / name) as tmp:
@@ -136,26 +142,39 @@ def load(directory: str | Path) -> Artifact:
         if not input_shape or any(s < 1 for s in input_shape) or math.prod(input_shape) > MAX_INPUT_VALUES:
             raise ValueError(f"input_shape {input_shape} is not a positive per-sample shape of at most "
                              f"{MAX_INPUT_VALUES:,} values")
+        size = meta.get("ensemble")
+        if size is not None and (not isinstance(size, int) or not 2 <= size <= MAX_ENSEMBLE):
+            raise ValueError(f"ensemble {size!r} is not a member count from 2 to {MAX_ENSEMBLE}")
     except FileNotFoundError:
         raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
     except ConfigError as err:  # an invalid config inside model.json: the file is what is wrong
         raise ArtifactError(str(err)) from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
-    _check_shapes(meta_path, directory / WEIGHTS, _planned_shapes(meta_path, config, input_shape, n_outputs))
-    model = build_model(config.model, input_shape, n_outputs, seed=config.seed)
+    classification = data["task"] == "classification"
+    _check_shapes(meta_path, directory / WEIGHTS,
+                  _planned_shapes(meta_path, config, input_shape, n_outputs, size, classification))
+    model = _build(config, input_shape, n_outputs, size, classification)
     model.load_state_dict(_read_tensors(directory / WEIGHTS))  # its shapes were checked against the header
     scaler = Scaler(method).load_state_dict(_read_tensors(directory / SCALER))
     return Artifact(model, scaler, config, data)
 
 
-def _planned_shapes(meta_path: Path, config: RunConfig, input_shape: list[int],
-                    n_outputs: int) -> dict[str, tuple[int, ...]]:
+def _build(config: RunConfig, input_shape: list[int], n_outputs: int, size: int | None,
+           classification: bool) -> nn.Module:
+    """The described model (an ensemble of ``size`` members when ``size``), freshly initialised."""
+    if size is None:
+        return build_model(config.model, input_shape, n_outputs, seed=config.seed)
+    return build_ensemble(config.model, input_shape, n_outputs, size, classification, seed=config.seed)
+
+
+def _planned_shapes(meta_path: Path, config: RunConfig, input_shape: list[int], n_outputs: int,
+                    size: int | None, classification: bool) -> dict[str, tuple[int, ...]]:
     """The tensor shapes the described model would have, built on the meta device (nothing is allocated, so a
     model.json describing a huge or impossible model costs nothing)."""
     try:
         with torch.device("meta"):
-            planned = build_model(config.model, input_shape, n_outputs, seed=config.seed)
+            planned = _build(config, input_shape, n_outputs, size, classification)
     except NNTuneError as err:
         raise ArtifactError(f"{meta_path}: the described model cannot be built ({err})") from None
     except (RuntimeError, ValueError, TypeError) as err:

@@ -59,7 +59,7 @@ class RawInputModel(nn.Module):
 
 def description(art: Artifact) -> dict[str, Any]:
     """What a runtime needs to feed the exported model and read its output."""
-    return {"format": artifacts.FORMAT, "task": art.task, "class_names": art.class_names,
+    return {"format": artifacts.SINGLE_FORMAT, "task": art.task, "class_names": art.class_names,
             "input_shape": list(art.data["input_shape"]), "feature_names": art.data.get("feature_names", []),
             "name": art.data.get("name"), "output": "probabilities" if art.task == "classification" else "values"}
 

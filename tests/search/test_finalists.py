@@ -45,7 +45,7 @@ def test_a_lucky_seed_loses_to_the_best_mean(monkeypatch):
     study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
     scores = {"relu": {1000: 0.80, 2000: 0.82}, "gelu": {1000: 0.94, 2000: 0.96}, "tanh": {1000: 0.9, 2000: 0.9}}
     monkeypatch.setattr(finalists, "fit_configs", _fits(scores))
-    out = finalists.run_finalists(_search(), study, Budget(None, None))
+    out, _ = finalists.run_finalists(_search(), study, Budget(None, None))
     rows = {r["trial"]: r for r in out["finalists"]}
     assert out["chosen"] == 1 and study.best_trial.number == 0
     assert rows[0]["scores"] == [0.99, 0.80, 0.82] and rows[0]["seeds"] == [0, 1000, 2000]
@@ -57,7 +57,7 @@ def test_a_seed_that_diverges_disqualifies_its_config(monkeypatch):
     study = _study({0.99: "relu", 0.95: "gelu"})
     scores = {"relu": {1000: 0.98, 2000: float("nan")}, "gelu": {1000: 0.9, 2000: 0.9}}
     monkeypatch.setattr(finalists, "fit_configs", _fits(scores))
-    out = finalists.run_finalists(_search(), study, Budget(None, None))
+    out, _ = finalists.run_finalists(_search(), study, Budget(None, None))
     assert out["chosen"] == 1 and out["finalists"][0]["mean"] is None
 
 
@@ -66,9 +66,9 @@ def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
     monkeypatch.setattr(finalists, "fit_configs", _fits({a: {1000: 0.9, 2000: 0.9} for a in ("relu", "gelu",
                                                                                            "tanh")}))
     budget = Budget(None, 3.9)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s, the tail 0.59 s: two fit
-    out = finalists.run_finalists(_search(), study, budget)
+    out, _ = finalists.run_finalists(_search(), study, budget)
     assert [r["trial"] for r in out["finalists"]] == [0, 1]
-    assert finalists.run_finalists(_search(), study, Budget(None, 2.0))["chosen"] is None  # not even two
+    assert finalists.run_finalists(_search(), study, Budget(None, 2.0))[0]["chosen"] is None  # not even two
 
 
 def test_when_two_finalists_do_not_fit_on_every_seed_they_run_on_fewer(monkeypatch):
@@ -80,7 +80,7 @@ def test_when_two_finalists_do_not_fit_on_every_seed_they_run_on_fewer(monkeypat
     assert finalists.plan(search, finalists.top_trials(study, 3), 6.0)[1:] == (6.0, 3)  # 3 finalists x 2 s
     assert finalists.plan(search, finalists.top_trials(study, 3), 2.5)[1:] == (2.0, 2)  # 2 x 1 s, not 1 x 2 s
     assert finalists.plan(search, finalists.top_trials(study, 3), 1.5)[0] == []
-    out = finalists.run_finalists(search, study, Budget(None, 4.9))  # 4.9 - 0.74 tail - 1.25 final = 2.9 s left
+    out, _ = finalists.run_finalists(search, study, Budget(None, 4.9))  # 4.9 - 0.74 tail - 1.25 final = 2.9 s left
     assert [(r["trial"], r["seeds"]) for r in out["finalists"]] == [(0, [0, 1000]), (1, [0, 1000])]
     assert out["by"] == "mean val accuracy over 2 seeds" and out["chosen"] is not None
 

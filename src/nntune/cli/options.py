@@ -109,8 +109,9 @@ SEARCH_OPTIONS: list[Option] = [
     ("--storage", "search.storage", str, "Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..."),
     ("--study-name", "search.study_name", str, "study name inside the storage"),
     ("--trial-epochs", "search.epochs", int, "maximum epochs per trial (default: from the data size)"),
-    ("--final", "search.final", click.Choice(["retrain", "best_trial"]),
-     "retrain the best config on train+val, or keep the best trial's weights"),
+    ("--final", "search.final", click.Choice(["auto", "retrain", "best_trial", "ensemble"]),
+     "the final model: retrain the chosen config on train+val, keep its trial's weights, or ensemble its finalist "
+     "seeds; auto (default): the ensemble when it validates better than its best member, else retrain"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
     ("--objectives", "search.objectives", str, "accuracy (or loss) alone, or with params and/or latency, e.g. "
      "accuracy,params: a multi-objective search with a Pareto front (no pruning)"),

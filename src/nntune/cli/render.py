@@ -118,7 +118,13 @@ def print_tune_summary(result: dict, out: Path) -> None:
         spread = f"{row['mean']:.4f} ± {row['std']:.4f}" if row["mean"] is not None else "diverged on a seed"
         mark = " (chosen)" if row["trial"] == fin["chosen"] else ""
         table.add_row(f"finalist trial {row['trial']}{mark}, {len(row['scores'])} seeds", spread)
-    table.add_row(f"final model ({result['final']['mode']}, {result['final']['epochs']} epochs) test {metric}",
+    final = result["final"]
+    e = final.get("ensemble")
+    if e:
+        verdict = "taken" if final["mode"] == "ensemble" else "not taken"
+        table.add_row(f"ensemble of {e['size']} seeds, val {e['monitor'].removeprefix('val_')} ({verdict})",
+                      f"{e['ensemble']:.4f} (seeds alone: {', '.join(f'{v:.4f}' for v in e['members'])})")
+    table.add_row(f"final model ({final['mode']}, {final['epochs']} epochs) test {metric}",
                   f"{result['test'][metric]:.4f}")
     if result.get("ensemble"):
         e = result["ensemble"]

@@ -232,7 +232,10 @@ class SearchConfig(_Section):
     storage: str | None = Field(None, description="Optuna storage URL (default sqlite:///OUT/study.db)")
     study_name: str = "nntune"
     space: dict[str, Any] | None = Field(None, description="search space overrides (see nntune.search.space)")
-    final: Literal["retrain", "best_trial"] = "retrain"
+    final: Literal["auto", "retrain", "best_trial", "ensemble"] = Field(
+        "auto", description="the final model: the chosen config retrained on train+val, the chosen trial's weights, "
+                            "or the ensemble of its finalist seeds; auto: the ensemble when it validates better "
+                            "than its best member, else the retrain")
     ensemble: int = Field(0, ge=0)
     epochs: int | None = Field(None, ge=1, description="max epochs per trial (default: from the data size, "
                                                         "see nntune.search.space.trial_epochs)")

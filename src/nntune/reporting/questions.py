@@ -230,8 +230,19 @@ def _early_stopping(view: RunView, figs: Figures) -> tuple[str, list[str]]:
         if final["mode"] == "retrain":
             body.append(f"<p>The final model was retrained on train+val for {final['epochs']} epochs, the best "
                         "trial's best epoch, since no validation data is left to stop on.</p>")
+        elif final["mode"] == "ensemble":
+            e = final["ensemble"]
+            alone = ", ".join(f"{v:.4f}" for v in e["members"])
+            body.append(f"<p>The final model is the ensemble of the chosen configuration's {e['size']} seeds (mean "
+                        f"of their predictions): {e['monitor']} {e['ensemble']:.4f} on validation, against "
+                        f"{alone} for each seed alone.</p>")
         else:
             body.append(f"<p>The final model is the best trial's own, at its best epoch {final['epochs']}.</p>")
+        if final["mode"] != "ensemble" and (final.get("ensemble") or {}).get("size"):
+            e = final["ensemble"]
+            body.append(f"<p>The ensemble of its {e['size']} seeds was measured and not taken: {e['monitor']} "
+                        f"{e['ensemble']:.4f} on validation, not better than its best seed alone "
+                        f"({max(e['members']) if 'loss' not in e['monitor'] else min(e['members']):.4f}).</p>")
     es = view.config.train.early_stopping
     if view.kind == "tune":
         es = build_config(view.best_trial.attrs["config"]).train.early_stopping if view.best_trial else es

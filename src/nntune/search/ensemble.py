@@ -1,4 +1,6 @@
-"""Top-k ensembles: average the predictions of the best complete trials on the test split."""
+"""Ensembles: the chosen configuration's seeds as the final model when together they validate better than any one
+of them (:func:`seed_ensemble`), and the top-k trials' averaged predictions on the test split, for reference
+(:func:`ensemble_test`)."""
 
 from __future__ import annotations
 
@@ -6,12 +8,39 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from nntune import artifacts
+from nntune.config import RunConfig
+from nntune.models.builders import forward_batched
+from nntune.models.ensemble import Ensemble
 from nntune.search.objectives import maximize, score
+from nntune.training.metrics import compute_metrics, make_loss
+from nntune.training.monitor import is_improvement, monitor_mode
 from nntune.training.pipeline import PreparedData
-from nntune.training.metrics import compute_metrics
+
+
+def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: list[nn.Module],
+                  data: PreparedData, monitor: str) -> tuple[Ensemble, dict]:
+    """The chosen trial's model (``own``, of config ``cfg``) and its configuration's other seeds as one
+    :class:`Ensemble`, and how each scored on the validation split: ``better`` when the ensemble beats its best
+    member alone (the test split is not looked at)."""
+    task, key = data.dataset.task, monitor.removeprefix("val_")
+    loss = make_loss(task, cfg.train.label_smoothing)
+    members = [m.cpu() for m in (own, *others)]
+    ensemble = Ensemble(members, task == "classification")
+
+    def val(model: nn.Module) -> float:
+        out = forward_batched(model, data.x_val)
+        return compute_metrics(out if task == "classification" else out.reshape(-1), data.y_val, task, loss)[key]
+
+    alone = [val(m) for m in members]
+    together = val(ensemble)
+    mode = monitor_mode(monitor)
+    best = min(alone) if mode == "min" else max(alone)
+    return ensemble, {"trial": trial.number, "size": len(members), "monitor": monitor, "members": alone,
+                      "ensemble": together, "better": is_improvement(together, best, mode)}
 
 
 def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: int) -> dict | None:

@@ -1,5 +1,11 @@
-"""The final fit: the chosen configuration retrained on train+val (or the chosen trial's weights kept), tested once
-on the test split, and saved as ``best/``."""
+"""The final fit: the chosen configuration retrained on train+val, the chosen trial's weights kept, or the chosen
+configuration's seeds (the trial and its finalist re-runs) as one ensemble; tested once on the test split and saved
+as ``best/``.
+
+``search.final`` ``auto`` (the default) takes the seed ensemble when it scores better on validation than the best
+of its members alone, and retrains otherwise: the ensemble's members trained on the training split only, so it has
+to beat the single model it would replace on the data it can be judged on, and the retrain's gain from the extra
+validation rows cannot be measured (it has no held-out data left)."""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import math
 
 import optuna
 import torch
+from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
 from nntune.data.splits import Split
+from nntune.models.builders import forward_batched
 from nntune.models.inspect import summary
 from nntune.search.budget import Budget
+from nntune.search.ensemble import seed_ensemble
 from nntune.search.finalists import final_cost
 from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
@@ -22,16 +31,27 @@ from nntune.training.metrics import compute_metrics, make_loss
 from nntune.training.pipeline import PreparedData, fit_model, prepare_data
 
 
-def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | None = None) -> dict:
-    """Retrain the chosen trial's configuration on train+val for its best epoch count (or keep the trial's weights),
-    evaluate the test split once, and save ``best/``. Under a time budget the retrain has a deadline: when its
-    estimated time does not fit, or it reaches the deadline, the chosen trial's own weights are the final model
-    (when this process has them), and ``budget.cut`` says so."""
+def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | None = None,
+              seeds: list[nn.Module] | None = None) -> dict:
+    """Retrain the chosen trial's configuration on train+val for its best epoch count, keep the trial's weights, or
+    ensemble them with ``seeds`` (its configuration trained with other seeds), as ``search.final`` says; evaluate
+    the test split once, and save ``best/``. Under a time budget the retrain has a deadline: when its estimated time
+    does not fit, or it reaches the deadline, the chosen trial's own weights are the final model (when this process
+    has them), and ``budget.cut`` says so."""
     cfg = build_config(best.user_attrs["config"], where=f"trial {best.number}")
     data = search.data_for(cfg)
     out = search.out
     mode = search.cfg.search.final
     own = (out / "trials" / str(best.number)).is_dir()  # another worker's trial has its weights elsewhere
+    record = None
+    if mode in ("auto", "ensemble") and seeds and own:
+        trial_art = artifacts.load(out / "trials" / str(best.number))
+        ensemble, record = seed_ensemble(best, cfg, trial_art.model, seeds, data, search.monitor)
+        if mode == "ensemble" or record["better"]:
+            final = _ensemble_final(search, best, cfg, ensemble, trial_art.scaler, data)
+            return {**final, "ensemble": record}
+    if mode in ("auto", "ensemble"):
+        mode = "retrain"
     left = budget.finish_left if budget is not None else (lambda: math.inf)
     estimate, room = final_cost(best), left()
     if mode == "retrain" and own and estimate > room:
@@ -72,7 +92,20 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
     return {"config": final_cfg.to_dict(), "test": test, "history": history,
             "finetune": describe(final_cfg, data.dataset),
             "findings": [f.to_dict() for f in findings], "model": summary(model, data.dataset.input_shape).to_dict(),
-            "mode": mode, "epochs": epochs}
+            "mode": mode, "epochs": epochs, "ensemble": record}
+
+
+def _ensemble_final(search: Search, best: optuna.trial.FrozenTrial, cfg: RunConfig, ensemble: nn.Module,
+                    scaler, data: PreparedData) -> dict:
+    """The seed ensemble as the final model: tested once, saved as ``best/``."""
+    out = forward_batched(ensemble, data.x_test)
+    test = compute_metrics(out if search.task == "classification" else out.reshape(-1), data.y_test, search.task,
+                           make_loss(search.task, cfg.train.label_smoothing))
+    artifacts.save(search.out / "best", ensemble, cfg, scaler, data.dataset.meta())
+    save_config(cfg, search.out / "best_config.yaml")
+    return {"config": cfg.to_dict(), "test": test, "history": [], "finetune": describe(cfg, data.dataset),
+            "findings": [], "model": summary(ensemble, data.dataset.input_shape).to_dict(), "mode": "ensemble",
+            "epochs": int(best.user_attrs.get("best_epoch") or cfg.train.epochs)}
 
 
 def _train_plus_val(cfg: RunConfig, data: PreparedData) -> PreparedData:

@@ -20,6 +20,7 @@ import time
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
@@ -106,11 +107,13 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     return (final + plan(search, top, most - final)[1]) * (1 + ESTIMATE_MARGIN)
 
 
-def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict | None:
-    """Re-train the finalists that fit in the time left, choose by mean score. None when finalists are off; a
-    ``skipped`` reason when there is nothing to choose between (fewer than two complete trials, or no time)."""
+def run_finalists(search: Search, study: optuna.Study,
+                  budget: Budget) -> tuple[dict | None, dict[int, list[nn.Module]]]:
+    """Re-train the finalists that fit in the time left, choose by mean score. Returns the record (None when
+    finalists are off; a ``skipped`` reason when there is nothing to choose between: fewer than two complete trials,
+    or no time) and each finalist's extra-seed models that trained in full (a seed ensemble's other members)."""
     if search.cfg.search.finalists < 2:
-        return None
+        return None, {}
     candidates = top_trials(study, search.cfg.search.finalists)
     final = final_cost(candidates[0]) if candidates else 0.0
     top, _, seeds = plan(search, candidates, budget.finish_left() - final)
@@ -118,10 +121,10 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
         if len(candidates) >= 2:
             budget.cut.append("finalists skipped: fewer than two fit the time left")
         return {"skipped": "fewer than two finalists fit the time left" if len(candidates) >= 2 else
-                "fewer than two complete trials", "chosen": None}
+                "fewer than two complete trials", "chosen": None}, {}
     started = time.perf_counter()
     up = maximize(study)
-    rows = []
+    rows, models = [], {}
     for t in top:
         cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
         runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
@@ -138,10 +141,12 @@ def run_finalists(search: Search, study: optuna.Study, budget: Budget) -> dict |
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
                      "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None,
                      "cut": cut})
+        if not cut and len(finite) == len(scores):
+            models[t.number] = [model for model, _ in fits]
     steady = [r for r in rows if r["mean"] is not None]  # every seed trained to a finite score
     best = max(steady, key=lambda r: r["mean"] if up else -r["mean"]) if steady else rows[0]
     return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
-            "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}
+            "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}, models
 
 
 def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:

@@ -138,11 +138,11 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
         raise NNTuneError(f"no trial completed{within} ({n['pruned']} pruned, {n['fail']} failed; see "
                           f"{out / 'trials.csv'}){more}")
     multi = is_multi(study)
-    finalists = run_finalists(search, study, budget) if completed and not multi else None
+    finalists, seed_models = run_finalists(search, study, budget) if completed and not multi else (None, {})
     chosen = best_trial(study)
     if finalists and finalists.get("chosen") is not None:
         chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
-    final = final_fit(search, chosen, budget)
+    final = final_fit(search, chosen, budget, seed_models.get(chosen.number))
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
                   "objectives": cfg.search.objectives,

@@ -20,6 +20,7 @@ from nntune.config import RunConfig, apply_overrides
 from nntune.data.scalers import Scaler
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, DataError
+from nntune.models.ensemble import Ensemble
 from nntune.models.inspect import freeze, layer_groups
 from nntune.training.callbacks import Callback
 
@@ -34,7 +35,12 @@ def saved_model(cfg: RunConfig) -> artifacts.Artifact:
     a fresh copy)."""
     path = Path(cfg.finetune.init_from).resolve()
     weights = path / artifacts.WEIGHTS
-    return _saved(str(path), weights.stat().st_mtime if weights.exists() else 0.0)
+    art = _saved(str(path), weights.stat().st_mtime if weights.exists() else 0.0)
+    if isinstance(art.model, Ensemble):
+        raise ConfigError(f"finetune.init_from: {cfg.finetune.init_from} is an ensemble of "
+                          f"{len(art.model.members)} models; fine-tune one of them (a trial's directory, "
+                          "RUN/trials/N)")
+    return art
 
 
 def adopt(cfg: RunConfig) -> RunConfig:
