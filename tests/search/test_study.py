@@ -248,6 +248,34 @@ def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     best = max(fin["finalists"], key=lambda r: r["mean"])
     assert fin["chosen"] == best["trial"] == result["best_trial"]
     assert result["final"]["config"]["model"] == _load(tmp_path).trials[best["trial"]].user_attrs["config"]["model"]
+    # search.final auto: the chosen config's two seeds were measured as an ensemble, and taken only if it validated
+    # better than its best seed alone; best/ is what the record says, and its test metric is best/'s own
+    record = result["final"]["ensemble"]
+    assert record["trial"] == best["trial"] and record["size"] == 2
+    assert (result["final"]["mode"] == "ensemble") == (record["ensemble"] > max(record["members"]))
+    from nntune.models.ensemble import Ensemble
+    from nntune.training.pipeline import prepare_data
+
+    art = artifacts.load(tmp_path / "best")
+    assert isinstance(art.model, Ensemble) == (result["final"]["mode"] == "ensemble")
+    data = prepare_data(cfg)
+    accuracy = (art.predict(data.dataset.x[data.split.test]) == data.y_test).float().mean().item()
+    assert result["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_final_ensemble_saves_the_seeds_as_one_model_that_exports(tmp_path):
+    from nntune.export import export
+    from nntune.models.ensemble import Ensemble
+
+    cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.epochs": 2, "search.finalists": 2,
+                                        "train.epochs": 2, "search.finalist_seeds": 3, "search.final": "ensemble",
+                                        "search.space": {"model.family": "mlp"}})
+    result = tune(cfg, tmp_path)
+    assert result["final"]["mode"] == "ensemble" and result["final"]["ensemble"]["size"] == 3
+    art = artifacts.load(tmp_path / "best")
+    assert isinstance(art.model, Ensemble) and len(art.model.members) == 3
+    done = export(tmp_path / "best", "torchscript")
+    assert done["max_abs_diff"] < 1e-5
 
 
 def test_grid_search_runs_populations_and_stops_when_the_grid_is_exhausted(tmp_path):
