@@ -1,3 +1,4 @@
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -35,11 +36,20 @@ def test_seeds_wrong_on_different_samples_validate_better_together():
     assert record["trial"] == 4 and record["size"] == 3
 
 
-def test_an_ensemble_that_only_ties_its_best_seed_is_not_better():
-    perfect = _lookup(torch.tensor([[2.2, 0.0]] * 3))
-    _, record = seed_ensemble(SimpleNamespace(number=0), RunConfig(), perfect, [_wrong_on(1)], _data(3),
+def test_an_ensemble_is_measured_against_the_mean_of_its_seeds_not_the_luckiest():
+    # two sure seeds and one that is wrong on every sample: each right one scores 1.0, the mean of the three 2/3
+    right = _lookup(torch.tensor([[2.2, 0.0]] * 3))
+    wrong = _lookup(torch.tensor([[0.0, 2.2]] * 3))
+    _, record = seed_ensemble(SimpleNamespace(number=0), RunConfig(), right, [right, wrong], _data(3),
                               "val_accuracy")
-    assert record["members"][0] == 1.0 and record["ensemble"] == 1.0 and not record["better"]
-    _, by_loss = seed_ensemble(SimpleNamespace(number=0), RunConfig(), perfect, [_wrong_on(1)], _data(3),
-                               "val_loss")  # the loss is minimised: a mixture with a wrong seed loses to the sure one
-    assert by_loss["ensemble"] > min(by_loss["members"]) and not by_loss["better"]
+    assert record["ensemble"] == 1.0 and record["better"]  # beats the typical seed (2/3), ties the best (1.0)
+    # with a loss (minimised), a mixture is never worse than the mean of its members' losses (Jensen): taken
+    _, by_loss = seed_ensemble(SimpleNamespace(number=0), RunConfig(), right, [wrong], _data(3), "val_loss")
+    assert by_loss["ensemble"] < statistics.fmean(by_loss["members"]) and by_loss["better"]
+
+
+def test_an_ensemble_that_does_not_beat_its_typical_seed_is_not_taken():
+    # three identical seeds: the ensemble equals each of them, so nothing is gained
+    same = _wrong_on(0)
+    _, record = seed_ensemble(SimpleNamespace(number=0), RunConfig(), same, [same, same], _data(3), "val_accuracy")
+    assert record["ensemble"] == pytest.approx(2 / 3) and not record["better"]

@@ -249,10 +249,10 @@ def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     assert fin["chosen"] == best["trial"] == result["best_trial"]
     assert result["final"]["config"]["model"] == _load(tmp_path).trials[best["trial"]].user_attrs["config"]["model"]
     # search.final auto: the chosen config's two seeds were measured as an ensemble, and taken only if it validated
-    # better than its best seed alone; best/ is what the record says, and its test metric is best/'s own
+    # better than its seeds alone on average; best/ is what the record says, and its test metric is best/'s own
     record = result["final"]["ensemble"]
     assert record["trial"] == best["trial"] and record["size"] == 2
-    assert (result["final"]["mode"] == "ensemble") == (record["ensemble"] > max(record["members"]))
+    assert (result["final"]["mode"] == "ensemble") == (record["ensemble"] > sum(record["members"]) / 2)
     from nntune.models.ensemble import Ensemble
     from nntune.training.pipeline import prepare_data
 

@@ -111,7 +111,7 @@ SEARCH_OPTIONS: list[Option] = [
     ("--trial-epochs", "search.epochs", int, "maximum epochs per trial (default: from the data size)"),
     ("--final", "search.final", click.Choice(["auto", "retrain", "best_trial", "ensemble"]),
      "the final model: retrain the chosen config on train+val, keep its trial's weights, or ensemble its finalist "
-     "seeds; auto (default): the ensemble when it validates better than its best member, else retrain"),
+     "seeds; auto (default): the ensemble when it validates better than its seeds alone on average, else retrain"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
     ("--objectives", "search.objectives", str, "accuracy (or loss) alone, or with params and/or latency, e.g. "
      "accuracy,params: a multi-objective search with a Pareto front (no pruning)"),

@@ -235,7 +235,7 @@ class SearchConfig(_Section):
     final: Literal["auto", "retrain", "best_trial", "ensemble"] = Field(
         "auto", description="the final model: the chosen config retrained on train+val, the chosen trial's weights, "
                             "or the ensemble of its finalist seeds; auto: the ensemble when it validates better "
-                            "than its best member, else the retrain")
+                            "than its seeds alone on average, else the retrain")
     ensemble: int = Field(0, ge=0)
     epochs: int | None = Field(None, ge=1, description="max epochs per trial (default: from the data size, "
                                                         "see nntune.search.space.trial_epochs)")

@@ -241,8 +241,8 @@ def _early_stopping(view: RunView, figs: Figures) -> tuple[str, list[str]]:
         if final["mode"] != "ensemble" and (final.get("ensemble") or {}).get("size"):
             e = final["ensemble"]
             body.append(f"<p>The ensemble of its {e['size']} seeds was measured and not taken: {e['monitor']} "
-                        f"{e['ensemble']:.4f} on validation, not better than its best seed alone "
-                        f"({max(e['members']) if 'loss' not in e['monitor'] else min(e['members']):.4f}).</p>")
+                        f"{e['ensemble']:.4f} on validation, not better than its seeds alone on average "
+                        f"({sum(e['members']) / len(e['members']):.4f}).</p>")
     es = view.config.train.early_stopping
     if view.kind == "tune":
         es = build_config(view.best_trial.attrs["config"]).train.early_stopping if view.best_trial else es

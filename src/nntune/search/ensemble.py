@@ -4,6 +4,7 @@ of them (:func:`seed_ensemble`), and the top-k trials' averaged predictions on t
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import optuna
@@ -24,8 +25,11 @@ from nntune.training.pipeline import PreparedData
 def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: list[nn.Module],
                   data: PreparedData, monitor: str) -> tuple[Ensemble, dict]:
     """The chosen trial's model (``own``, of config ``cfg``) and its configuration's other seeds as one
-    :class:`Ensemble`, and how each scored on the validation split: ``better`` when the ensemble beats its best
-    member alone (the test split is not looked at)."""
+    :class:`Ensemble`, and how each scored on the validation split: ``better`` when the ensemble beats the mean of
+    its members alone, i.e. the one model it replaces, a seed of the same configuration, whose expected score that
+    mean estimates (the best member's is optimistic by selection). With a convex loss (regression's squared error)
+    the ensemble never scores worse than that mean, so there the rule takes it unless it ties. The test split is not
+    looked at."""
     task, key = data.dataset.task, monitor.removeprefix("val_")
     loss = make_loss(task, cfg.train.label_smoothing)
     members = [m.cpu() for m in (own, *others)]
@@ -37,10 +41,9 @@ def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: li
 
     alone = [val(m) for m in members]
     together = val(ensemble)
-    mode = monitor_mode(monitor)
-    best = min(alone) if mode == "min" else max(alone)
+    one = statistics.fmean(alone)
     return ensemble, {"trial": trial.number, "size": len(members), "monitor": monitor, "members": alone,
-                      "ensemble": together, "better": is_improvement(together, best, mode)}
+                      "ensemble": together, "better": is_improvement(together, one, monitor_mode(monitor))}
 
 
 def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: int) -> dict | None:

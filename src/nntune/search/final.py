@@ -2,10 +2,11 @@
 configuration's seeds (the trial and its finalist re-runs) as one ensemble; tested once on the test split and saved
 as ``best/``.
 
-``search.final`` ``auto`` (the default) takes the seed ensemble when it scores better on validation than the best
-of its members alone, and retrains otherwise: the ensemble's members trained on the training split only, so it has
-to beat the single model it would replace on the data it can be judged on, and the retrain's gain from the extra
-validation rows cannot be measured (it has no held-out data left)."""
+``search.final`` ``auto`` (the default) takes the seed ensemble when it scores better on validation than its
+members do alone on average (:func:`nntune.search.ensemble.seed_ensemble`), and retrains otherwise: the ensemble's
+members trained on the training split only, so it has to beat the single model it would replace on the data it can
+be judged on; the retrain's gain from the extra validation rows cannot be measured (no held-out data is left).
+bench/final_model.py compares the two on the same searches."""
 
 from __future__ import annotations
 
