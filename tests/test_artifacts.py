@@ -252,9 +252,9 @@ def test_saved_files_get_the_ordinary_mode(saved):
         {name: atomic.FILE_MODE for name in ("model.json", "scaler.safetensors", "weights.safetensors")}
 
 
-def test_an_ensemble_saves_loads_and_predicts_the_mean_of_its_members(saved, tmp_path):
-    import json
-
+@pytest.fixture
+def ensemble_dir(saved, tmp_path):
+    """The saved model and a second, untrained member of its architecture, saved as one ensemble."""
     from nntune.models.builders import build_model
     from nntune.models.ensemble import Ensemble
 
@@ -263,12 +263,21 @@ def test_an_ensemble_saves_loads_and_predicts_the_mean_of_its_members(saved, tmp
     other = build_model(art.config.model, data.dataset.input_shape, 10, seed=7)
     ens_dir = artifacts.save(tmp_path / "ens", Ensemble([art.model, other], True), art.config, art.scaler,
                              data.dataset.meta())
+    return ens_dir, art, artifacts.Artifact(other, art.scaler, art.config, art.data)
+
+
+def test_an_ensemble_saves_loads_and_predicts_the_mean_of_its_members(saved, ensemble_dir):
+    import json
+
+    from nntune.models.ensemble import Ensemble
+
+    out, _, data = saved
+    ens_dir, art, alone = ensemble_dir
     meta = json.loads((ens_dir / "model.json").read_text())
     assert meta["format"] == 2 and meta["ensemble"] == 2
     assert json.loads((out / "model.json").read_text())["format"] == 1  # a single model stays readable by old nntune
     loaded = artifacts.load(ens_dir)
     raw = data.dataset.x[data.split.test][:20]
-    alone = artifacts.Artifact(other, art.scaler, art.config, art.data)
     expected = (art.predict_proba(raw) + alone.predict_proba(raw)) / 2
     assert isinstance(loaded.model, Ensemble) and torch.allclose(loaded.predict_proba(raw), expected, atol=1e-6)
     assert torch.equal(loaded.predict(raw), expected.argmax(1))
@@ -279,16 +288,9 @@ def test_an_ensemble_saves_loads_and_predicts_the_mean_of_its_members(saved, tmp
         artifacts.load(ens_dir)
 
 
-def test_fine_tuning_an_ensemble_is_a_one_line_error(saved, tmp_path):
+def test_fine_tuning_an_ensemble_is_a_one_line_error(ensemble_dir):
     from nntune.errors import ConfigError
-    from nntune.models.builders import build_model
-    from nntune.models.ensemble import Ensemble
     from nntune.training.finetune import saved_model
 
-    out, _, data = saved
-    art = artifacts.load(out)
-    other = build_model(art.config.model, data.dataset.input_shape, 10, seed=7)
-    ens_dir = artifacts.save(tmp_path / "ens", Ensemble([art.model, other], True), art.config, art.scaler,
-                             data.dataset.meta())
     with pytest.raises(ConfigError, match=r"is an ensemble of 2 models; fine-tune one of them"):
-        saved_model(apply_overrides(RunConfig(), {"finetune.init_from": str(ens_dir)}))
+        saved_model(apply_overrides(RunConfig(), {"finetune.init_from": str(ensemble_dir[0])}))

@@ -152,7 +152,8 @@ def test_final_retrain_keeps_the_schedule_horizon_with_warmup(tmp_path):
     # warmup 3 with a best epoch that can be below it: the retrain must not shorten the schedule
     space = {"model.family": "mlp", "train.schedule.name": "cosine", "train.schedule.warmup_epochs": 3}
     cfg = apply_overrides(RunConfig(), {"search.trials": 2, "search.epochs": 6, "search.space": space,
-                                        "train.early_stopping.patience": 0, "train.epochs": 6})
+                                        "train.early_stopping.patience": 0, "train.epochs": 6,
+                                        "search.final": "retrain"})
     result = tune(cfg, tmp_path)
     assert result["final"]["config"]["train"]["epochs"] == 6
     assert len(result["final"]["history"]) == result["final"]["epochs"]
