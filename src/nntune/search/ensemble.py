@@ -1,6 +1,6 @@
-"""Ensembles: the chosen configuration's seeds as the final model when together they validate better than any one
-of them (:func:`seed_ensemble`), and the top-k trials' averaged predictions on the test split, for reference
-(:func:`ensemble_test`)."""
+"""Ensembles: the chosen configuration's seeds as the final model when together they validate better than they do
+alone on average (:func:`seed_ensemble`), and the top-k trials' averaged predictions on the test split, for
+reference (:func:`ensemble_test`)."""
 
 from __future__ import annotations
 
