@@ -14,10 +14,9 @@ from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig
-from nntune.models.builders import forward_batched
 from nntune.models.ensemble import Ensemble
 from nntune.search.objectives import maximize, score
-from nntune.training.metrics import compute_metrics, make_loss
+from nntune.training.metrics import compute_metrics, make_loss, model_metrics
 from nntune.training.monitor import is_improvement, monitor_mode
 from nntune.training.pipeline import PreparedData
 
@@ -35,12 +34,8 @@ def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: li
     members = [m.cpu() for m in (own, *others)]
     ensemble = Ensemble(members, task == "classification")
 
-    def val(model: nn.Module) -> float:
-        out = forward_batched(model, data.x_val)
-        return compute_metrics(out if task == "classification" else out.reshape(-1), data.y_val, task, loss)[key]
-
-    alone = [val(m) for m in members]
-    together = val(ensemble)
+    alone = [model_metrics(m, data.x_val, data.y_val, task, loss)[key] for m in members]
+    together = model_metrics(ensemble, data.x_val, data.y_val, task, loss)[key]
     one = statistics.fmean(alone)
     return ensemble, {"trial": trial.number, "size": len(members), "monitor": monitor, "members": alone,
                       "ensemble": together, "better": is_improvement(together, one, monitor_mode(monitor))}

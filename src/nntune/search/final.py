@@ -18,8 +18,8 @@ from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides, build_config, save_config
+from nntune.data.scalers import Scaler
 from nntune.data.splits import Split
-from nntune.models.builders import forward_batched
 from nntune.models.inspect import summary
 from nntune.search.budget import Budget
 from nntune.search.ensemble import seed_ensemble
@@ -28,7 +28,7 @@ from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import describe
-from nntune.training.metrics import compute_metrics, make_loss
+from nntune.training.metrics import compute_metrics, make_loss, model_metrics
 from nntune.training.pipeline import PreparedData, fit_model, prepare_data
 
 
@@ -97,11 +97,10 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
 
 
 def _ensemble_final(search: Search, best: optuna.trial.FrozenTrial, cfg: RunConfig, ensemble: nn.Module,
-                    scaler, data: PreparedData) -> dict:
+                    scaler: Scaler, data: PreparedData) -> dict:
     """The seed ensemble as the final model: tested once, saved as ``best/``."""
-    out = forward_batched(ensemble, data.x_test)
-    test = compute_metrics(out if search.task == "classification" else out.reshape(-1), data.y_test, search.task,
-                           make_loss(search.task, cfg.train.label_smoothing))
+    test = model_metrics(ensemble, data.x_test, data.y_test, search.task,
+                         make_loss(search.task, cfg.train.label_smoothing))
     artifacts.save(search.out / "best", ensemble, cfg, scaler, data.dataset.meta())
     save_config(cfg, search.out / "best_config.yaml")
     return {"config": cfg.to_dict(), "test": test, "history": [], "finetune": describe(cfg, data.dataset),

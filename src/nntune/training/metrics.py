@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nntune.models.builders import forward_batched
+
 
 def metric_name(task: str) -> str:
     """The training metric logged beside the loss: ``accuracy`` for classification, ``mae`` for regression."""
@@ -24,6 +26,12 @@ def make_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
 def outputs(out: torch.Tensor, classification: bool) -> torch.Tensor:
     """A model's raw outputs as the loss takes them: logits ``(..., B, C)``, or values ``(..., B)`` for regression."""
     return out if classification else out.reshape(out.shape[:-1])
+
+
+def model_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
+                  loss_fn: nn.Module | None = None) -> dict[str, float]:
+    """Loss and metrics of ``model`` on already-scaled inputs (eval mode, in batches, on the CPU)."""
+    return compute_metrics(outputs(forward_batched(model, x), task == "classification"), y.cpu(), task, loss_fn)
 
 
 def metric_sum(out: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:

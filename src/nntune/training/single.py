@@ -24,7 +24,7 @@ from nntune.training.device import (compiled, matmul_precision, resolve_device, 
                                     uses_channels_last)
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.epoch import BatchPlan, FitResult, epoch_logs, history_row, non_finite
-from nntune.training.metrics import compute_metrics, make_loss, metric_name, metric_sum, outputs
+from nntune.training.metrics import make_loss, metric_name, metric_sum, model_metrics, outputs
 from nntune.training.monitor import monitor_mode
 from nntune.training.schedules import Schedule
 
@@ -195,7 +195,7 @@ class Trainer(StopRequest):
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Loss and metrics on already-scaled inputs: accuracy, or MAE and R² for regression."""
-        return compute_metrics(self.predict(x), y.cpu(), self.task, self.loss_fn)
+        return model_metrics(self.model, x, y, self.task, self.loss_fn)
 
 
 def _grad_norm(p: nn.Parameter) -> torch.Tensor:
