@@ -90,3 +90,12 @@ def test_the_finishing_estimate_keeps_a_margin_over_the_plan():
     search = _search(seeds=3, size=1)
     budget = Budget(None, 600.0)  # room for everything: 1.25 s final fit + 3 finalists x 2 s
     assert finalists.finishing_cost(search, study, budget) == pytest.approx(7.25 * (1 + finalists.ESTIMATE_MARGIN))
+
+
+def test_finalists_come_before_the_final_retrain_when_both_do_not_fit():
+    study = _study({0.99: "relu", 0.95: "gelu", 0.90: "tanh"})
+    search = _search(seeds=3, size=1)  # each finalist's extra seed costs 1 s, the retrain 1.25 s
+    top = finalists.top_trials(study, 3)
+    assert finalists.plan_finish(search, top, 3.5)[1:] == (2.0, 2, 1.25)  # both fit: 2 finalists x 1 s + retrain
+    assert finalists.plan_finish(search, top, 2.5)[1:] == (2.0, 2, 0.0)  # only the finalists fit: they run
+    assert finalists.plan_finish(search, top, 1.5)[0] == []  # not even two finalists on two seeds

@@ -227,7 +227,10 @@ def test_members_of_a_population_share_the_structure_and_are_separate_trials(tmp
 
 
 def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
-    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 20, "search.epochs": 2})
+    # the default trial trains for train.epochs: 6 keeps it near the others, so two finalists fit in the third of
+    # the budget kept back even on a loaded machine (with 60, its seed re-run alone can exceed that share)
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 20, "search.epochs": 2,
+                                        "train.epochs": 6})
     result = tune(cfg, tmp_path)
     finished = result["trials"]["complete"] + result["trials"]["pruned"]
     assert finished > 20 and result["budget"]["stopped_by"] == "timeout" and result["budget"]["trials"] is None
@@ -235,7 +238,9 @@ def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
     # and tune() alone leaves the report's tail unused, so the whole ends between 2/3 of the budget and the cap
     assert result["budget"]["search_seconds"] >= 20 * (1 - MAX_RESERVE) - 1.0
     assert result["budget"]["search_seconds"] <= result["seconds"] <= 30  # 20 s, with slack for a loaded machine
-    assert result["finalists"]["chosen"] is not None and not result["budget"]["cut"]  # a timed search chooses
+    # a timed search chooses; on a loaded machine the final retrain may give way to the finalists (and say so)
+    assert result["finalists"]["chosen"] is not None
+    assert all(c.startswith("final retrain skipped") for c in result["budget"]["cut"]), result["budget"]["cut"]
     assert result["budget"]["fraction_used"] == pytest.approx(result["seconds"] / 20, abs=0.02)
 
 

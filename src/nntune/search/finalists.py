@@ -8,7 +8,8 @@ scores as a failure. The finalists' runs are not Optuna trials: the study stays 
 
 Under a time budget the search keeps back the finalists' and the final fit's estimated time (a third of the budget
 until trials have measured it, with a margin), so a timed search ends with the choice: as many finalists as fit,
-and when fewer than two fit on the configured seeds, two on fewer seeds each.
+and when fewer than two fit on the configured seeds, two on fewer seeds each; when they fit only without the final
+retrain, they run and the retrain gives way.
 """
 
 from __future__ import annotations
@@ -90,6 +91,19 @@ def plan(search: Search, candidates: list[FrozenTrial], room: float) -> tuple[li
     return [], 0.0, 0
 
 
+def plan_finish(search: Search, candidates: list[FrozenTrial],
+                room: float) -> tuple[list[FrozenTrial], float, int, float]:
+    """The finalists (as :func:`plan`) and the final retrain's estimated seconds that fit in ``room`` together.
+    The finalists come first: when they fit only without the retrain, the retrain's time is 0 (it will not fit,
+    so the final model is the seed ensemble or the chosen trial's weights, see :mod:`nntune.search.final`)."""
+    final = final_cost(candidates[0]) if candidates else 0.0
+    top, cost, seeds = plan(search, candidates, room - final)
+    if not top and final > 0:
+        top, cost, seeds = plan(search, candidates, room)
+        final = 0.0 if top else final
+    return top, cost, seeds, final
+
+
 def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float:
     """What the finalists and the final fit will take, estimated from the current top trials (only the finalists
     that fit in the share of the budget kept back count), with ``ESTIMATE_MARGIN`` on top: the search stops when
@@ -99,12 +113,14 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     if not top:
         return 0.0
     most = (MAX_RESERVE * budget.timeout - budget.tail) / (1 + ESTIMATE_MARGIN) if budget.timeout else math.inf
-    final = final_cost(top[0])
-    if final > most:  # it could not fit the most ever kept back: the chosen trial's weights will be the final model
-        final = 0.0
     if is_multi(study):  # a Pareto search has no finalists
-        return final * (1 + ESTIMATE_MARGIN)
-    return (final + plan(search, top, most - final)[1]) * (1 + ESTIMATE_MARGIN)
+        final = final_cost(top[0])
+        # one that could not fit the most ever kept back: the chosen trial's weights will be the final model
+        return (final if final <= most else 0.0) * (1 + ESTIMATE_MARGIN)
+    _, cost, _, final = plan_finish(search, top, most)
+    if final > most:
+        final = 0.0
+    return (final + cost) * (1 + ESTIMATE_MARGIN)
 
 
 def run_finalists(search: Search, study: optuna.Study,
@@ -115,8 +131,7 @@ def run_finalists(search: Search, study: optuna.Study,
     if search.cfg.search.finalists < 2:
         return None, {}
     candidates = top_trials(study, search.cfg.search.finalists)
-    final = final_cost(candidates[0]) if candidates else 0.0
-    top, _, seeds = plan(search, candidates, budget.finish_left() - final)
+    top, _, seeds, final = plan_finish(search, candidates, budget.finish_left())
     if not top:
         if len(candidates) >= 2:
             budget.cut.append("finalists skipped: fewer than two fit the time left")
