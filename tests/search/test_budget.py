@@ -36,6 +36,16 @@ def test_reserve_is_capped_at_a_third_and_stops_the_search_early():
     assert b.check(study) == "timeout" and b.search_left() < 0
 
 
+def test_a_population_starts_only_when_asking_and_recording_it_fits_and_trains_until_recording_must_start():
+    b = Budget(None, 30.0)
+    b.keep_back(0.0)  # reserve: the 4.5 s tail
+    study = optuna.create_study()
+    b.overhead, b.record = 20.0, 3.0  # the last population took 20 s to ask and record, 3 s of it recording
+    assert b.check(study) is None and b.training_left() == pytest.approx(b.search_left() - 3.0)
+    b.overhead = 26.0  # more than the 25.5 s the search has left: none starts
+    assert b.check(study) == "timeout"
+
+
 def test_trial_cap_counts_finished_and_running_trials():
     study = optuna.create_study()
     b = Budget(3, None)

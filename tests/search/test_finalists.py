@@ -99,3 +99,17 @@ def test_finalists_come_before_the_final_retrain_when_both_do_not_fit():
     assert finalists.plan_finish(search, top, 3.5)[1:] == (2.0, 2, 1.25)  # both fit: 2 finalists x 1 s + retrain
     assert finalists.plan_finish(search, top, 2.5)[1:] == (2.0, 2, 0.0)  # only the finalists fit: they run
     assert finalists.plan_finish(search, top, 1.5)[0] == []  # not even two finalists on two seeds
+
+
+def test_seed_runs_cost_their_share_of_a_larger_population():
+    study = optuna.create_study(direction="maximize")
+    t = study.ask()
+    t.set_user_attr("config", RunConfig().to_dict())
+    t.set_user_attr("population", {"first": 0, "size": 16, "seconds": 8.0})  # 16 members in 8 s: 0.5 s each
+    study.tell(t, 0.9)
+    trial = study.trials[0]
+    # 2 extra seeds as one population of 2: at most twice their 1 s share, not the 16-member population's 8 s
+    assert finalists.seed_cost(_search(seeds=3, size=16), trial) == pytest.approx(2.0)
+    # 5 extra seeds in populations of 2: two full ones and one of 1 (its 0.5 s share, at most doubled)
+    assert finalists.seed_cost(_search(seeds=6, size=2), trial) == pytest.approx(2 * 2.0 + 1.0)
+    assert finalists.final_cost(trial) == pytest.approx(1.0 * 1.25)  # one member alone: at most twice its share

@@ -3,8 +3,9 @@
 ``--trials`` alone means no time cap, ``--timeout`` alone no trial cap, neither means the default trial count. The
 timeout is a hard cap on the whole ``tune`` command (final fit and report included): the search stops early enough
 to leave the finalists' seed re-runs and the final fit their estimated time (re-estimated from every population's
-measured time, at most a third of the budget), a population running at the search's deadline is cut there (its
-members keep the epochs they finished), and the finalists and the final fit have deadlines of their own, ahead of a
+measured time, at most a third of the budget), no population starts when what asking and recording one took last
+time no longer fits, a population running at the search's deadline is cut early enough to record its trials by then
+(its members keep the epochs they finished), and the finalists and the final fit have deadlines of their own, ahead of a
 few seconds kept for the report. What a deadline cut is listed in ``cut``. result.json and the live table say which
 limit ended the search and how much of the budget was used.
 """
@@ -46,6 +47,8 @@ class Budget:
     timeout: float | None
     started: float = field(default_factory=time.monotonic)
     reserve: float = 0.0  # seconds kept for the finalists, the final fit and the tail
+    overhead: float = 0.0  # seconds the last population spent outside training: asking its trials, recording them
+    record: float = 0.0  # ... of which recording them (weights, attributes, tell), after its training ends
     stopped_by: str | None = None
     search_seconds: float | None = None
     cut: list[str] = field(default_factory=list)  # what a deadline shortened or skipped, in words
@@ -74,6 +77,11 @@ class Budget:
         """Seconds left for search trials: the budget left minus the reserve (inf without a timeout)."""
         return self.left() - self.reserve
 
+    def training_left(self) -> float:
+        """Seconds a population may still train: the search's time left minus what recording its trials will take
+        (as the last population's did), so a population cut at this deadline ends with the search's."""
+        return self.search_left() - self.record
+
     def finish_left(self) -> float:
         """Seconds left for the finalists and the final fit: the budget left minus the tail (inf without a
         timeout)."""
@@ -94,7 +102,7 @@ class Budget:
         """The limit reached now, if any (and remember it)."""
         if self.trials is not None and count(study) >= self.trials:
             self.stopped_by = "trials"
-        elif self.search_left() <= 0:
+        elif self.search_left() <= self.overhead:  # a population started now would end past the search's time
             self.stopped_by = "timeout"
         return self.stopped_by
 

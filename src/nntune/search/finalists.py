@@ -30,6 +30,7 @@ from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline
 from nntune.training.pipeline import fit_configs
 
+STACKING_GAIN = 2.0  # a member in a smaller population runs at most this much slower than its share of a larger one
 ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-population times vary ~10 % on a CPU)
 
 
@@ -56,21 +57,29 @@ def _population_seconds(trial: FrozenTrial) -> float:
     return float(pop["seconds"])
 
 
+def _share(trial: FrozenTrial, members: int) -> float:
+    """Estimated seconds ``members`` of the trial's configuration take as one population: their share of the trial's
+    population's wall time, at most ``STACKING_GAIN`` times slower per member than in that larger population (and
+    never more than the whole of it); measured stacking gains on a CPU are about 1.7."""
+    pop = trial.user_attrs.get("population") or {}
+    return _population_seconds(trial) * min(1.0, STACKING_GAIN * members / max(1, int(pop.get("size", 1))))
+
+
 def seed_cost(search: Search, trial: FrozenTrial, extra: int | None = None) -> float:
-    """Estimated seconds to train ``trial``'s configuration with ``extra`` more seeds (default: the config's), its
-    population's wall time per population of extra seeds."""
+    """Estimated seconds to train ``trial``'s configuration with ``extra`` more seeds (default: the config's), in
+    populations of the finalists' size: a population of 2 seeds costs its share of a 16-member population's time,
+    not all of it."""
     extra = search.cfg.search.finalist_seeds - 1 if extra is None else extra
     size = search.population_size(build_config(trial.user_attrs["config"]), seconds=0)  # an estimate: no probing
-    return _population_seconds(trial) * math.ceil(extra / size)
+    full, rest = divmod(extra, size)
+    return full * _share(trial, size) + (_share(trial, rest) if rest else 0.0)
 
 
-def final_cost(trial: FrozenTrial, data_share: float = 1.25, stacking_gain: float = 2.0) -> float:
-    """Estimated seconds of the final fit: the trial's share of its population's wall time (a member alone runs at
-    most ``stacking_gain`` times slower than its share; measured gains on a CPU are about 1.7), for the epochs the
-    final fit trains (up to the best epoch of those the trial ran), times the larger train+val set
-    (``data_share``)."""
-    pop = trial.user_attrs.get("population") or {}
-    alone = _population_seconds(trial) * min(1.0, stacking_gain / max(1, int(pop.get("size", 1))))
+def final_cost(trial: FrozenTrial, data_share: float = 1.25) -> float:
+    """Estimated seconds of the final fit: one member's share of its population's wall time (see :func:`_share`),
+    for the epochs the final fit trains (up to the best epoch of those the trial ran), times the larger train+val
+    set (``data_share``)."""
+    alone = _share(trial, 1)
     ran = len(trial.user_attrs.get("history") or []) or 1
     epochs = min(ran, int(trial.user_attrs.get("best_epoch") or ran))
     return alone * epochs / ran * data_share

@@ -201,7 +201,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     started = time.perf_counter()
     try:
         extra = [search.interrupts] if search.interrupts is not None else []
-        fits = fit_population(cfgs, data, [[p, Deadline(budget.search_left), *extra, *([log] if log else [])]
+        fits = fit_population(cfgs, data, [[p, Deadline(budget.training_left), *extra, *([log] if log else [])]
                                            for p, log in zip(pruning, logs)])
     except BaseException as err:
         for log in filter(None, logs):
@@ -222,11 +222,14 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
         return ["RETRY"] * len(trials)
     wall = time.perf_counter() - started
     # a signal now would cost trials that finished training: every result is recorded first, then the search stops
+    recording = time.perf_counter()
     with search.interrupts.deferred() if search.interrupts is not None else contextlib.nullcontext():
-        return [_record(search, study, member, fitted, prune, log, data,
-                        {"seconds": round(wall / len(trials), 3),
-                         "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
-                for member, fitted, prune, log in zip(group, fits, pruning, logs)]
+        states = [_record(search, study, member, fitted, prune, log, data,
+                          {"seconds": round(wall / len(trials), 3),
+                           "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
+                  for member, fitted, prune, log in zip(group, fits, pruning, logs)]
+    budget.record = time.perf_counter() - recording
+    return states
 
 
 def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, prune: OptunaPruning, log,
@@ -284,14 +287,17 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                 break
             with Heartbeats(study) as beats:
                 states = None
+                asking = time.perf_counter()
                 try:
                     members = ask_population(search, study, budget, beats)
                 except NNTuneError:
                     members = []
                 except Infeasible:
                     members, states = [], ["PRUNED"]
+                asking = time.perf_counter() - asking
                 if states is None:
                     states = train_population(search, study, members, budget) if members else ["FAIL"]
+                budget.overhead = asking + budget.record
             for state in states:  # a member retried after running out of memory neither fails nor succeeds
                 if state == "FAIL":
                     streak += 1
