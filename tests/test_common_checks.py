@@ -3,8 +3,8 @@ optimizer, schedule or model family cannot land without passing them.
 
 1. Equivalence: every schedule × optimizer × stackable family trains in the population engine exactly as the
    single-model Trainer trains each member alone (float64, allclose), each with an activation chosen so that every
-   activation meets every schedule, optimizer and family (a pairwise covering of the full product, 120 cases
-   instead of 960), and the optimizer path alternating between the stacked (GPU) and member-by-member (CPU) kernels.
+   activation meets every schedule, optimizer and family (a pairwise covering of the full product, 160 cases
+   instead of 1280), and the optimizer path alternating between the stacked (GPU) and member-by-member (CPU) kernels.
    Dropout is left out: its masks are drawn per population, so it is equivalent in distribution only
    (tests/training/test_population.py checks that).
 2. Round trip: every builder family on every data kind it accepts is summarized, saved, loaded, predicted and
@@ -33,6 +33,7 @@ FAMILIES = {
     "cnn1d": ("signal", {"model.family": "cnn", "model.conv_blocks": 1, "model.filters": 3, "model.kernel_size": 3,
                          "model.fc_units": 6}),
     "cnn2d": ("image", {"model.family": "cnn", "model.conv_blocks": 1, "model.filters": 3, "model.fc_units": 6}),
+    "rnn": ("signal", {"model.family": "rnn", "model.rnn_units": 3, "model.fc_units": 5}),
 }
 STACKABLE = sorted(FAMILIES)
 

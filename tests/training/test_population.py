@@ -48,6 +48,13 @@ def regression(n=400, seed=0):
     return Dataset("lin", x, y, "regression")
 
 
+def signal_regression(n=300, length=16, seed=0):
+    """1-D signals whose target is the mean of their second half: a regression that needs the sequence."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, length, generator=g, dtype=torch.float64)
+    return Dataset("signal-mean", x, x[:, 0, length // 2:].mean(1), "regression")
+
+
 def members(over: dict, lrs=LRS, **per_member) -> list[RunConfig]:
     """K configs of one structure that differ in LR, seed and weight decay (plus ``per_member`` lists)."""
     base = apply_overrides(RunConfig(), {"train.epochs": 3, **over})
@@ -105,6 +112,21 @@ CASES = {
     "cnn1d-tcn-causal": ("signals", {  # the TCN preset's shape: dilated causal residual blocks, no pooling
         "model.preset": "tcn", "model.conv_blocks": 3, "model.filters": 6, "model.causal": True}),
     "mlp-regression": ("regression", {"model.units": 32, "model.batch_norm": True}),
+    # recurrent members run as one block-diagonal GRU/LSTM: both cells, directions, depths and poolings
+    "rnn-gru-last": ("signals", {"model.family": "rnn", "model.rnn_units": 6, "model.fc_units": 8}),
+    "rnn-gru-bi-last-2layers": ("signals", {"model.family": "rnn", "model.bidirectional": True,
+                                            "model.rnn_layers": 2, "model.rnn_units": 5, "model.fc_units": 8}),
+    # SGD: a bias before batch norm gets a gradient of rounding noise only, which Adam would scale up to LR-sized steps
+    "rnn-lstm-bi-mean-frontend-bn-sgd": ("signals", {
+        "model.family": "rnn", "model.cell": "lstm", "model.bidirectional": True, "model.pooling": "mean",
+        "model.frontend_filters": 4, "model.batch_norm": True, "model.rnn_units": 5, "model.fc_units": 8,
+        "train.optimizer": "sgd", "train.momentum": 0.9}),
+    "rnn-lstm-attention-3layers-no-head": ("signals", {
+        "model.family": "rnn", "model.cell": "lstm", "model.rnn_layers": 3, "model.pooling": "attention",
+        "model.rnn_units": 4, "model.fc_layers": 0}),
+    "rnn-gru-bi-attention-regression": ("regression-signals", {
+        "model.family": "rnn", "model.bidirectional": True, "model.pooling": "attention", "model.rnn_units": 4,
+        "model.fc_units": 8}),
 }
 
 
@@ -113,7 +135,8 @@ CASES = {
 def test_member_matches_trainer_alone(case, stacked, float64, small_digits, monkeypatch):
     monkeypatch.setattr(PopulationTrainer, "stacked_optimizer", stacked)  # both optimizer paths, whatever the device
     source, over = CASES[case]
-    ds = {"digits": small_digits, "signals": signals(), "regression": regression()}[source]
+    ds = {"digits": small_digits, "signals": signals(), "regression": regression(),
+          "regression-signals": signal_regression()}[source]
     cfgs = members(over)
     data = prepare_data(cfgs[0], ds)
     solo, pop = solo_and_population(cfgs, data)
@@ -184,6 +207,17 @@ def test_each_member_stops_at_its_own_epoch(float64, small_digits):
     stops = [f.stopped_epoch for _, f in pop]
     assert len(set(stops)) >= 3 and pop[3][1].stop_reason == "max_epochs" and len(pop[3][1].history) == 5
     assert any(f.stop_reason.startswith("early stopping") and f.best_epoch < f.stopped_epoch for _, f in pop)
+    for s, p in zip(solo, pop):
+        assert_same_fit(s, p)
+
+
+def test_recurrent_members_leave_at_their_own_epochs(float64):
+    """Members leaving shrink the block-diagonal layer (K 4 -> 3 -> 1): the rest train on exactly as alone."""
+    over = {"model.family": "rnn", "model.bidirectional": True, "model.rnn_units": 4, "model.fc_units": 6}
+    cfgs = members(over, **{"train.epochs": [2, 4, 4, 3]})
+    data = prepare_data(cfgs[0], signals(n=200, length=12))
+    solo, pop = solo_and_population(cfgs, data)
+    assert [len(f.history) for _, f in pop] == [2, 4, 4, 3]
     for s, p in zip(solo, pop):
         assert_same_fit(s, p)
 

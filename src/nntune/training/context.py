@@ -53,7 +53,7 @@ class RunContext:
         configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`) in at most
         ``seconds`` (0: do not measure, 1 until measured); after running out of memory, half the size that did."""
         family, fixed = cfg.model.family, self.cfg.search.population
-        if not stackable(cfg):  # a saved starting model or a recurrent network: one at a time (recorded)
+        if not stackable(cfg):  # a saved starting model: one at a time (recorded)
             self.sizes.setdefault(family, 1)
             return 1
         if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only

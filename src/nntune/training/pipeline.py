@@ -177,21 +177,21 @@ def population_trainer(
     """A PopulationTrainer over fresh builder models for ``cfgs``, and the training tensor it takes."""
     check_same_structure(cfgs)
     if not stackable(cfgs[0]):
-        raise SpecError("population: fine-tuned and recurrent models train one at a time (fit_population and "
-                        "fit_configs do that for you)")
+        raise SpecError("population: fine-tuned models train one at a time (fit_population and fit_configs do that "
+                        "for you)")
     ds = data.dataset
     members = [build_model(c.model, ds.input_shape, ds.n_outputs, seed=c.seed) for c in cfgs]
     template = build_model(union_model_config(cfgs), ds.input_shape, ds.n_outputs)
     x_train, transforms = population_inputs(cfgs, data)
-    trainer = PopulationTrainer(template, members, ds.task, [c.train for c in cfgs], callbacks, transforms,
-                                [c.seed for c in cfgs])
+    trainer = PopulationTrainer(template, members, ds.task, [training_settings(c) for c in cfgs], callbacks,
+                                transforms, [c.seed for c in cfgs])
     return trainer, x_train
 
 
 def stackable(cfg: RunConfig) -> bool:
-    """Whether the population engine can stack models of ``cfg``: fresh MLPs and CNNs (not a fine-tuned saved model,
-    not a recurrent network, whose cuDNN kernels have no batched form over models)."""
-    return cfg.finetune.init_from is None and cfg.model.family != "rnn"
+    """Whether the population engine can stack models of ``cfg``: any fresh builder model (MLP, CNN, RNN), not a
+    fine-tuned saved one."""
+    return cfg.finetune.init_from is None
 
 
 def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,

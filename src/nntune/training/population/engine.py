@@ -192,7 +192,7 @@ class PopulationTrainer:
                     logs = epoch_logs(epoch, (train[0][i], train[1][i]), self.metric_name, val[i], epoch_lrs[i],
                                       seconds)
                     shown = None if norms is None else dict(
-                        zip((k.removesuffix(".weight") for k in model.weighted), norms[i]))
+                        zip(model.weighted, norms[i]))
                     h.history.append(history_row(logs, counts[m], shown))
                     reason = non_finite(epoch, logs)
                     if reason:  # the member stops; early stopping and callbacks do not see the epoch
@@ -260,7 +260,7 @@ class PopulationTrainer:
             model.zero_grad()
             losses.sum().backward()  # members are independent: each gets the gradient of its own loss
             grads = [g for g in model.grads() if g is not None]
-            norms = torch.stack([model.tensors[k].grad.flatten(1).norm(dim=1) for k in model.weighted]) \
+            norms = torch.stack([model.tensors[k].grad.flatten(1).norm(dim=1) for k in model.weighted.values()]) \
                 if grad_norms else None
             if self._clipping:  # per member, over all its parameters, as clip_grad_norm_
                 total = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)

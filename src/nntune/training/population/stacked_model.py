@@ -1,7 +1,8 @@
 """The stacked ("wide") model: K members of one builder architecture as tensors ``(K, *shape)``, run as one.
 
 A linear layer becomes one ``baddbmm`` over (K, F, B), a convolution one grouped convolution (groups=K) over
-(B, K·C, ...), batch norm runs over K·C channels (each member keeps its own statistics): every layer is one batched
+(B, K·C, ...), batch norm runs over K·C channels (each member keeps its own statistics), a GRU/LSTM one
+block-diagonal recurrent layer (:mod:`~nntune.training.population.stacked_recurrent`): every layer is one batched
 kernel whatever K is, and the arithmetic of each member is that of the same model run alone.
 """
 
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nntune.errors import SpecError
-from nntune.models.builders import ConvBlock
+from nntune.models.builders import ConvBlock, Recurrent
 from nntune.models.inspect import weighted_layers
 from nntune.registry import ACTIVATIONS
+from nntune.training.population.stacked_recurrent import StackedRecurrent
 
 # every registered activation (and the identity) runs elementwise, the same on any layout
 ACTIVATION_TYPES = (*{type(a.make(0.01)) for a in ACTIVATIONS.values()}, nn.Identity)
@@ -65,7 +67,8 @@ class StackedModel:
                 self.rates[name] = torch.tensor([f.p if f is not None else 0.0 for f in found],
                                                 dtype=self.tensors[self.trainable[0]].dtype, device=device)
         self.K = len(members)
-        self.weighted = [f"{n}.weight" for n, _ in weighted_layers(template)]
+        keys = {id(p): k for k, p in template.named_parameters()}
+        self.weighted = {n: keys[id(w)] for n, w in weighted_layers(template)}  # layer name -> its watched weight
         self._ops, layout = self._compile("", template, "input")
         if layout != "member":
             raise SpecError("population: the model must end with a linear layer")
@@ -81,6 +84,9 @@ class StackedModel:
             return ops, layout
         if isinstance(mod, ConvBlock):
             return [self._conv_block(prefix, mod, layout)], "channel"
+        if isinstance(mod, Recurrent):
+            to_channel, rnn = self._to_channel(layout), StackedRecurrent(prefix, mod, self.tensors)
+            return [lambda x, train: rnn(to_channel(x), train, self.K)], "member"
         if isinstance(mod, nn.Flatten):
             return [self._flatten(layout)], "member"
         if isinstance(mod, nn.Linear):
