@@ -3,8 +3,9 @@
 Both arms train the same K configurations (LRs log-spaced over 3e-4..3e-3, seeds 0..K-1, AdamW, cosine schedule,
 early stopping off, a fixed number of epochs) on the same scaled tensors, on one device, in one process; one JSON
 object per line with ``case``, ``device``, ``K``, ``sequential_model_epochs_per_s``,
-``population_model_epochs_per_s`` and ``speedup``. Cases: ``mlp-digits`` (64-256-256-10) and ``cnn-mnist5k`` (two conv
-blocks of 16 and 32 filters, FC 64). The sequential arm is timed on at most ``--max-sequential`` configurations and
+``population_model_epochs_per_s`` and ``speedup``. Cases: ``mlp-digits`` (64-256-256-10), ``cnn-mnist5k`` (two conv
+blocks of 16 and 32 filters, FC 64) and recurrent models on ``signals`` (a GRU of 16 or 64 units, a bidirectional
+LSTM of 32; default head). The sequential arm is timed on at most ``--max-sequential`` configurations and
 its rate extrapolated (it is linear in K). Targets: CPU (2 cores) >= 1.3x at K=32 for the MLP; GPU >= 50x at K=128 for
 the MLP and >= 10x for the CNN.
 """
@@ -25,6 +26,10 @@ CASES = {
     "mlp-digits": {"data.dataset": "digits", "model.family": "mlp", "model.widths": [256, 256]},
     "cnn-mnist5k": {"data.dataset": "mnist5k", "model.family": "cnn", "model.conv_blocks": 2, "model.filters": 16,
                     "model.fc_units": 64},
+    "gru16-signals": {"data.dataset": "signals", "model.family": "rnn", "model.rnn_units": 16},
+    "gru64-signals": {"data.dataset": "signals", "model.family": "rnn", "model.rnn_units": 64},
+    "bilstm32-signals": {"data.dataset": "signals", "model.family": "rnn", "model.cell": "lstm",
+                         "model.bidirectional": True, "model.rnn_units": 32},
 }
 
 

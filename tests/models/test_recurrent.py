@@ -4,6 +4,7 @@ sequence, the search space per data kind, gradient clipping by default, one tria
 import json
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -95,14 +96,18 @@ def test_the_search_offers_recurrent_models_for_signals_only():
     assert "rnn" not in families("image", (1, 8, 8)) and families("tabular", (10,)) == {"mlp"}
 
 
-def test_recurrent_trials_train_one_at_a_time_in_a_search(tmp_path):
+def test_recurrent_trials_train_as_populations_in_a_search(tmp_path):
     from nntune.search.study import tune
 
     ds = _marked_sign(n=300)
     cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.epochs": 1, "train.epochs": 1,
-                                        "search.finalists": 0, "search.space": {"model.family": "rnn"}})
+                                        "search.population": 3, "search.finalists": 0,
+                                        "search.space": {"model.family": "rnn", "model.rnn_units": 8,
+                                                         "model.bidirectional": False, "model.rnn_layers": 1}})
     result = tune(cfg, tmp_path, dataset=ds)
-    assert result["study"]["population_sizes"] == {"rnn": 1}
+    assert result["study"]["population_sizes"] == {"all": 3}
+    study = optuna.load_study(study_name=result["study"]["name"], storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.user_attrs["population"]["size"] for t in study.trials] == [3, 3, 3]  # one population of three
     assert result["chosen_config"]["model"]["family"] == "rnn"
 
 

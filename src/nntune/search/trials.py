@@ -10,7 +10,8 @@ own result, so the study, resume, workers, trials.csv and the report see trials 
 
 Optuna's ``study.optimize`` runs one trial at a time, so this module drives ask/tell itself and records the
 heartbeats of all running members (a crashed process's members are failed by the heartbeat and retried once).
-K is measured per model family (:func:`nntune.training.pipeline.choose_population_size`) unless
+K is measured per model family, and per cell and size of a recurrent model
+(:func:`nntune.training.context.size_class`, :func:`nntune.training.pipeline.choose_population_size`), unless
 ``search.population`` sets it.
 """
 

@@ -1,8 +1,8 @@
 """The run context: what every training of one run shares, whoever runs it (the search or the evidence).
 
 The prepared data split, its copies per scaler method (each prepared once), the population size measured once per
-model family, and the metric a run is judged by. The search's orchestrator adds its space and study on top
-(:class:`nntune.search.setup.Search`); the evidence uses this alone.
+model family (per cell and size for recurrent models), and the metric a run is judged by. The search's orchestrator
+adds its space and study on top (:class:`nntune.search.setup.Search`); the evidence uses this alone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ def objective(task: str) -> tuple[str, str]:
     return ("val_accuracy", "maximize") if task == "classification" else ("val_loss", "minimize")
 
 
+def size_class(cfg: RunConfig) -> str:
+    """Which configurations share one measured population size: a model family; for a recurrent model its cell and
+    hidden size too (to the nearest power of two), as a block-diagonal layer's step grows with K·units where a lone
+    layer's does not: stacking pays at 16 units and loses at 128 (docs/benchmarks.md, ``bench/stacked_rnn.py``)."""
+    m = cfg.model
+    if m.family != "rnn":
+        return m.family
+    return f"rnn-{m.cell}-{2 ** round(math.log2(m.rnn_units))}"
+
+
 @dataclass
 class RunContext:
     """The data a run's trainings share: the prepared split, its copies per scaler, population sizes."""
@@ -27,7 +37,7 @@ class RunContext:
     cfg: RunConfig
     base_data: PreparedData
     data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)  # population size per model family, measured once
+    sizes: dict[str, int] = field(default_factory=dict)  # population size per size_class, measured once
 
     def __post_init__(self) -> None:
         self.data_by_scaler.setdefault(self.base_data.scaler.method, self.base_data)
@@ -49,23 +59,23 @@ class RunContext:
         return self.data_by_scaler[method]
 
     def population_size(self, cfg: RunConfig, seconds: float = math.inf) -> int:
-        """Members per population for ``cfg``'s family: ``search.population``, else measured on the first
-        configuration of that family (see :func:`nntune.training.pipeline.choose_population_size`) in at most
+        """Members per population for ``cfg``'s :func:`size_class`: ``search.population``, else measured on the first
+        configuration of that class (see :func:`nntune.training.pipeline.choose_population_size`) in at most
         ``seconds`` (0: do not measure, 1 until measured); after running out of memory, half the size that did."""
-        family, fixed = cfg.model.family, self.cfg.search.population
+        key, fixed = size_class(cfg), self.cfg.search.population
         if not stackable(cfg):  # a saved starting model: one at a time (recorded)
-            self.sizes.setdefault(family, 1)
+            self.sizes.setdefault(key, 1)
             return 1
         if cfg.train.precision == "fp16":  # loss scaling exists for single-model training only
             return 1
         if fixed:
-            return min(fixed, self.sizes.get(family, fixed))
-        if family not in self.sizes:
+            return min(fixed, self.sizes.get(key, fixed))
+        if key not in self.sizes:
             if seconds <= 0:
                 return 1
-            self.sizes[family] = choose_population_size(cfg, self.data_for(cfg), seconds=seconds)
-        return self.sizes[family]
+            self.sizes[key] = choose_population_size(cfg, self.data_for(cfg), seconds=seconds)
+        return self.sizes[key]
 
     def shrink_population(self, cfg: RunConfig, tried: int) -> None:
-        """After running out of memory with ``tried`` members, use half as many for that family."""
-        self.sizes[cfg.model.family] = max(1, tried // 2)
+        """After running out of memory with ``tried`` members, use half as many for that size class."""
+        self.sizes[size_class(cfg)] = max(1, tried // 2)
