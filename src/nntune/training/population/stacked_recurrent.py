@@ -5,11 +5,11 @@ tensors, each member's matrices on the diagonal blocks and exact zeros elsewhere
 (MKL on a CPU, cuDNN on a GPU) runs every member and the gradient reaches the members' own entries only. The
 arithmetic of each member is that of the member alone (the zeros add nothing; float64 tests compare them).
 
-Why this formulation and not a batched cell (a per-step ``bmm`` over K written in Python): on this project's 2-core
-CPU the batched cell lost at every population size measured (``bench/population.py --rnn``, docs/benchmarks.md),
-as its time steps run in Python; the block-diagonal layer runs them in torch's own loop and pays K× the recurrent
-multiply-adds instead, which wins while the hidden size is small, and the population size probe stops stacking
-where it no longer does.
+Why this formulation and not a batched cell (one ``bmm`` over K per time step, written in Python): on a 2-core CPU
+the batched cell was slower in 29 of 30 cases measured (``bench/stacked_rnn.py``, docs/benchmarks.md), as its time
+steps run as Python-level autograd ops; the block-diagonal layer runs them in torch's own loop and pays K× the
+recurrent multiply-adds instead. That wins while K·H is small (eight GRUs of 16 units: 2.9× lone layers) and loses
+for large H, where the population size probe keeps K at 1.
 """
 
 from __future__ import annotations
