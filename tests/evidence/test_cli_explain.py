@@ -4,6 +4,7 @@ import pytest
 
 from nntune.cli import main
 from nntune.config import EVIDENCE_QUESTIONS
+from nntune.evidence.stats import KINDS, RULE
 
 
 def run_ok(capsys, *args):
@@ -22,6 +23,10 @@ def test_explain_a_train_run(capsys, tmp_path):
     assert json.loads((out / "result.json").read_text())["evidence"] == evidence
     page = (out / "report.html").read_text()
     assert page.count("<b>Measured:</b>") == 2 and (out / "figures" / "q5_evidence.png").exists()
+    for q in ("lr", "early_stopping"):  # every compared variant carries its verdict and adjusted p-values
+        for r in evidence[q]["variants"]:
+            assert r["verdict"] in KINDS and 0 <= r["p_adjusted"] <= 1 and 0 <= r["p_equivalent_adjusted"] <= 1
+    assert evidence["setup"]["rule"] == RULE and RULE.replace("'", "&#x27;") in page
     assert "not part of this evidence run" in page
     # the table goes to stdout without --json
     text = run_ok(capsys, "explain", str(out), "--questions", "trainable", "--quiet")
@@ -56,7 +61,8 @@ def test_tune_with_evidence_answers_all_ten_questions(capsys, tmp_path):
             assert all(r["n"] == 3 for r in evidence[q]["variants"])
     assert evidence["lr"]["variants"] and evidence["activation"]["variants"]
     page = (out / "report.html").read_text()
-    assert page.count("<b>Measured:</b>") == 10
+    assert page.count("<b>Measured:</b>") == 9 and page.count("<b>Parameter summary:</b>") == 1
+    assert "No measurable difference" not in page
     assert page.count("Observational: what the search's own trials show") == 10
     assert (out / "figures" / "q6_evidence.png").exists() and (out / "figures" / "q10_evidence.png").exists()
     assert json.loads((out / "result.json").read_text())["evidence"]["setup"] == evidence["setup"]

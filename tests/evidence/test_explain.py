@@ -8,7 +8,7 @@ from nntune.data.sources import Dataset
 from nntune.errors import ConfigError
 from nntune.evidence.explain import Unit, _execute, run_evidence
 from nntune.evidence.replay import score
-from nntune.evidence.stats import paired_effect, verdict
+from nntune.evidence.stats import equivalence_margin, judge, paired_effect, verdict
 from nntune.training.context import RunContext
 from nntune.training.pipeline import fit_configs, prepare_data
 
@@ -85,7 +85,11 @@ def test_two_identical_configurations_show_no_difference():
     scores = [score(fit.history, RunConfig().train.early_stopping, "val_accuracy") for _, fit in runs]
     effect = paired_effect(scores[3:], scores[:3], resolution=1 / len(search.base_data.split.val))
     assert effect.ci_low <= 0 <= effect.ci_high
-    assert verdict("A", {"B": effect}, maximize=True, points=True).startswith("No measurable difference")
+    judged = judge({"B": effect}, maximize=True, margin=equivalence_margin(True, 1 / len(search.base_data.split.val),
+                                                                          0.9))
+    assert judged["B"].kind in ("equivalent", "inconclusive")
+    text = verdict("A", judged, points=True)
+    assert not text.startswith("B beats") and "worse" not in text and "No measurable difference" not in text
 
 
 class Ticks:

@@ -93,4 +93,5 @@ def test_early_stopping_question_reports_epochs_saved_and_score_lost():
     assert rows["patience 3"]["epochs"] == 7 and rows["patience 3"]["diff"] == pytest.approx(0)
     assert rows["off"]["epochs_saved"] == 0 and rows["off"]["ci_high"] < 0  # the last epoch is worse than the best
     assert rows["patience 20"]["n"] == 6
-    assert "Fewest epochs with no measurable loss: patience 3" in entry["verdict"]
+    assert rows["patience 3"]["verdict"] == "equivalent" and rows["off"]["verdict"] == "worse"
+    assert "Fewest epochs shown no worse: patience 3 (7.0 epochs, +0.0 points, equivalent)" in entry["verdict"]

@@ -165,3 +165,5 @@ def print_evidence(evidence: dict) -> None:
                       f"{seeds} seeds) in {setup['seconds']:.0f} s of {setup['budget']:.0f} s; {setup['skipped']} "
                       "skipped"
                       + (" (interrupted)" if setup.get("interrupted") else ""))
+    if setup.get("rule"):
+        out_console.print(setup["rule"])

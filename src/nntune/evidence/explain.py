@@ -29,7 +29,7 @@ from nntune.evidence import ablations
 from nntune.evidence.ablations import Variant
 from nntune.evidence.replay import diverged as replay_diverged
 from nntune.evidence.replay import early_stopping_evidence, score
-from nntune.evidence.stats import METHOD, paired_effect, verdict
+from nntune.evidence.stats import METHOD, RULE, equivalence_margin, judge, paired_effect, verdict
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.storage import load_recorded_study
@@ -114,7 +114,8 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
                                 resolution)
     n_skipped = sum(1 for u in units.values() if u.skipped)
     result["setup"] = {
-        "seeds": seed_list, "method": f"{METHOD} (95 %, paired by seed)", "metric": context.monitor,
+        "seeds": seed_list, "method": f"{METHOD}; intervals 95 %, paired by seed", "rule": RULE,
+        "metric": context.monitor,
         "maximize": maximize, "points": points, "budget": budget, "seconds": round(clock() - started, 2),
         "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
         "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
@@ -281,6 +282,8 @@ def _answer(question: str, base: RunConfig, context: RunContext, made: dict, val
             row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
                        ci_high=effect.ci_high)
         rows.append(row)
+    finite = [s for s in reference.scores or [] if math.isfinite(s)]
+    margin = equivalence_margin(points, resolution, statistics.fmean(finite)) if finite else None
     if reference.scores is None:
         text = ("Not measured: the time budget ended before the chosen configuration's own runs finished; give "
                 "--evidence-budget more time.")
@@ -289,15 +292,18 @@ def _answer(question: str, base: RunConfig, context: RunContext, made: dict, val
         more = "; give --evidence-budget more time" if any(r.startswith("time budget") for r in reasons) else ""
         text = f"Not measured: no variant has a score to compare ({'; '.join(reasons) or 'none to run'}){more}."
     else:
-        text = verdict(chosen, effects, maximize, points, context.monitor)
+        judgements = judge(effects, maximize, margin)
+        for row in rows:
+            if row["name"] in judgements:
+                row.update(judgements[row["name"]].to_dict())
+        text = verdict(chosen, judgements, points, context.monitor, margin)
         if dead:
             text += f" Diverged (non-finite loss) on some seeds: {', '.join(dead)}."
         budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
         if budget:
             text += f" {budget} variant(s) skipped for the time budget."
-    finite = [s for s in reference.scores or [] if math.isfinite(s)]
     return {"verdict": text, "chosen": chosen, "chosen_mean": statistics.fmean(finite) if finite else None,
-            "chosen_seconds": round(reference.seconds, 2), "variants": rows, "skipped": missed}
+            "chosen_seconds": round(reference.seconds, 2), "margin": margin, "variants": rows, "skipped": missed}
 
 
 def _trainable(base: RunConfig, context: RunContext) -> dict:
@@ -309,7 +315,7 @@ def _trainable(base: RunConfig, context: RunContext) -> dict:
     text = (f"No experiment: this model is trained from scratch and no layer is frozen, so all {s.trainable:,} "
             f"weights train{stats}. Freezing is a choice when a trained model is reused.")
     return {"verdict": text, "chosen": f"{s.trainable:,} trainable, {s.non_trainable:,} non-trainable",
-            "variants": [], "skipped": []}
+            "kind": "parameter summary", "variants": [], "skipped": []}
 
 
 def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None = None,

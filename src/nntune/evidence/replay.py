@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nntune.config import EarlyStoppingConfig
-from nntune.evidence.stats import Effect, format_diff, paired_effect, verdict
+from nntune.evidence.stats import equivalence_margin, format_diff, judge, paired_effect, verdict
 from nntune.training.epoch import StopRule, non_finite
 
 PATIENCES = (3, 5, 10, 20)
@@ -106,17 +106,20 @@ def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStopp
             row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
                        ci_high=effect.ci_high)
         rows.append(row)
+    margin = equivalence_margin(points, resolution, statistics.fmean(ref))
+    judgements = judge(effects, maximize, margin)
+    for row in rows:
+        if row["name"] in judgements:
+            row.update(judgements[row["name"]].to_dict())
     lead = (f"The chosen {chosen_name} trains {ref_epochs:.1f} of {full} epochs on average "
             f"({100 * (1 - ref_epochs / full):.0f} % saved) over {len(curves)} full curves of the evidence runs. ")
-    text = lead + verdict(chosen_name, effects, maximize, points, metric)
-    cheaper = [n for n in effects if not _loses(effects[n], maximize) and epochs[n] < ref_epochs]
+    text = lead + verdict(chosen_name, judgements, points, metric, margin)
+    cheaper = [n for n, j in judgements.items() if j.kind in ("better", "equivalent") and epochs[n] < ref_epochs]
     if cheaper:
         best = min(cheaper, key=epochs.get)
-        text += (f" Fewest epochs with no measurable loss: {best} ({epochs[best]:.1f} epochs, "
-                 f"{format_diff(effects[best].mean, points)}{' points' if points else ''}).")
+        text += (f" Fewest epochs shown no worse: {best} ({epochs[best]:.1f} epochs, "
+                 f"{format_diff(effects[best].mean, points)}{' points' if points else ''}, "
+                 f"{judgements[best].kind}).")
     return {"verdict": text, "chosen": chosen_name, "chosen_mean": statistics.fmean(ref),
-            "chosen_epochs": round(ref_epochs, 2), "full_epochs": full, "variants": rows, "skipped": []}
-
-
-def _loses(effect: Effect, maximize: bool) -> bool:
-    return effect.measurable and ((effect.ci_high < 0) if maximize else (effect.ci_low > 0))
+            "chosen_epochs": round(ref_epochs, 2), "full_epochs": full, "margin": margin, "variants": rows,
+            "skipped": []}

@@ -28,11 +28,12 @@ def evidence_html(view: RunView, figs: Figures, number: int, key: str) -> list[s
     points = setup.get("points", False)
     scale, unit = (100.0, " (points)") if points else (1.0, "")
     metric = setup["metric"]
-    out = [f"<p class='verdict'><b>Measured:</b> {escape(entry['verdict'])}</p>"]
+    label = "Parameter summary" if entry.get("kind") == "parameter summary" else "Measured"
+    out = [f"<p class='verdict'><b>{label}:</b> {escape(entry['verdict'])}</p>"]
     rows = entry["variants"]
     if any(r.get("diff") is not None for r in rows):
         label = f"difference in {metric}{unit}, variant − chosen"
-        out.append(figs.embed(plots.forest_plot(rows, entry["chosen"], label, scale, setup.get("maximize", True)),
+        out.append(figs.embed(plots.forest_plot(rows, entry["chosen"], label, scale, entry.get("margin")),
                               f"q{number}_evidence", f"Q{number}: each variant against the chosen "
                               f"{entry['chosen']}, {setup['method']}"))
         variants = []
@@ -41,7 +42,7 @@ def evidence_html(view: RunView, figs: Figures, number: int, key: str) -> list[s
                   else "")
             row = {"variant": r["name"], f"mean {metric}": r["mean"],
                    f"difference{unit}": None if r.get("diff") is None else round(scale * r["diff"], 3),
-                   "95 % CI": ci, "n": r["n"]}
+                   "95 % CI": ci, "n": r["n"], "verdict": _row_verdict(r)}
             if "epochs" in r:
                 row.update({"epochs": r["epochs"], "epochs saved": r["epochs_saved"]})
             else:
@@ -52,10 +53,25 @@ def evidence_html(view: RunView, figs: Figures, number: int, key: str) -> list[s
                 + (f", mean {metric} {chosen_mean:.4f}" if chosen_mean is not None else "")
                 + f"; seeds {', '.join(map(str, setup['seeds']))}; {escape(setup['score'])}.</p>")
         out += [head, table(variants)]
+        if setup.get("rule"):
+            out.append(f"<p class='note'>{escape(setup['rule'])}</p>")
     if entry.get("skipped"):
         out.append("<p class='note'>Not run: " + "; ".join(f"{escape(s['name'])} ({escape(s['reason'])})"
                                                            for s in entry["skipped"]) + ".</p>")
     return out
+
+
+def _row_verdict(row: dict) -> str:
+    """A variant's verdict with its adjusted p-value, or what would decide it (empty for evidence recorded before
+    verdicts existed)."""
+    kind = row.get("verdict")
+    if kind is None:
+        return ""
+    if kind == "inconclusive":
+        more = row.get("more_seeds")
+        return f"inconclusive (~{more} more seeds)" if more else "inconclusive"
+    p = row["p_equivalent_adjusted"] if kind == "equivalent" else row["p_adjusted"]
+    return f"{kind} (p={p:.2g})"
 
 
 def observational(view: RunView) -> str:

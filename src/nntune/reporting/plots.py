@@ -190,18 +190,20 @@ def importances_bar(importances: dict[str, float]) -> Figure:
     return fig
 
 
-def forest_plot(rows: list[dict], chosen: str, xlabel: str, scale: float = 1.0, maximize: bool = True) -> Figure:
-    """Each variant's difference to the chosen configuration with its confidence interval, zero line marked; green
-    when measurably better, red when measurably worse, grey when the interval contains 0."""
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue"}
+
+
+def forest_plot(rows: list[dict], chosen: str, xlabel: str, scale: float = 1.0, margin: float | None = None) -> Figure:
+    """Each variant's difference to the chosen configuration with its confidence interval, zero line marked and the
+    equivalence margin shaded; coloured by its verdict: green better, red worse, blue equivalent, grey inconclusive."""
     rows = [r for r in rows if r.get("diff") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * max(1, len(rows))))
+    if margin:
+        ax.axvspan(-margin * scale, margin * scale, color="tab:blue", alpha=0.08, lw=0)
     for i, r in enumerate(rows):
         lo = r["ci_low"] if r["ci_low"] is not None else r["diff"]
         hi = r["ci_high"] if r["ci_high"] is not None else r["diff"]
-        measured = r["ci_low"] is not None  # n = 1 has no interval: never coloured as measurable
-        better = measured and (lo > 0 if maximize else hi < 0)
-        worse = measured and (hi < 0 if maximize else lo > 0)
-        color = "tab:green" if better else "tab:red" if worse else "0.45"
+        color = VERDICT_COLORS.get(r.get("verdict"), "0.45")
         y = len(rows) - 1 - i
         ax.plot([lo * scale, hi * scale], [y, y], color=color, lw=2, solid_capstyle="butt")
         ax.plot([r["diff"] * scale], [y], "o", color=color, ms=5)
@@ -209,6 +211,7 @@ def forest_plot(rows: list[dict], chosen: str, xlabel: str, scale: float = 1.0, 
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r["name"] for r in reversed(rows)], fontsize=8)
     ax.set_xlabel(xlabel)
-    ax.set_title(f"difference to the chosen {chosen} (95 % CI)", fontsize=9)
+    shaded = ", shaded: equivalence margin" if margin else ""
+    ax.set_title(f"difference to the chosen {chosen} (95 % CI{shaded})", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     return fig
