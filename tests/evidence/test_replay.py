@@ -95,3 +95,66 @@ def test_early_stopping_question_reports_epochs_saved_and_score_lost():
     assert rows["patience 20"]["n"] == 6
     assert rows["patience 3"]["verdict"] == "equivalent" and rows["off"]["verdict"] == "worse"
     assert "Fewest epochs shown no worse: patience 3 (7.0 epochs, +0.0 points, equivalent)" in entry["verdict"]
+
+
+def _noise_curves(n: int = 40, epochs: int = 40, seed: int = 0) -> list[list[dict]]:
+    """Pure-noise learning curves with the validation split's halves: nothing generalizes, every epoch's accuracy
+    on each half (and its loss) is an independent draw around the same value."""
+    g = torch.Generator().manual_seed(seed)
+    curves = []
+    for _ in range(n):
+        acc = 0.5 + 0.05 * torch.randn(epochs, 2, generator=g)
+        rows = []
+        for e in range(epochs):
+            a, b = acc[e].tolist()
+            rows.append({"epoch": e + 1, "val_accuracy": (a + b) / 2, "val_a_accuracy": a, "val_b_accuracy": b,
+                         "val_loss": 1 - (a + b) / 2, "val_a_loss": 1 - a, "val_b_loss": 1 - b})
+        curves.append(rows)
+    return curves
+
+
+def test_cross_fitting_removes_the_gain_of_selection_on_pure_noise():
+    """On noise, a longer patience looks better when it picks and scores on the same samples (the best of more draws
+    is higher); cross-fitted, it gains nothing, and the verdict says no better."""
+    curves = _noise_curves()
+    chosen, longer = EarlyStoppingConfig(patience=3), EarlyStoppingConfig(patience=20)
+    in_sample = [[{k: v for k, v in r.items() if "_a_" not in k and "_b_" not in k} for r in c] for c in curves]
+    gain_in_sample = [score(c, longer, "val_accuracy") - score(c, chosen, "val_accuracy") for c in in_sample]
+    assert sum(gain_in_sample) / len(curves) > 0.02  # selection alone: +2 points and more on pure noise
+    entry = early_stopping_evidence(curves, chosen, "val_accuracy", maximize=True, points=True, resolution=0.005)
+    rows = {r["name"]: r for r in entry["variants"]}
+    for name in ("patience 10", "patience 20", "off"):
+        assert rows[name]["verdict"] != "better" and rows[name]["ci_low"] < 0 < rows[name]["ci_high"] + 0.01
+        assert abs(rows[name]["diff"]) < 0.02
+    assert not any(r["verdict"] == "better" for r in entry["variants"])
+
+
+def test_cross_fitted_score_by_hand():
+    # half a peaks at epoch 2, half b at epoch 3: each chosen epoch is scored on the other half
+    c = [{"epoch": 1, "val_accuracy": 0.5, "val_a_accuracy": 0.5, "val_b_accuracy": 0.5},
+         {"epoch": 2, "val_accuracy": 0.65, "val_a_accuracy": 0.9, "val_b_accuracy": 0.4},
+         {"epoch": 3, "val_accuracy": 0.6, "val_a_accuracy": 0.3, "val_b_accuracy": 0.9}]
+    es = EarlyStoppingConfig(monitor="val_accuracy", patience=5)
+    assert score(c, es, "val_accuracy") == pytest.approx((0.4 + 0.3) / 2)
+    plain = [{k: v for k, v in r.items() if k in ("epoch", "val_accuracy")} for r in c]
+    assert score(plain, es, "val_accuracy") == 0.65  # without halves: in-sample, as recorded before
+
+
+def test_evidence_runs_log_the_halves_the_same_alone_and_in_a_population():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    ds = Dataset("lin", x, (x[:, 0] > 0).long(), "classification", ["0", "1"])
+    cfgs = [apply_overrides(RunConfig(), {"train.epochs": 2, "model.units": 8, "seed": s}) for s in (1, 2)]
+    data = prepare_data(cfgs[0], ds)
+    together = fit_configs(cfgs, lambda _: data, 2, val_halves=True)
+    alone = fit_configs(cfgs, lambda _: data, 1, val_halves=True)
+    n = len(data.y_val)
+    for (_, a), (_, b) in zip(together, alone):
+        row = a.history[-1]
+        assert {"val_a_loss", "val_a_accuracy", "val_b_loss", "val_b_accuracy"} <= set(row)
+        # the halves are the even and odd validation samples: their accuracies average to the whole split's
+        assert (row["val_a_accuracy"] * ((n + 1) // 2) + row["val_b_accuracy"] * (n // 2)) / n == \
+            pytest.approx(row["val_accuracy"])
+        for k in ("val_a_loss", "val_b_accuracy"):
+            assert row[k] == pytest.approx(b.history[-1][k], rel=1e-4)
+    assert "val_a_loss" not in fit_configs(cfgs[:1], lambda _: data, 1)[0][1].history[0]

@@ -185,7 +185,8 @@ def _execute(units: list[Unit], context: RunContext, seeds: list[int], policy: E
             cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
             limit = TimeLimit(lambda: deadline - clock(), "evidence budget")
             t0 = clock()
-            fits = fit_configs(cfgs, context.data_for, context.population_size(unit.config), [[limit] for _ in cfgs])
+            fits = fit_configs(cfgs, context.data_for, context.population_size(unit.config), [[limit] for _ in cfgs],
+                               val_halves=True)
             seconds = clock() - t0
             cost.record(group, seconds)
             for i, u in enumerate(group):

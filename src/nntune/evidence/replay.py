@@ -5,7 +5,7 @@ Evidence runs train for the full epoch count with early stopping off, so every c
 pure function of the curve: the LR schedule depends on the epoch count, not on the stop, so the epochs up to the stop
 are the same with and without early stopping. The replay uses the training loops' own stop rule
 (:class:`~nntune.training.epoch.StopRule`), and the score of any run under the chosen configuration's policy is read
-off its full curve the same way.
+off its full curve the same way, cross-fitted over the two halves of the validation split (:func:`score`).
 """
 
 from __future__ import annotations
@@ -36,24 +36,40 @@ def diverged(history: Sequence[dict]) -> bool:
     return any(non_finite(row.get("epoch", 0), row) for row in history)
 
 
-def replay(history: Sequence[dict], policy: EarlyStoppingConfig) -> Outcome:
+def replay(history: Sequence[dict], policy: EarlyStoppingConfig, monitor: str | None = None) -> Outcome:
     """The epoch a policy stops at on a full curve (``history`` rows numbered from 1) and the epoch it keeps, by the
     training loops' own :class:`~nntune.training.epoch.StopRule`: a row with a non-finite loss ends training without
     being seen by early stopping, and the best weights seen before it are restored (the last, diverged ones when
-    there are none)."""
+    there are none). ``monitor`` reads the policy's monitored value from another key (a half of the split)."""
     rule = StopRule(policy)
     for row in history:
-        _, reason = rule.update(row["epoch"], row, value=row.get(policy.monitor, math.nan))
+        _, reason = rule.update(row["epoch"], row, value=row.get(monitor or policy.monitor, math.nan))
         if reason:
             return Outcome(row["epoch"], rule.kept_epoch(row["epoch"]))
     return Outcome(len(history), rule.kept_epoch(len(history)))
 
 
+def half_key(key: str, half: str) -> str:
+    """A validation key on one half of the split: ``val_loss`` -> ``val_a_loss`` (other keys are unchanged)."""
+    return f"val_{half}_{key.removeprefix('val_')}" if key.startswith("val_") else key
+
+
 def score(history: Sequence[dict], policy: EarlyStoppingConfig, metric: str) -> float:
-    """``metric`` at the epoch the policy keeps (NaN for an empty curve)."""
-    kept = replay(history, policy).kept_epoch
-    row = next((h for h in history if h["epoch"] == kept), None)
-    return float(row.get(metric, math.nan)) if row else math.nan
+    """``metric`` at the epoch the policy keeps (NaN for an empty curve), cross-fitted when the curve has the
+    validation split's halves: the epoch the policy keeps watching half a is scored on half b and the other way
+    round, and the two scores averaged. Choosing and scoring on the same samples would reward a policy that looks
+    at more epochs (the best of more noisy values is higher even when nothing generalizes); cross-fitted, it gains
+    nothing from that selection. Curves without halves (recorded by older versions) are scored in-sample."""
+    if not history:
+        return math.nan
+    rows = {h["epoch"]: h for h in history}
+    if half_key(metric, "a") not in history[0]:
+        return float(rows.get(replay(history, policy).kept_epoch, {}).get(metric, math.nan))
+    scores = []
+    for pick, judge in (("a", "b"), ("b", "a")):
+        kept = replay(history, policy, half_key(policy.monitor, pick)).kept_epoch
+        scores.append(float(rows.get(kept, {}).get(half_key(metric, judge), math.nan)))
+    return statistics.fmean(scores)
 
 
 def policy_name(policy: EarlyStoppingConfig) -> str:

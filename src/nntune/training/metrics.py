@@ -7,6 +7,8 @@ which is what keeps the population engine exact against the single-model loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,6 +28,18 @@ def make_loss(task: str, label_smoothing: float = 0.0) -> nn.Module:
 def outputs(out: torch.Tensor, classification: bool) -> torch.Tensor:
     """A model's raw outputs as the loss takes them: logits ``(..., B, C)``, or values ``(..., B)`` for regression."""
     return out if classification else out.reshape(out.shape[:-1])
+
+
+HALVES = {"a": slice(0, None, 2), "b": slice(1, None, 2)}  # the validation split's interleaved halves
+
+
+def add_halves(rows: list[dict[str, float]], metrics_of: Callable[[slice], list[dict[str, float]]]) -> None:
+    """Add each row's metrics on the two halves of the validation split (``a_loss``, ``b_accuracy``, ...; the
+    history then has ``val_a_*`` and ``val_b_*``): what the evidence's cross-fitted early stopping reads, one half
+    to choose the epoch and the other to score it. ``metrics_of(half)`` gives the rows' metrics on that half."""
+    for name, half in HALVES.items():
+        for row, part in zip(rows, metrics_of(half)):
+            row.update({f"{name}_{k}": v for k, v in part.items()})
 
 
 def model_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,

@@ -119,9 +119,9 @@ def initial_model(cfg: RunConfig, ds: Dataset) -> nn.Module:
 
 
 def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] = (), progress: bool = False,
-              catch_interrupt: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
+              catch_interrupt: bool = False, val_halves: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
     """Build (or, fine-tuning, load) the configured model and train it on ``data`` (augmentation, early stopping,
-    freezing schedule and per-group LRs per the config)."""
+    freezing schedule and per-group LRs per the config); ``val_halves`` logs validation metrics per half too."""
     ds = data.dataset
     model = initial_model(cfg, ds)
     cbs = list(callbacks)
@@ -135,7 +135,7 @@ def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] 
     x_train, augment = train_inputs(cfg, data)
     groups = finetune.param_groups(model, cfg.train.lr, ft.lr_mult) if ft.lr_mult != 1 else None
     trainer = Trainer(model, ds.task, training_settings(cfg), cbs, augment=augment, seed=cfg.seed,
-                      param_groups=groups)
+                      param_groups=groups, val_halves=val_halves)
     result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return trainer.model, trainer, result
 
@@ -156,23 +156,25 @@ def population_inputs(cfgs: Sequence[RunConfig], data: PreparedData) -> tuple[to
 
 def fit_population(cfgs: Sequence[RunConfig], data: PreparedData,
                    callbacks: Sequence[Sequence[Callback]] | None = None,
-                   catch_interrupt: bool = False) -> list[tuple[nn.Module, FitResult]]:
+                   catch_interrupt: bool = False, val_halves: bool = False) -> list[tuple[nn.Module, FitResult]]:
     """Train same-structure configs at once as one population (one ``Trainer.fit`` when there is one config);
     returns (model, FitResult) per config, in order, each model an ordinary module from the builders."""
     cfgs = list(cfgs)
     if len(cfgs) == 1 or not stackable(cfgs[0]):  # each alone, one after the other
         fits = []
         for i, cfg in enumerate(cfgs):
-            model, _, fit = fit_model(cfg, data, callbacks[i] if callbacks else (), catch_interrupt=catch_interrupt)
+            model, _, fit = fit_model(cfg, data, callbacks[i] if callbacks else (), catch_interrupt=catch_interrupt,
+                                      val_halves=val_halves)
             fits.append((model, fit))
         return fits
-    trainer, x_train = population_trainer(cfgs, data, callbacks)
+    trainer, x_train = population_trainer(cfgs, data, callbacks, val_halves)
     fits = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
     return list(zip(trainer.members, fits))
 
 
 def population_trainer(
     cfgs: Sequence[RunConfig], data: PreparedData, callbacks: Sequence[Sequence[Callback]] | None = None,
+    val_halves: bool = False,
 ) -> tuple[PopulationTrainer, torch.Tensor]:
     """A PopulationTrainer over fresh builder models for ``cfgs``, and the training tensor it takes."""
     check_same_structure(cfgs)
@@ -184,7 +186,7 @@ def population_trainer(
     template = build_model(union_model_config(cfgs), ds.input_shape, ds.n_outputs)
     x_train, transforms = population_inputs(cfgs, data)
     trainer = PopulationTrainer(template, members, ds.task, [training_settings(c) for c in cfgs], callbacks,
-                                transforms, [c.seed for c in cfgs])
+                                transforms, [c.seed for c in cfgs], val_halves=val_halves)
     return trainer, x_train
 
 
@@ -236,7 +238,8 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
 
 
 def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], PreparedData], size: int,
-                callbacks: Sequence[Sequence[Callback]] | None = None) -> list[tuple[nn.Module, FitResult]]:
+                callbacks: Sequence[Sequence[Callback]] | None = None,
+                val_halves: bool = False) -> list[tuple[nn.Module, FitResult]]:
     """Train any list of configs: grouped by structure, in populations of at most ``size`` members; results come
     back in the order of ``cfgs``. ``data_for`` gives the prepared data a config trains on (its scaler)."""
     if size < 1:
@@ -249,7 +252,7 @@ def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], Prepa
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             fits = fit_population([cfgs[i] for i in chunk], data_for(cfgs[chunk[0]]),
-                                  [callbacks[i] for i in chunk] if callbacks else None)
+                                  [callbacks[i] for i in chunk] if callbacks else None, val_halves=val_halves)
             for i, fit in zip(chunk, fits):
                 results[i] = fit
     return results

@@ -24,7 +24,8 @@ from nntune.training.device import (compiled, matmul_precision, resolve_device, 
                                     uses_channels_last)
 from nntune.training.early_stopping import EarlyStopping
 from nntune.training.epoch import BatchPlan, FitResult, epoch_logs, history_row, non_finite
-from nntune.training.metrics import make_loss, metric_name, metric_sum, model_metrics, outputs
+from nntune.training.metrics import (add_halves, compute_metrics, make_loss, metric_name, metric_sum, model_metrics,
+                                     outputs)
 from nntune.training.monitor import monitor_mode
 from nntune.training.schedules import Schedule
 
@@ -48,8 +49,10 @@ class Trainer(StopRequest):
         seed: int = 0,
         grad_stats: bool = True,
         param_groups: list[dict] | None = None,
+        val_halves: bool = False,
     ) -> None:
         self.cfg = cfg or TrainConfig()
+        self.val_halves = val_halves  # also log validation metrics per half (see metrics.add_halves)
         self.param_groups = param_groups
         set_threads(self.cfg.threads)
         self.device = resolve_device(self.cfg.device)
@@ -152,7 +155,7 @@ class Trainer(StopRequest):
                             if self.stop_requested:  # a deadline: this epoch ends on the batches done
                                 break
                     train = (torch.stack([loss_sum, metric_total]) / seen).tolist()
-                    logs = epoch_logs(epoch, train, self.metric_name, self.evaluate(x_val, y_val), lr,
+                    logs = epoch_logs(epoch, train, self.metric_name, self._validate(x_val, y_val), lr,
                                       time.perf_counter() - t0)
                     shown = None if grad_norms is None else {
                         name: v for (name, p), v in zip(watched, grad_norms.tolist()) if p.requires_grad}
@@ -196,6 +199,15 @@ class Trainer(StopRequest):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Loss and metrics on already-scaled inputs: accuracy, or MAE and R² for regression."""
         return model_metrics(self.model, x, y, self.task, self.loss_fn)
+
+    def _validate(self, x_val: torch.Tensor, y_val: torch.Tensor) -> dict[str, float]:
+        """The epoch's validation metrics, with those of the split's halves when ``val_halves`` (one forward pass)."""
+        if not self.val_halves:
+            return self.evaluate(x_val, y_val)
+        out, y = outputs(forward_batched(self.model, x_val), self.classification), y_val.cpu()
+        rows = [compute_metrics(out, y, self.task, self.loss_fn)]
+        add_halves(rows, lambda half: [compute_metrics(out[half], y[half], self.task, self.loss_fn)])
+        return rows[0]
 
 
 def _grad_norm(p: nn.Parameter) -> torch.Tensor:

@@ -31,7 +31,7 @@ from nntune.models.inspect import parameter_counts
 from nntune.training.callbacks import Callback, StopRequest, batch_callbacks
 from nntune.training.device import matmul_precision, resolve_device, resolve_precision, set_threads
 from nntune.training.epoch import BatchPlan, FitResult, StopRule, epoch_logs, history_row, non_finite
-from nntune.training.metrics import member_losses, member_metrics, metric_name, metric_sum, outputs
+from nntune.training.metrics import add_halves, member_losses, member_metrics, metric_name, metric_sum, outputs
 from nntune.training.population.member_lrs import MemberLRs
 from nntune.training.population.optimizers import MemberwiseOptimizer, StackedOptimizer, make_optimizer
 from nntune.training.population.stacked_model import StackedModel, bcast, per_member
@@ -69,6 +69,7 @@ class PopulationTrainer:
         transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
         seeds: Sequence[int] | None = None,
         grad_stats: bool = True,
+        val_halves: bool = False,
     ) -> None:
         if not members or len(cfgs) != len(members):
             raise SpecError(f"population: {len(members)} members but {len(cfgs)} training configs")
@@ -94,6 +95,7 @@ class PopulationTrainer:
         self.transforms = list(transforms) if transforms else None
         self.seeds = list(seeds) if seeds is not None else [0] * len(members)
         self.grad_stats = grad_stats
+        self.val_halves = val_halves  # also log validation metrics per half (see metrics.add_halves)
         self.model: StackedModel | None = None
         self._clipping = False
         self._slots: list[int] = []
@@ -113,9 +115,12 @@ class PopulationTrainer:
         """Validation metrics of every active member on one shared batch set (float32, as ``compute_metrics``)."""
         model = self.model
         chunk = max(self.cfgs[0].batch_size, 2048 // max(1, model.K))
-        outs = [outputs(model.forward(x[i:i + chunk], train=False, shared=True), self.classification).float()
-                for i in range(0, len(x), chunk)]
-        return member_metrics(torch.cat(outs, dim=1), y, self.classification, smoothing)
+        outs = torch.cat([outputs(model.forward(x[i:i + chunk], train=False, shared=True), self.classification)
+                          .float() for i in range(0, len(x), chunk)], dim=1)
+        rows = member_metrics(outs, y, self.classification, smoothing)
+        if self.val_halves:
+            add_halves(rows, lambda half: member_metrics(outs[:, half], y[half], self.classification, smoothing))
+        return rows
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
