@@ -21,7 +21,6 @@ import platform
 import time
 
 import torch
-from torch import nn
 
 from nntune.config import ModelConfig
 from nntune.models.builders import Recurrent

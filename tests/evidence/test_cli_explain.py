@@ -16,7 +16,7 @@ def test_explain_a_train_run(capsys, tmp_path):
     out = tmp_path / "run"
     run_ok(capsys, "train", "--epochs", "3", "--quiet", "--out", str(out))
     evidence = json.loads(run_ok(capsys, "explain", str(out), "--questions", "lr,early_stopping", "--seeds", "2",
-                                 "--evidence-budget", "1m", "--quiet", "--json"))
+                                 "--max-seeds", "2", "--evidence-budget", "1m", "--quiet", "--json"))
     assert list(evidence) == ["lr", "early_stopping", "setup"]
     assert [r["n"] for r in evidence["lr"]["variants"]] == [2, 2, 2]  # ⅓×, 3× and the range test's suggestion
     assert evidence["setup"]["seconds"] <= 60 and len(evidence["setup"]["seeds"]) == 2
@@ -51,6 +51,7 @@ def test_tune_with_evidence_answers_all_ten_questions(capsys, tmp_path):
     out = tmp_path / "tuned"
     result = json.loads(run_ok(capsys, "tune", "--trials", "3", "--trial-epochs", "4", "--epochs", "4",
                                "--finalists", "0", "--space", str(space), "--evidence", "--evidence-budget", "90s",
+                               "--max-seeds", "3",
                                "--quiet", "--out", str(out), "--json"))
     evidence = result["evidence"]
     assert list(evidence) == [*EVIDENCE_QUESTIONS, "setup"]

@@ -1,12 +1,15 @@
 """Planted effects: data built so that one alternative must win, with the interval on the right side of zero."""
 
+import random
+
 import pytest
 import torch
 
 from nntune.config import EVIDENCE_QUESTIONS, RunConfig, apply_overrides
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError
-from nntune.evidence.explain import Unit, _execute, run_evidence
+from nntune.evidence.explain import Stages, run_evidence
+from nntune.evidence.runner import Runner, Unit
 from nntune.evidence.replay import score
 from nntune.evidence.stats import equivalence_margin, judge, paired_effect, verdict
 from nntune.training.context import RunContext
@@ -151,11 +154,56 @@ def test_variants_pair_with_the_reference_seed_by_seed_inside_one_population():
     reference = Unit(cfg)
     other = Unit(apply_overrides(cfg, {"train.lr": 0.03}))
     twin = Unit(apply_overrides(cfg, {"train.early_stopping.patience": 2}))
-    runs, interrupted = _execute([reference, other, twin], search, [5, 6, 7], RunConfig().train.early_stopping,
-                                 10**9, False, Ticks())
-    assert runs == 9 and not interrupted
+    runner = Runner(search, RunConfig().train.early_stopping, 10**9, False, Ticks())
+    runner.first_seeds([reference, other, twin], [5, 6, 7])
+    assert runner.runs == 9 and reference.seeds == other.seeds == twin.seeds == [5, 6, 7]
     assert other.seconds == twin.seconds  # one population: the measured time is shared
     for a, b in zip(twin.curves, reference.curves):  # the same runs, up to float32 summation order
         assert max(abs(x["val_loss"] - y["val_loss"]) for x, y in zip(a, b)) < 1e-4
     assert len(set(reference.scores)) > 1 and other.scores != reference.scores  # seeds and LRs do differ
     assert [len(c) for c in twin.curves] == [12, 12, 12]
+
+
+def test_adaptive_seeds_extend_the_inconclusive_comparisons():
+    """Two first seeds, then further seeds for the variants still inconclusive, up to max_seeds; a comparison
+    decided on the first seeds keeps them (and its verdict)."""
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 6, "train.optimizer": "sgd", "train.lr": 0.05,
+                                        "search.population": 8})
+    ev = run_evidence(cfg, searching(cfg, blobs(n=200)), seeds=2, budget=10**6, questions=["lr", "early_stopping"],
+                      lr_suggestion=0.02, clock=Ticks(), max_seeds=4)
+    setup, rows = ev["setup"], ev["lr"]["variants"]
+    assert setup["adaptive"]["max_seeds"] == 4 and setup["adaptive"]["alpha_per_stage"] == 0.025
+    assert len(setup["adaptive"]["extra_seeds"]) == 2 and setup["seeds"] == setup["seeds"][:2]
+    assert setup["adaptive"]["extended"] == sum(r["n"] == 4 for r in rows) >= 1
+    assert all(r["n"] in (2, 4) and r["verdict"] for r in rows)
+    curves = 4 + sum(r["n"] for r in rows)  # the reference's 4 seeds and each variant's: every curve counts
+    assert ev["early_stopping"]["variants"][0]["n"] == curves
+
+
+def _unit(seeds, scores):
+    return Unit(RunConfig(), seeds=list(seeds), scores=list(scores))
+
+
+def test_two_stage_seeds_keep_the_error_rate_on_null_data():
+    """The adaptive rule on null data (every score a draw from one binomial, 100 validation samples): all comparisons
+    still inconclusive after 3 seeds get the same further seeds, whatever their interim effects, and both stages
+    test at half the error rate: the family-wise rate of a better/worse verdict stays at 5 %."""
+    rng = random.Random(0)
+
+    def acc():
+        return sum(rng.random() < 0.5 for _ in range(100)) / 100
+
+    hits = 0
+    for _ in range(300):
+        seeds = list(range(10))
+        reference = _unit(seeds, [acc() for _ in seeds])
+        units = {f"v{i}": _unit(seeds, [acc() for _ in seeds]) for i in range(4)}
+        first = {k: _unit(seeds[:3], u.scores[:3]) for k, u in units.items()}
+        stages = Stages(set(seeds[:3]), 0.025, maximize=True, points=True, resolution=0.01)
+        margin = stages.margin(reference)
+        open_ = [k for k, j in stages.judge(first, reference, margin)[0].items() if j.kind == "inconclusive"]
+        stages.extended = [units[k] for k in open_]
+        named = {k: (units[k] if k in open_ else first[k]) for k in units}
+        judged, _ = stages.judge(named, reference, margin)
+        hits += any(j.kind in ("better", "worse") for j in judged.values())
+    assert hits / 300 <= 0.07

@@ -164,7 +164,8 @@ def test_explain_measures_freezing_on_a_fine_tuned_run(pretrained, split_digits,
 
     train(_cfg(pretrained, **{"finetune.freeze_all_but_last": 2, "train.epochs": 3}), tmp_path,
           dataset=split_digits[1])
-    evidence = explain(tmp_path, seeds=2, budget=120, questions=["trainable", "depth"], dataset=split_digits[1])
+    evidence = explain(tmp_path, seeds=2, budget=120, questions=["trainable", "depth"], dataset=split_digits[1],
+                       max_seeds=2)
     names = [v["name"] for v in evidence["trainable"]["variants"]]
     assert {"every layer trains", "the head alone trains", "the last 3 groups train"} <= set(names)
     assert all(v["n"] == 2 for v in evidence["trainable"]["variants"])

@@ -92,11 +92,13 @@ def explain_cmd(run_dir: Path, quiet: bool, json_out: str | None, **kwargs: Any)
 
     The evidence goes into RUN_DIR/result.json (key "evidence") and the rebuilt RUN_DIR/report.html."""
     flags = evidence_flags(kwargs)
-    seeds = kwargs.pop("evidence__seeds", None)
-    if seeds is not None:  # checked here, so that its error names the flag
-        apply_overrides(RunConfig(), {"evidence.seeds": seeds}, labels=flag_names())
+    seeds, max_seeds = kwargs.pop("evidence__seeds", None), kwargs.pop("evidence__max_seeds", None)
+    given = {k: v for k, v in (("evidence.seeds", seeds), ("evidence.max_seeds", max_seeds)) if v is not None}
+    if given:  # checked here, so that an error names the flag
+        apply_overrides(RunConfig(), given, labels=flag_names())
     evidence = explain(run_dir, seeds=seeds, budget=flags.get("evidence.budget"),
-                       questions=flags.get("evidence.questions"), progress=not quiet and json_out != "-")
+                       questions=flags.get("evidence.questions"), progress=not quiet and json_out != "-",
+                       max_seeds=max_seeds)
     report = write_report(run_dir, quiet or json_out == "-")
     if json_out != "-":
         print_evidence(evidence)

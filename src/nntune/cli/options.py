@@ -124,6 +124,8 @@ SEARCH_OPTIONS: list[Option] = [
 ]
 EVIDENCE_OPTIONS: list[Option] = [
     ("--seeds", "evidence.seeds", int, "seeds per variant, the same for every variant (default 3)"),
+    ("--max-seeds", "evidence.max_seeds", int, "further seeds, up to this many, for comparisons still inconclusive "
+     "when time is left (default 10; = --seeds turns it off)"),
     ("--evidence-budget", "evidence.budget", str, "time budget of the evidence, e.g. 300, 5m, 1h (default 10m); "
      "variants run most informative first, the rest are reported as skipped"),
     ("--questions", "evidence.questions", str, "comma-separated questions to answer (default all): "

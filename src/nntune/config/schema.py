@@ -301,6 +301,9 @@ class EvidenceConfig(_Section):
 
     seeds: int = Field(3, ge=2, description="seeds per variant (the same seeds for every variant, so differences "
                                             "are paired)")
+    max_seeds: int = Field(10, ge=2, description="adaptive seeds: the time left after every variant ran goes to "
+                                                 "further seeds, up to this many, for the comparisons still "
+                                                 "inconclusive (equal to seeds: off)")
     budget: float = Field(600.0, gt=0, description="time budget in seconds; variants run most informative first "
                                                    "and the rest are listed as skipped")
     questions: list[str] | None = Field(None, description="questions to answer (default: all ten): trainable, "

@@ -21,76 +21,51 @@ from pathlib import Path
 
 from nntune import rundir
 from nntune.artifacts import read_result, write_result
-from nntune.config import (EVIDENCE_QUESTIONS, EarlyStoppingConfig, RunConfig, apply_overrides, build_config,
-                           check_questions, load_config)
+from nntune.config import (EVIDENCE_QUESTIONS, RunConfig, apply_overrides, build_config, check_questions,
+                           load_config)
 from nntune.data.sources import Dataset
 from nntune.errors import ArtifactError, ConfigError
 from nntune.evidence import ablations
 from nntune.evidence.ablations import Variant
 from nntune.evidence.replay import diverged as replay_diverged
-from nntune.evidence.replay import early_stopping_evidence, score
-from nntune.evidence.stats import METHOD, RULE, equivalence_margin, judge, paired_effect, verdict
+from nntune.evidence.replay import early_stopping_evidence
+from nntune.evidence.runner import Runner, Unit
+from nntune.evidence.stats import (ALPHA, METHOD, RULE, Effect, Judgement, equivalence_margin, judge, paired_effect,
+                                   verdict)
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
 from nntune.storage import load_recorded_study
-from nntune.training.callbacks import TimeLimit
 from nntune.training.context import RunContext
-from nntune.training.pipeline import data_source, fit_configs, prepare_data, range_test
-from nntune.training.population.structure import structure_key
+from nntune.training.pipeline import data_source, prepare_data, range_test
 
 SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, none used by the search or finalists
 
 
-@dataclass(eq=False)
-class Unit:
-    """One distinct configuration to run over the seeds (a variant, several identical variants, or the reference)."""
-
-    config: RunConfig
-    variants: list[Variant] = field(default_factory=list)
-    weight: float = 1.0  # relative cost of one population of it (parameter count against the reference)
-    scores: list[float] | None = None
-    curves: list[list[dict]] = field(default_factory=list)
-    seconds: float = 0.0
-    skipped: str | None = None
-
-
-class CostModel:
-    """Seconds a set of units will take, from the units that ran alone so far (the reference always does): their
-    measured seconds per unit of weight (a model with 4× the parameters counts 2×: small models are dominated by
-    fixed per-step costs), times the weights. A group is estimated as the sum of its units run alone, an upper bound
-    where populations pay (a GPU), so the plan errs on the careful side."""
-
-    def __init__(self) -> None:
-        self.observed: list[float] = []
-
-    def estimate(self, units: Sequence[Unit]) -> float:
-        if not self.observed:
-            return 0.0
-        return statistics.fmean(self.observed) * sum(u.weight for u in units)
-
-    def record(self, units: Sequence[Unit], seconds: float) -> None:
-        if len(units) == 1:
-            self.observed.append(seconds / units[0].weight)
-
-
 def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget: float = 600.0,
                  questions: Sequence[str] | None = None, lr_suggestion: float | None = None,
-                 progress: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict:
+                 progress: bool = False, clock: Callable[[], float] = time.perf_counter,
+                 max_seeds: int | None = None) -> dict:
     """Answer the questions with controlled variants of ``chosen`` on ``context``'s data split (the run's base split,
     scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``.
-    ``budget`` is in seconds of ``clock`` (the tests pass a clock that ticks per call, to plan deterministically)."""
+    ``budget`` is in seconds of ``clock`` (the tests pass a clock that ticks per call, to plan deterministically).
+    With ``max_seeds`` above ``seeds``, the time left after every variant ran is spent on further seeds for the
+    variants still inconclusive (adaptive seeds, two stages at half the error rate each; see docs/evidence.md)."""
     started = clock()
     deadline = started + budget
     questions = check_questions(questions)
     if seeds < 2:
         raise ConfigError(f"evidence.seeds: at least 2 seeds are needed for a confidence interval, got {seeds}")
+    max_seeds = seeds if max_seeds is None else max_seeds
+    if max_seeds < seeds:
+        raise ConfigError(f"evidence.max_seeds: must be at least evidence.seeds ({seeds}), got {max_seeds}")
     if not budget > 0:
         raise ConfigError(f"evidence.budget: must be a positive number of seconds, got {budget}")
     ds = context.base_data.dataset
     maximize = points = ds.task == "classification"
     resolution = 1 / len(context.base_data.split.val) if points else 0.0  # accuracy moves in steps of one sample
     base = apply_overrides(chosen, {"train.early_stopping.enabled": False, "train.lr_auto": False})
-    seed_list = [chosen.seed + SEED_STRIDE * (i + 1) for i in range(seeds)]
+    seed_list = [chosen.seed + SEED_STRIDE * (i + 1) for i in range(max_seeds)]
+    first, extra = seed_list[:seeds], seed_list[seeds:]
     if "lr" in questions and lr_suggestion is None:
         lr_suggestion = _range_test(base, context)
     made = ablations.variants(base, ds.kind, lr_suggestion)
@@ -99,8 +74,22 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
     plan = [reference] + list({id(u): u for u in (units[v.key()] for v in ranked)}.values())
     tuned = base.finetune.init_from is not None  # then question 1 has experiments (freezing variants)
     needs_runs = tuned or any(q != "trainable" for q in questions)
-    runs, interrupted = _execute(plan if needs_runs else [], context, seed_list, chosen.train.early_stopping,
-                                 deadline, progress, clock)
+    stages = Stages(set(first), ALPHA / 2 if extra else ALPHA, maximize, points, resolution)
+    runner = Runner(context, chosen.train.early_stopping, deadline, progress, clock)
+    interrupted = False
+    try:
+        runner.first_seeds(plan if needs_runs else [], first)
+        if extra and reference.scores:
+            open_units = stages.inconclusive(valid, units, reference)
+            undecided = [u for u in plan[1:] if u in open_units]  # in the plan's order, not by their effects
+            stages.extended = runner.more_seeds(reference, undecided, extra)
+    except KeyboardInterrupt:
+        interrupted = True
+        for u in plan:
+            if u.scores is None and u.skipped is None:
+                u.skipped = "interrupted"
+    finally:
+        runner.close()
     result = {}
     for q in (q for q in EVIDENCE_QUESTIONS if q in questions):
         if q == "trainable" and not tuned:
@@ -110,18 +99,70 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
             result[q] = early_stopping_evidence(curves, chosen.train.early_stopping, context.monitor, maximize,
                                                 points, resolution)
         else:
-            result[q] = _answer(q, base, context, made, valid, skipped, units, reference, maximize, points,
-                                resolution)
+            result[q] = _answer(q, base, context, made, valid, skipped, units, reference, stages)
     n_skipped = sum(1 for u in units.values() if u.skipped)
+    used = [s for s in extra if s in reference.seeds]
     result["setup"] = {
-        "seeds": seed_list, "method": f"{METHOD}; intervals 95 %, paired by seed", "rule": RULE,
-        "metric": context.monitor,
-        "maximize": maximize, "points": points, "budget": budget, "seconds": round(clock() - started, 2),
-        "runs": runs, "variants": len(units), "skipped": n_skipped, "interrupted": interrupted,
-        "resolution": resolution, "lr_suggestion": lr_suggestion, "chosen_config": base.to_dict(),
-        "score": f"{context.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split",
+        "seeds": first, "method": f"{METHOD}; intervals 95 %, paired by seed", "rule": RULE,
+        "metric": context.monitor, "maximize": maximize, "points": points, "budget": budget,
+        "seconds": round(clock() - started, 2), "runs": runner.runs, "variants": len(units), "skipped": n_skipped,
+        "interrupted": interrupted, "resolution": resolution, "lr_suggestion": lr_suggestion,
+        "adaptive": {"max_seeds": max_seeds, "extra_seeds": used, "extended": len(stages.extended),
+                     "alpha_per_stage": stages.alpha if extra else None},
+        "chosen_config": base.to_dict(),
+        "score": f"{context.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split "
+                 "(chosen on one half, scored on the other, both ways)",
     }
     return result
+
+
+@dataclass
+class Stages:
+    """The two stages of adaptive seeds: every comparison is judged on the first seeds at ``alpha``; those still
+    inconclusive whose units got further seeds are judged again on all their seeds, at ``alpha`` too (ALPHA / 2
+    each when there is a second stage, so the two together keep the family-wise error at ALPHA)."""
+
+    first: set[int]
+    alpha: float
+    maximize: bool
+    points: bool
+    resolution: float
+    extended: list[Unit] = field(default_factory=list)
+
+    def pairs(self, unit: Unit, reference: Unit, first_only: bool) -> list[tuple[float, float]]:
+        """(unit, reference) scores paired by seed, finite ones only; on the first seeds alone or on all."""
+        ref = reference.by_seed()
+        return [(s, ref[seed]) for seed, s in unit.by_seed().items()
+                if seed in ref and (seed in self.first or not first_only)
+                and math.isfinite(s) and math.isfinite(ref[seed])]
+
+    def judge(self, named: dict[str, Unit], reference: Unit,
+              margin: float) -> tuple[dict[str, Judgement], dict[str, list[tuple[float, float]]]]:
+        """(judgements, the pairs each is based on) of one question's variants."""
+        basis = {k: p for k, u in named.items() if (p := self.pairs(u, reference, True))}
+        judged = judge({k: _effect(p, self.resolution) for k, p in basis.items()}, self.maximize, margin, self.alpha)
+        again = {k: self.pairs(u, reference, False) for k, u in named.items()
+                 if k in judged and judged[k].kind == "inconclusive" and any(u is x for x in self.extended)}
+        if again:
+            judged.update(judge({k: _effect(p, self.resolution) for k, p in again.items()}, self.maximize, margin,
+                                self.alpha))
+            basis.update(again)
+        return judged, basis
+
+    def inconclusive(self, valid: dict[str, list[Variant]], units: dict[str, Unit], reference: Unit) -> list[Unit]:
+        """The units with a comparison still inconclusive on the first seeds, in any question."""
+        margin = self.margin(reference)
+        out: list[Unit] = []
+        for variants in valid.values():
+            named = {v.name: units[v.key()] for v in variants if units[v.key()].scores is not None}
+            judged, _ = self.judge(named, reference, margin)
+            out += [named[k] for k, j in judged.items() if j.kind == "inconclusive" and named[k] not in out]
+        return out
+
+    def margin(self, reference: Unit) -> float | None:
+        """The question's equivalence margin (None before the reference has a finite score)."""
+        finite = [s for s in reference.scores or [] if math.isfinite(s)]
+        return equivalence_margin(self.points, self.resolution, statistics.fmean(finite)) if finite else None
 
 
 def _plan(base: RunConfig, made: dict, questions: Sequence[str],
@@ -162,142 +203,48 @@ def _range_test(cfg: RunConfig, context: RunContext) -> float | None:
         return None
 
 
-def _execute(units: list[Unit], context: RunContext, seeds: list[int], policy: EarlyStoppingConfig, deadline: float,
-             progress: bool, clock: Callable[[], float]) -> tuple[int, bool]:
-    """Run the units in order (the reference first), each with the seeds, grouping later units of the same
-    structure into its population while there is room and the estimated cost fits the time left. Scores are the
-    chosen early-stopping ``policy`` replayed on each run's curve. Returns (runs finished, interrupted)."""
-    cost = CostModel()
-    runs, reference, queue = 0, units[0] if units else None, list(units)
-    bar = _Bar(len(units) * len(seeds)) if progress else None
-    try:
-        while queue:
-            unit = queue.pop(0)
-            left = deadline - clock()
-            if unit is not reference and cost.estimate([unit]) > left:
-                unit.skipped = "time budget"
-                if bar:
-                    bar.advance(len(seeds))
-                continue
-            group = _group(unit, queue, cost, left, context.population_size(unit.config), len(seeds))
-            if bar:
-                bar.describe(group)
-            cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
-            limit = TimeLimit(lambda: deadline - clock(), "evidence budget")
-            t0 = clock()
-            fits = fit_configs(cfgs, context.data_for, context.population_size(unit.config), [[limit] for _ in cfgs],
-                               val_halves=True)
-            seconds = clock() - t0
-            cost.record(group, seconds)
-            for i, u in enumerate(group):
-                mine = [fit for _, fit in fits[i * len(seeds):(i + 1) * len(seeds)]]
-                u.seconds = seconds * len(seeds) / len(cfgs)
-                if any(f.stop_reason.startswith("evidence budget") for f in mine):
-                    u.skipped = "time budget (cut during its runs)"
-                    continue
-                u.curves = [[{k: v for k, v in h.items() if k != "grad_norms"} for h in f.history] for f in mine]
-                u.scores = [score(c, policy, context.monitor) for c in u.curves]
-                runs += len(mine)
-            if bar:
-                bar.advance(len(cfgs))
-    except KeyboardInterrupt:
-        for u in units:
-            if u.scores is None and u.skipped is None:
-                u.skipped = "interrupted"
-        return runs, True
-    finally:
-        if bar:
-            bar.stop()
-    return runs, False
-
-
-def _group(unit: Unit, queue: list[Unit], cost: CostModel, left: float, size: int, seeds: int) -> list[Unit]:
-    """``unit`` and the later units of its structure that fill its population, taken out of ``queue``. A later
-    unit joins only while the group's estimated cost plus that of every unit ahead of it in the queue fits the time
-    left, so pulling a unit forward never takes time from a more informative one. Before anything was measured,
-    the unit runs alone."""
-    group = [unit]
-    if not cost.observed:
-        return group
-    key, need, ahead = structure_key(unit.config), cost.estimate([unit]), 0.0
-    for other in list(queue):
-        if (len(group) + 1) * seeds > size:
-            break
-        extra = cost.estimate([other])
-        if structure_key(other.config) == key and need + extra + ahead <= left:
-            group.append(other)
-            queue.remove(other)
-            need += extra
-        else:
-            ahead += extra
-    return group
-
-
-class _Bar:
-    """A rich progress bar over the planned runs, showing the variants in training."""
-
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("[bold]evidence"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
-                                 console=Console(stderr=True))
-        self.progress.start()
-        self.task = self.progress.add_task("evidence", total=total, status="")
-
-    def describe(self, group: Sequence[Unit]) -> None:
-        names = [f"{v.question}: {v.name}" for u in group for v in u.variants[:1]] or ["the chosen configuration"]
-        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
-        self.progress.update(self.task, status=shown)
-
-    def advance(self, runs: int) -> None:
-        self.progress.advance(self.task, runs)
-
-    def stop(self) -> None:
-        self.progress.stop()
+def _effect(pairs: list[tuple[float, float]], resolution: float) -> Effect:
+    return paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
 
 
 def _answer(question: str, base: RunConfig, context: RunContext, made: dict, valid: dict[str, list[Variant]],
-            skipped: dict[str, list[dict]], units: dict[str, Unit], reference: Unit, maximize: bool,
-            points: bool, resolution: float) -> dict:
-    """One question's entry: each variant's mean score and paired difference to the chosen configuration."""
+            skipped: dict[str, list[dict]], units: dict[str, Unit], reference: Unit, stages: Stages) -> dict:
+    """One question's entry: each variant's mean score, paired difference to the chosen configuration and verdict."""
     chosen = ablations.chosen_names(base, context.base_data.dataset.kind)[question]
     if isinstance(made.get(question), str):
         return {"verdict": made[question], "chosen": chosen, "variants": [], "skipped": []}
-    rows, effects, missed, dead = [], {}, list(skipped.get(question, [])), []
+    missed, dead, named = list(skipped.get(question, [])), [], {}
     for v in valid.get(question, []):
         unit = units[v.key()]
         if unit.scores is None:
             missed.append({"name": v.name, "reason": unit.skipped or "not run"})
             continue
-        pairs = [(s, r) for s, r in zip(unit.scores, reference.scores or []) if math.isfinite(s) and math.isfinite(r)]
+        named[v.name] = unit
         diverged = sum(1 for c in unit.curves if replay_diverged(c))
         if diverged:
             dead.append(f"{v.name} ({diverged} of {len(unit.curves)})")
-        row = {"name": v.name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
-               "seconds": round(unit.seconds, 2), "diverged": diverged}
-        if pairs:
-            effect = paired_effect([s for s, _ in pairs], [r for _, r in pairs], resolution=resolution)
-            effects[v.name] = effect
-            row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
-                       ci_high=effect.ci_high)
-        rows.append(row)
     finite = [s for s in reference.scores or [] if math.isfinite(s)]
-    margin = equivalence_margin(points, resolution, statistics.fmean(finite)) if finite else None
+    margin = stages.margin(reference)
+    judged, basis = stages.judge(named, reference, margin) if margin is not None else ({}, {})
+    rows = []
+    for name, unit in named.items():
+        pairs = basis.get(name, [])
+        row = {"name": name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
+               "seconds": round(unit.seconds, 2), "diverged": sum(1 for c in unit.curves if replay_diverged(c))}
+        if pairs:
+            effect = judged[name].effect
+            row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
+                       ci_high=effect.ci_high, **judged[name].to_dict())
+        rows.append(row)
     if reference.scores is None:
         text = ("Not measured: the time budget ended before the chosen configuration's own runs finished; give "
                 "--evidence-budget more time.")
-    elif not effects:
+    elif not judged:
         reasons = sorted({m["reason"] for m in missed} | ({"no finite score on any seed"} if rows else set()))
         more = "; give --evidence-budget more time" if any(r.startswith("time budget") for r in reasons) else ""
         text = f"Not measured: no variant has a score to compare ({'; '.join(reasons) or 'none to run'}){more}."
     else:
-        judgements = judge(effects, maximize, margin)
-        for row in rows:
-            if row["name"] in judgements:
-                row.update(judgements[row["name"]].to_dict())
-        text = verdict(chosen, judgements, points, context.monitor, margin)
+        text = verdict(chosen, judged, stages.points, context.monitor, margin)
         if dead:
             text += f" Diverged (non-finite loss) on some seeds: {', '.join(dead)}."
         budget = sum(1 for m in missed if m["reason"].startswith("time budget"))
@@ -320,9 +267,11 @@ def _trainable(base: RunConfig, context: RunContext) -> dict:
 
 
 def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None = None,
-            questions: Sequence[str] | None = None, progress: bool = False, dataset: Dataset | None = None) -> dict:
+            questions: Sequence[str] | None = None, progress: bool = False, dataset: Dataset | None = None,
+            max_seeds: int | None = None) -> dict:
     """Run the evidence for a finished ``tune`` or ``train`` run directory, store it in its result.json (key
-    ``evidence``) and return it. ``seeds``, ``budget`` and ``questions`` default to the run config's ``evidence``;
+    ``evidence``) and return it. ``seeds``, ``max_seeds``, ``budget`` and ``questions`` default to the run config's
+    ``evidence``;
     ``dataset`` is the in-memory data the run was given (else the config's source is loaded)."""
     check_questions(questions)  # before any loading, so a typo fails at once
     run_dir = Path(run_dir)
@@ -335,7 +284,8 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     else:
         run_cfg = chosen = build_config(result["config"], where=str(path))
         suggestion = (result.get("lr_find") or {}).get("suggestion")  # this very model's range test
-    given = {"evidence.seeds": seeds, "evidence.budget": budget, "evidence.questions": questions}
+    given = {"evidence.seeds": seeds, "evidence.max_seeds": max_seeds, "evidence.budget": budget,
+             "evidence.questions": questions}
     run_cfg = apply_overrides(run_cfg, {k: v for k, v in given.items() if v is not None})
     ev = run_cfg.evidence
     data = prepare_data(run_cfg, dataset)
@@ -343,7 +293,8 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
     rundir.same_data(recorded and recorded.get("data"), rundir.fingerprint(data.dataset, data_source(run_cfg, dataset)),
                      f"run {run_dir}", "explain a run on the data it was trained on")
     context = RunContext(run_cfg, data)
-    evidence = run_evidence(chosen, context, ev.seeds, ev.budget, ev.questions, suggestion, progress)
+    evidence = run_evidence(chosen, context, ev.seeds, ev.budget, ev.questions, suggestion, progress,
+                            max_seeds=max(ev.max_seeds, ev.seeds))
     result["evidence"] = evidence
     write_result(run_dir, result)
     return evidence

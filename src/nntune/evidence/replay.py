@@ -66,9 +66,9 @@ def score(history: Sequence[dict], policy: EarlyStoppingConfig, metric: str) -> 
     if half_key(metric, "a") not in history[0]:
         return float(rows.get(replay(history, policy).kept_epoch, {}).get(metric, math.nan))
     scores = []
-    for pick, judge in (("a", "b"), ("b", "a")):
+    for pick, other in (("a", "b"), ("b", "a")):
         kept = replay(history, policy, half_key(policy.monitor, pick)).kept_epoch
-        scores.append(float(rows.get(kept, {}).get(half_key(metric, judge), math.nan)))
+        scores.append(float(rows.get(kept, {}).get(half_key(metric, other), math.nan)))
     return statistics.fmean(scores)
 
 
