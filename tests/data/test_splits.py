@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from nntune.data.splits import split_dataset
+from nntune.data.splits import redraw, split_dataset
 from nntune.data.sources import Dataset
 
 
@@ -32,3 +32,18 @@ def test_too_few_samples_for_many_classes_is_a_data_error():
     ds = Dataset("many", torch.randn(60, 2), torch.arange(60) % 20, "classification", [str(i) for i in range(20)])
     with pytest.raises(DataError, match="too few to split"):
         split_dataset(ds, 0.5, 0.3, seed=0)
+
+
+def test_redrawn_splits_keep_the_test_split_and_the_sizes(digits):
+    base = split_dataset(digits, seed=0)
+    a, b, again = (redraw(digits, base, s) for s in (11, 12, 11))
+    for s in (a, b):
+        assert torch.equal(s.test, base.test) and (len(s.train), len(s.val)) == (len(base.train), len(base.val))
+        together = torch.cat([s.train, s.val])
+        assert len(set(together.tolist())) == len(together)  # disjoint
+        assert set(together.tolist()) == set(torch.cat([base.train, base.val]).tolist())
+        counts = np.bincount(digits.y[s.val].numpy(), minlength=10)
+        assert counts.max() - counts.min() <= 2  # stratified
+    assert torch.equal(a.val, again.val) and not torch.equal(a.val, b.val)
+    reg = Dataset("r", torch.randn(50, 3), torch.randn(50), "regression")
+    assert len(redraw(reg, split_dataset(reg), 3).val) == len(split_dataset(reg).val)

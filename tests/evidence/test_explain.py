@@ -207,3 +207,20 @@ def test_two_stage_seeds_keep_the_error_rate_on_null_data():
         judged, _ = stages.judge(named, reference, margin)
         hits += any(j.kind in ("better", "worse") for j in judged.values())
     assert hits / 300 <= 0.07
+
+
+def test_each_seed_trains_on_its_own_split_with_the_test_split_kept():
+    """Split variation: seed i of every configuration trains on the i-th redrawn train/validation split; the planted
+    normalization effect still shows, and identical configurations on one seed see the same split."""
+    ds = blobs(n=600, features=4)
+    noise = torch.randn(len(ds), 4, generator=torch.Generator().manual_seed(1))
+    ds.x = torch.cat([ds.x * 2e-3, noise * 1e3], dim=1)
+    cfg = apply_overrides(RunConfig(), {**TINY, "preprocess.scaler": "zscore", "train.lr": 0.01})
+    context = searching(cfg, ds)
+    ev = run_evidence(cfg, context, seeds=3, budget=120, questions=["normalization"], resplit=True)
+    assert ev["setup"]["resplit"] and variant(ev["normalization"], "none")["ci_high"] < -0.3
+    splits = {seed: data.split for (_, seed), data in context.redrawn.items()}  # the latest few are kept
+    assert set(splits) <= set(ev["setup"]["seeds"]) and len(splits) >= 2
+    vals = [s.val for s in splits.values()]
+    assert all(torch.equal(s.test, context.base_data.split.test) for s in splits.values())
+    assert not torch.equal(vals[0], vals[1]) and not torch.equal(vals[0], context.base_data.split.val)

@@ -304,6 +304,8 @@ class EvidenceConfig(_Section):
     max_seeds: int = Field(10, ge=2, description="adaptive seeds: the time left after every variant ran goes to "
                                                  "further seeds, up to this many, for the comparisons still "
                                                  "inconclusive (equal to seeds: off)")
+    resplit: bool = Field(True, description="each seed trains every variant on its own redrawn train/validation "
+                                            "split (the test split kept), so answers hold beyond one split")
     budget: float = Field(600.0, gt=0, description="time budget in seconds; variants run most informative first "
                                                    "and the rest are listed as skipped")
     questions: list[str] | None = Field(None, description="questions to answer (default: all ten): trainable, "

@@ -47,3 +47,12 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.15, test_fraction: float 
 
 def _sorted(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.sort(a), dtype=torch.int64)
+
+
+def redraw(ds: Dataset, split: Split, seed: int) -> Split:
+    """Another train/validation split of the same samples (stratified, the same sizes, seeded); the test split is
+    kept: the evidence pairs each seed with its own split, so an answer holds for the data, not for one split."""
+    rest = torch.cat([split.train, split.val]).numpy()
+    y = ds.y.numpy()[rest] if ds.task == "classification" else None
+    train, val = train_test_split(rest, test_size=len(split.val), random_state=seed % 2**32, stratify=y)
+    return Split(_sorted(train), _sorted(val), split.test)

@@ -44,12 +44,14 @@ SEED_STRIDE = 104_729  # evidence seeds are chosen.seed + k * stride: fresh, non
 def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget: float = 600.0,
                  questions: Sequence[str] | None = None, lr_suggestion: float | None = None,
                  progress: bool = False, clock: Callable[[], float] = time.perf_counter,
-                 max_seeds: int | None = None) -> dict:
+                 max_seeds: int | None = None, resplit: bool = False) -> dict:
     """Answer the questions with controlled variants of ``chosen`` on ``context``'s data split (the run's base split,
     scaled per variant); returns the ``evidence`` object of result.json: one entry per question plus ``setup``.
     ``budget`` is in seconds of ``clock`` (the tests pass a clock that ticks per call, to plan deterministically).
     With ``max_seeds`` above ``seeds``, the time left after every variant ran is spent on further seeds for the
-    variants still inconclusive (adaptive seeds, two stages at half the error rate each; see docs/evidence.md)."""
+    variants still inconclusive (adaptive seeds, two stages at half the error rate each; see docs/evidence.md).
+    With ``resplit``, seed i trains every configuration on the i-th redrawn train/validation split (the test split
+    kept), so the answer holds for the data rather than for one split."""
     started = clock()
     deadline = started + budget
     questions = check_questions(questions)
@@ -75,7 +77,7 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
     tuned = base.finetune.init_from is not None  # then question 1 has experiments (freezing variants)
     needs_runs = tuned or any(q != "trainable" for q in questions)
     stages = Stages(set(first), ALPHA / 2 if extra else ALPHA, maximize, points, resolution)
-    runner = Runner(context, chosen.train.early_stopping, deadline, progress, clock)
+    runner = Runner(context, chosen.train.early_stopping, deadline, progress, clock, resplit)
     interrupted = False
     try:
         runner.first_seeds(plan if needs_runs else [], first)
@@ -106,12 +108,13 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
         "seeds": first, "method": f"{METHOD}; intervals 95 %, paired by seed", "rule": RULE,
         "metric": context.monitor, "maximize": maximize, "points": points, "budget": budget,
         "seconds": round(clock() - started, 2), "runs": runner.runs, "variants": len(units), "skipped": n_skipped,
-        "interrupted": interrupted, "resolution": resolution, "lr_suggestion": lr_suggestion,
+        "interrupted": interrupted, "resolution": resolution, "lr_suggestion": lr_suggestion, "resplit": resplit,
         "adaptive": {"max_seeds": max_seeds, "extra_seeds": used, "extended": len(stages.extended),
                      "alpha_per_stage": stages.alpha if extra else None},
         "chosen_config": base.to_dict(),
         "score": f"{context.monitor} at the epoch the chosen early-stopping policy keeps, on the validation split "
-                 "(chosen on one half, scored on the other, both ways)",
+                 "(chosen on one half, scored on the other, both ways)"
+                 + ("; each seed with its own train/validation split" if resplit else ""),
     }
     return result
 
@@ -294,7 +297,7 @@ def explain(run_dir: str | Path, seeds: int | None = None, budget: float | None 
                      f"run {run_dir}", "explain a run on the data it was trained on")
     context = RunContext(run_cfg, data)
     evidence = run_evidence(chosen, context, ev.seeds, ev.budget, ev.questions, suggestion, progress,
-                            max_seeds=max(ev.max_seeds, ev.seeds))
+                            max_seeds=max(ev.max_seeds, ev.seeds), resplit=ev.resplit)
     result["evidence"] = evidence
     write_result(run_dir, result)
     return evidence

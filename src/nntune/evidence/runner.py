@@ -63,8 +63,9 @@ class Runner:
     and one progress bar for all its phases."""
 
     def __init__(self, context: RunContext, policy: EarlyStoppingConfig, deadline: float, progress: bool,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], resplit: bool = False) -> None:
         self.context, self.policy, self.deadline, self.clock = context, policy, deadline, clock
+        self.resplit = resplit  # each seed trains on its own train/validation split (the same for every unit)
         self.cost = CostModel()
         self.bar = _Bar() if progress else None
         self.runs = 0
@@ -120,8 +121,9 @@ class Runner:
         cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
         limit = TimeLimit(self.left, "evidence budget")
         t0 = self.clock()
-        fits = fit_configs(cfgs, context.data_for, context.population_size(group[0].config),
-                           [[limit] for _ in cfgs], val_halves=True)
+        data_for = (lambda c: context.data_for(c, split_seed=c.seed)) if self.resplit else context.data_for
+        fits = fit_configs(cfgs, data_for, context.population_size(group[0].config), [[limit] for _ in cfgs],
+                           val_halves=True)
         seconds = self.clock() - t0
         self.cost.record(group, len(seeds), seconds)
         done = {}

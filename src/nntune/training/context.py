@@ -8,16 +8,21 @@ adds its space and study on top (:class:`nntune.search.setup.Search`); the evide
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from nntune.config import RunConfig
 from nntune.data.scalers import resolve_method
+from nntune.data.splits import redraw
 from nntune.training.pipeline import PreparedData, choose_population_size, prepare_data, stackable
 
 
 def objective(task: str) -> tuple[str, str]:
     """(monitored history key, direction) a run of ``task`` is judged by: validation accuracy, or loss."""
     return ("val_accuracy", "maximize") if task == "classification" else ("val_loss", "minimize")
+
+
+REDRAWN_KEPT = 8  # redrawn splits kept prepared at once (the evidence uses a few seeds at a time)
 
 
 def size_class(cfg: RunConfig) -> str:
@@ -36,11 +41,12 @@ class RunContext:
 
     cfg: RunConfig
     base_data: PreparedData
-    data_by_scaler: dict[str, PreparedData] = field(default_factory=dict)
+    prepared: dict[str, PreparedData] = field(default_factory=dict)  # the base split, by scaler method
+    redrawn: OrderedDict[tuple[str, int], PreparedData] = field(default_factory=OrderedDict)  # (method, split seed)
     sizes: dict[str, int] = field(default_factory=dict)  # population size per size_class, measured once
 
     def __post_init__(self) -> None:
-        self.data_by_scaler.setdefault(self.base_data.scaler.method, self.base_data)
+        self.prepared.setdefault(self.base_data.scaler.method, self.base_data)
 
     @property
     def task(self) -> str:
@@ -50,13 +56,23 @@ class RunContext:
     def monitor(self) -> str:
         return objective(self.task)[0]
 
-    def data_for(self, cfg: RunConfig) -> PreparedData:
-        """The search's split scaled as ``cfg`` asks, prepared once per (resolved) scaler method."""
+    def data_for(self, cfg: RunConfig, split_seed: int | None = None) -> PreparedData:
+        """The search's split scaled as ``cfg`` asks, prepared once per (resolved) scaler method; with
+        ``split_seed``, the train/validation split redrawn with that seed (the test split kept), prepared once per
+        seed and method."""
         ds = self.base_data.dataset
         method = resolve_method(cfg.preprocess.scaler, ds.kind)
-        if method not in self.data_by_scaler:
-            self.data_by_scaler[method] = prepare_data(cfg, ds, split=self.base_data.split)
-        return self.data_by_scaler[method]
+        if split_seed is None:
+            if method not in self.prepared:
+                self.prepared[method] = prepare_data(cfg, ds, split=self.base_data.split)
+            return self.prepared[method]
+        key = (method, split_seed)
+        if key not in self.redrawn:
+            self.redrawn[key] = prepare_data(cfg, ds, split=redraw(ds, self.base_data.split, split_seed))
+            while len(self.redrawn) > REDRAWN_KEPT:  # each is a scaled copy of the data: keep the latest few
+                self.redrawn.popitem(last=False)
+        self.redrawn.move_to_end(key)
+        return self.redrawn[key]
 
     def population_size(self, cfg: RunConfig, seconds: float = math.inf) -> int:
         """Members per population for ``cfg``'s :func:`size_class`: ``search.population``, else measured on the first

@@ -244,9 +244,9 @@ def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], Prepa
     back in the order of ``cfgs``. ``data_for`` gives the prepared data a config trains on (its scaler)."""
     if size < 1:
         raise ConfigError(f"population size must be at least 1, got {size}")
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(cfgs):
-        groups.setdefault(structure_key(c), []).append(i)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, c in enumerate(cfgs):  # one population shares its structure and its data (split and scaling)
+        groups.setdefault((structure_key(c), id(data_for(c))), []).append(i)
     results: list = [None] * len(cfgs)
     for members in groups.values():
         for start in range(0, len(members), size):
