@@ -165,5 +165,11 @@ def print_evidence(evidence: dict) -> None:
                       f"{seeds} seeds) in {setup['seconds']:.0f} s of {setup['budget']:.0f} s; {setup['skipped']} "
                       "skipped"
                       + (" (interrupted)" if setup.get("interrupted") else ""))
+    plan = setup.get("plan")
+    if plan:
+        missing = f"; not answered: {', '.join(plan['unanswered'])}" if plan["unanswered"] else ""
+        out_console.print(f"plan: {plan['affordable']} of {plan['variants']} variants in an estimated "
+                          f"{plan['probe_seconds'] + plan['planned_seconds']:.0f} s (took "
+                          f"{plan['measured_seconds']:.0f} s){missing}")
     if setup.get("rule"):
         out_console.print(setup["rule"])

@@ -29,6 +29,7 @@ from nntune.evidence import ablations
 from nntune.evidence.ablations import Variant
 from nntune.evidence.replay import diverged as replay_diverged
 from nntune.evidence.replay import early_stopping_evidence
+from nntune.evidence.planner import plan_budget
 from nntune.evidence.runner import Runner, Unit
 from nntune.evidence.stats import (ALPHA, METHOD, RULE, Effect, Judgement, equivalence_margin, judge, paired_effect,
                                    verdict)
@@ -78,9 +79,16 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
     needs_runs = tuned or any(q != "trainable" for q in questions)
     stages = Stages(set(first), ALPHA / 2 if extra else ALPHA, maximize, points, resolution)
     runner = Runner(context, chosen.train.early_stopping, deadline, progress, clock, resplit)
-    interrupted = False
+    interrupted, budget_plan = False, None
+
+    def announce(probe_seconds: float) -> None:
+        nonlocal budget_plan
+        asked = [q for q in questions if q in valid and valid[q]]
+        budget_plan = plan_budget(plan[1:], seeds, runner.cost, probe_seconds, runner.left(), asked)
+        runner.say(budget_plan.text(seeds))
+
     try:
-        runner.first_seeds(plan if needs_runs else [], first)
+        runner.first_seeds(plan if needs_runs else [], first, announce)
         if extra and reference.scores:
             open_units = stages.inconclusive(valid, units, reference)
             undecided = [u for u in plan[1:] if u in open_units]  # in the plan's order, not by their effects
@@ -109,6 +117,7 @@ def run_evidence(chosen: RunConfig, context: RunContext, seeds: int = 3, budget:
         "metric": context.monitor, "maximize": maximize, "points": points, "budget": budget,
         "seconds": round(clock() - started, 2), "runs": runner.runs, "variants": len(units), "skipped": n_skipped,
         "interrupted": interrupted, "resolution": resolution, "lr_suggestion": lr_suggestion, "resplit": resplit,
+        "plan": budget_plan and {**budget_plan.to_dict(), "measured_seconds": round(runner.first_seconds, 1)},
         "adaptive": {"max_seeds": max_seeds, "extra_seeds": used, "extended": len(stages.extended),
                      "alpha_per_stage": stages.alpha if extra else None},
         "chosen_config": base.to_dict(),

@@ -69,16 +69,23 @@ class Runner:
         self.cost = CostModel()
         self.bar = _Bar() if progress else None
         self.runs = 0
+        self.first_seconds = 0.0  # what the first seeds of every unit took (the plan's estimate is checked on it)
 
     def left(self) -> float:
         return self.deadline - self.clock()
 
-    def first_seeds(self, units: list[Unit], seeds: list[int]) -> None:
+    def first_seeds(self, units: list[Unit], seeds: list[int],
+                    on_probe: Callable[[float], None] | None = None) -> None:
         """Every unit with ``seeds``, in order (the reference first); a unit whose estimated cost no longer fits the
-        time left is skipped, and later units of the same structure join a population while they fit."""
+        time left is skipped, and later units of the same structure join a population while they fit.
+        ``on_probe(seconds)`` is called once the reference has run (the probe the plan is made from)."""
         reference, queue = units[0] if units else None, list(units)
         self._grow(len(units) * len(seeds))
+        started = self.clock()
         while queue:
+            if on_probe is not None and reference is not None and queue[0] is not reference and reference.scores:
+                on_probe(reference.seconds)
+                on_probe = None
             unit, left = queue.pop(0), self.left()
             if unit is not reference and self.cost.estimate([unit], len(seeds)) > left:
                 unit.skipped = "time budget"
@@ -88,6 +95,7 @@ class Runner:
             for u, ran in self._run(group, seeds).items():
                 if not ran:
                     u.skipped = "time budget (cut during its runs)"
+        self.first_seconds = self.clock() - started
 
     def more_seeds(self, reference: Unit, units: list[Unit], seeds: Sequence[int]) -> list[Unit]:
         """Adaptive seeds: one more seed per round for the reference and ``units`` (in their order, those whose
@@ -151,8 +159,9 @@ class Runner:
             return group
         size = self.context.population_size(unit.config)
         key, need, ahead = structure_key(unit.config), self.cost.estimate([unit], seeds), 0.0
+        per_population = 1 if self.resplit else seeds  # each seed's split is its own population when resplit
         for other in list(queue):
-            if (len(group) + 1) * seeds > size:
+            if (len(group) + 1) * per_population > size:
                 break
             extra = self.cost.estimate([other], seeds)
             if structure_key(other.config) == key and need + extra + ahead <= left:
@@ -162,6 +171,11 @@ class Runner:
             else:
                 ahead += extra
         return group
+
+    def say(self, text: str) -> None:
+        """A line for the user above the progress bar (nothing without one)."""
+        if self.bar:
+            self.bar.progress.console.print(text)
 
     def _grow(self, runs: int) -> None:
         if self.bar:
