@@ -158,3 +158,12 @@ def test_evidence_runs_log_the_halves_the_same_alone_and_in_a_population():
         for k in ("val_a_loss", "val_b_accuracy"):
             assert row[k] == pytest.approx(b.history[-1][k], rel=1e-4)
     assert "val_a_loss" not in fit_configs(cfgs[:1], lambda _: data, 1)[0][1].history[0]
+
+
+def test_no_curves_says_why():
+    es = EarlyStoppingConfig(patience=5)
+    assert "no evidence run finished within the time budget" in \
+        early_stopping_evidence([], es, "val_accuracy", maximize=True, points=True)["verdict"]
+    nan = curve([1.0, float("nan")])
+    assert "every evidence run diverged" in \
+        early_stopping_evidence([nan], es, "val_accuracy", maximize=True, points=True)["verdict"]

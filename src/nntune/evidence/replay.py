@@ -99,12 +99,15 @@ def early_stopping_evidence(curves: Sequence[Sequence[dict]], chosen: EarlyStopp
     with the chosen policy's on the same curve, and the epochs it trains (``epochs_saved`` is against training to
     the end); ``resolution`` as in :func:`~nntune.evidence.stats.paired_effect`. The curves come from all the
     evidence runs around the chosen configuration, and each counts as one pair."""
-    full_curves = [c for c in curves if c and not diverged(c)]
+    finished = [c for c in curves if c]
+    full_curves = [c for c in finished if not diverged(c)]
     curves = [c for c in full_curves if math.isfinite(score(c, chosen, metric))]
     chosen_name = policy_name(chosen)
     if not curves:
-        return {"verdict": "Not measured: no evidence run finished without diverging, so there are no curves to "
-                           "replay.", "chosen": chosen_name, "variants": [], "skipped": []}
+        why = ("every evidence run diverged (a non-finite loss)" if finished else
+               "no evidence run finished within the time budget; give --evidence-budget more time")
+        return {"verdict": f"Not measured: {why}, so there are no curves to replay.", "chosen": chosen_name,
+                "variants": [], "skipped": []}
     full = max(len(c) for c in curves)
     ref = [score(c, chosen, metric) for c in curves]
     ref_epochs = statistics.fmean(replay(c, chosen).epochs for c in curves)
