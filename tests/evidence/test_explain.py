@@ -224,3 +224,30 @@ def test_each_seed_trains_on_its_own_split_with_the_test_split_kept():
     vals = [s.val for s in splits.values()]
     assert all(torch.equal(s.test, context.base_data.split.test) for s in splits.values())
     assert not torch.equal(vals[0], vals[1]) and not torch.equal(vals[0], context.base_data.split.val)
+
+
+def test_two_scalers_that_give_identical_inputs_are_equivalent():
+    """Binary features: min-max scaling leaves them as they are, so 'none' trains on identical inputs, with the
+    same seeds: every difference is exactly 0, and the verdict is equivalent (never 'no measurable difference')."""
+    g = torch.Generator().manual_seed(3)  # 1500 samples: a 225-sample validation split, so 3 seeds can show it
+    x = (torch.rand(1500, 8, generator=g) > 0.5).float()
+    y = (x[:, 0] + x[:, 1] + 0.3 * torch.randn(1500, generator=g) > 1).long()
+    ds = Dataset("bits", x, y, "classification", ["0", "1"])
+    cfg = apply_overrides(RunConfig(), {**TINY, "preprocess.scaler": "minmax"})
+    ev = run_evidence(cfg, searching(cfg, ds), seeds=3, budget=120, questions=["normalization"])
+    none = variant(ev["normalization"], "none")
+    assert none["diff"] == 0 and none["verdict"] == "equivalent"
+    assert "none equivalent (within ±1.0 points)" in ev["normalization"]["verdict"]
+
+
+def test_random_labels_give_at_most_one_effect_in_a_whole_run():
+    """Labels independent of the inputs: nothing can matter, so a run over every question reports at most one
+    better/worse verdict (Holm within each question; ~0.3 expected per run)."""
+    ds = blobs(n=240, seed=5)
+    ds.y = torch.randint(0, 4, (len(ds),), generator=torch.Generator().manual_seed(6))
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 6, "search.population": 8})
+    ev = run_evidence(cfg, searching(cfg, ds), seeds=3, budget=10**6, lr_suggestion=0.003, clock=Ticks())
+    decided = [(q, r["name"]) for q in EVIDENCE_QUESTIONS if q != "early_stopping"
+               for r in ev[q]["variants"] if r.get("verdict") in ("better", "worse")]
+    compared = sum(1 for q in EVIDENCE_QUESTIONS if q != "early_stopping" for r in ev[q]["variants"] if r["n"])
+    assert compared >= 30 and len(decided) <= 1, decided

@@ -165,6 +165,8 @@ class Stages:
         """The units with a comparison still inconclusive on the first seeds, in any question."""
         margin = self.margin(reference)
         out: list[Unit] = []
+        if margin is None:
+            return out
         for variants in valid.values():
             named = {v.name: units[v.key()] for v in variants if units[v.key()].scores is not None}
             judged, _ = self.judge(named, reference, margin)
