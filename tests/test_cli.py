@@ -165,6 +165,24 @@ def test_predictions_for_an_image_folder_name_the_files(capsys, tmp_path):
            str(tmp_path / "run"))
     run_ok(capsys, "predict", str(tmp_path / "run" / "best"), "--data", str(root), "--out", str(tmp_path / "p.csv"))
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "file,label,prob_dark,prob_light"
+    assert lines[0] == "path,label,prob_dark,prob_light"
     assert [line.split(",")[0] for line in lines[1:]] == [str(root / c / f"{i}.png") for c in ("dark", "light")
                                                            for i in range(6)]
+    # what users have: a flat folder of new images (one of another size), a single file, a glob pattern
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(np.full((8, 8), 45, dtype=np.uint8)).save(new / "a_dark.png")
+    Image.fromarray(np.full((16, 16), 215, dtype=np.uint8)).save(new / "b_light.png")  # resized to the model's 8x8
+    (new / "notes.txt").write_text("not an image")
+    best = str(tmp_path / "run" / "best")
+    for data, files in ((new, ["a_dark.png", "b_light.png"]), (new / "b_light.png", ["b_light.png"]),
+                        (new / "a_*.png", ["a_dark.png"])):
+        run_ok(capsys, "predict", best, "--data", str(data), "--out", str(tmp_path / "q.csv"))
+        rows = [line.split(",") for line in (tmp_path / "q.csv").read_text().splitlines()]
+        assert rows[0][:2] == ["path", "label"] and [r[0] for r in rows[1:]] == [str(new / f) for f in files]
+        assert [r[1] for r in rows[1:]] == [f.split("_")[1].removesuffix(".png") for f in files]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit):
+        main(["predict", best, "--data", str(empty), "--out", str(tmp_path / "r.csv")])
+    assert "no image files" in capsys.readouterr().err

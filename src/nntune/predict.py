@@ -26,17 +26,19 @@ def load_model(path: str | Path) -> Artifact | ExportedModel:
 
 def predict_csv(model: str | Path, data: str | Path, out: str | Path) -> int:
     """Predict with ``model`` (see :func:`load_model`) on ``data`` (a CSV with the training feature columns, an NPZ
-    with ``x``, or an image folder) and write ``out`` (see :func:`write_predictions`). Returns how many rows."""
+    with ``x``, or images: a file, a folder or a glob pattern) and write ``out`` (see :func:`write_predictions`; a
+    ``path`` column names each image). Returns how many rows."""
     data = Path(data)
     art = load_model(model)
     x, names = load_features(data, art.data)
-    write_predictions(art, x, names, out, key="file" if data.is_dir() else "row")
+    tabular = data.suffix.lower() in (".csv", ".npz") and data.is_file()
+    write_predictions(art, x, names, out, key="row" if tabular else "path")
     return len(x)
 
 
 def write_predictions(art: Artifact | ExportedModel, x: torch.Tensor, names: Sequence[str], out: str | Path,
                       key: str = "row") -> None:
-    """One CSV row per input, named by its ``key`` column (the row number or the image file): for classification the
+    """One CSV row per input, named by its ``key`` column (the row number or the image's path): for classification the
     predicted label and a ``prob_CLASS`` column per class, else the predicted value; written atomically."""
     with atomic.replacing(out, "w", newline="") as fh:
         w = csv.writer(fh)

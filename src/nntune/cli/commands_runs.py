@@ -55,9 +55,11 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
 @click.command("predict")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
-              help="CSV (feature columns by name), NPZ with 'x', or an image folder")
+              help="CSV (feature columns by name), NPZ with 'x', or images: one file, a folder (flat or by class) "
+                   "or a quoted glob such as 'new/*.png'")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("predictions.csv"), show_default=True,
-              help="CSV of predictions: label and one probability column per class (or the predicted value)")
+              help="CSV of predictions: row number or image path, label and one probability column per class (or "
+                   "the predicted value)")
 def predict_cmd(model: Path, data_path: Path, out: Path) -> None:
     """Predict with a saved model (a run's best/ directory, or a file from nntune export) and write a CSV."""
     n = predict_csv(model, data_path, out)

@@ -17,16 +17,23 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # per image; larger ones are refused before they
 IMAGE_VALUES = "unit"  # image files are read into [0, 1]; a saved model without this mark saw 0..255
 
 
-def read_images(where: Path, files: list[Path]) -> torch.Tensor:
+def read_images(where: Path, files: list[Path], like: tuple[int, ...] | None = None) -> torch.Tensor:
     """Image files as one float32 tensor (N, C, H, W) in [0, 1]: grey when every file is grey, else RGB; the most
-    common size wins and the others are resized to it (with a warning)."""
+    common size wins and the others are resized to it (with a warning). ``like`` (C, H, W), a model's input shape,
+    sets the channels (1: grey, 3: RGB) and the size instead, so new images of any size predict."""
     images = [_open_image(f) for f in files]
-    rgb = any(im.mode not in ("L", "1", "I", "F") and not im.mode.startswith("I;16") for im in images)
     sizes = collections.Counter(im.size for im in images)
-    size = sizes.most_common(1)[0][0]
-    if len(sizes) > 1:
-        warnings.warn(f"{where}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
-                      stacklevel=3)
+    if like is not None and len(like) == 3 and like[0] in (1, 3):
+        rgb, size = like[0] == 3, (like[2], like[1])
+        other = sum(n for s, n in sizes.items() if s != size)
+        if other:
+            warnings.warn(f"{where}: {other} image(s) resized to the model's {size[0]}x{size[1]}", stacklevel=3)
+    else:
+        rgb = any(im.mode not in ("L", "1", "I", "F") and not im.mode.startswith("I;16") for im in images)
+        size = sizes.most_common(1)[0][0]
+        if len(sizes) > 1:
+            warnings.warn(f"{where}: images have {len(sizes)} different sizes; resizing all to {size[0]}x{size[1]}",
+                          stacklevel=3)
     x = torch.from_numpy(np.stack([_pixels(im, rgb, size) for im in images]))
     return x.unsqueeze(1) if not rgb else x.permute(0, 3, 1, 2).contiguous()
 

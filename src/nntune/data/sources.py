@@ -10,6 +10,7 @@ Hidden files and folders (``.ipynb_checkpoints``) are skipped; image files are r
 from __future__ import annotations
 
 import csv
+import glob
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -366,18 +367,36 @@ def load_image_folder(path: str | Path) -> Dataset:
     return Dataset(path.name, x, y, "classification", classes, files=[str(f) for f, _ in files])
 
 
+def image_files(path: str | Path) -> list[Path]:
+    """The image files a prediction reads: one image file, every image in a folder (flat, or one sub-folder per class
+    as for training; hidden entries skipped), or the images a glob pattern (``new/*.png``) matches; sorted."""
+    path = Path(path)
+    if glob.has_magic(str(path)):
+        files = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
+    elif path.is_dir():
+        files = [f for entry in _visible(path) for f in ([entry] if entry.is_file() else
+                                                          _visible(entry) if entry.is_dir() else [])]
+    else:
+        files = [path]
+    images = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
 def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]]:
-    """Inputs for prediction and a name per row (the file of an image, else the row number): a CSV with the
-    training feature columns (others, like a target, are ignored), an NPZ with ``x``, or an image folder. ``data``
-    is the saved model's data description; the per-sample shape must match its input shape."""
+    """Inputs for prediction and a name per row (the path of an image, else the row number): a CSV with the
+    training feature columns (others, like a target, are ignored), an NPZ with ``x``, or images (a file, a folder,
+    flat or by class, or a glob pattern; resized to the model's input). ``data`` is the saved model's data
+    description; the per-sample shape must match its input shape."""
     path = Path(path)
     input_shape = tuple(data["input_shape"])
-    if not path.exists():
+    if not glob.has_magic(str(path)) and not path.exists():
         raise DataError(f"{path}: no such file or folder")
     names: list[str] = []
-    if path.is_dir():
-        ds = load_image_folder(path)
-        x, names = ds.x, ds.files
+    if glob.has_magic(str(path)) or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        files = image_files(path)
+        x, names = read_images(path, files, like=input_shape), [str(f) for f in files]
         if data.get("kind") == "image" and data.get("image_values") != IMAGE_VALUES:
             x = x * 255.0  # a model saved before image files were read into [0, 1] learned 0..255 pixel values
     elif path.suffix.lower() == ".npz":
@@ -386,7 +405,8 @@ def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]
     elif path.suffix.lower() == ".csv":
         x = _csv_columns(path, data.get("feature_names", []))
     else:
-        raise DataError(f"{path}: unsupported data file (expected .csv, .npz or an image folder)")
+        raise DataError(f"{path}: unsupported data file (expected .csv, .npz, an image file, an image folder or a "
+                        "glob pattern of images)")
     if tuple(x.shape[1:]) != input_shape:
         raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {input_shape}")
     return x, names or [str(i) for i in range(len(x))]
