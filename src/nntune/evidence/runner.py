@@ -104,11 +104,11 @@ class Runner:
         effects: choosing by the effect would bias the test that follows (see docs/evidence.md)."""
         grown: set[int] = set()
         for seed in seeds:
-            need = self.cost.estimate([reference], 1)
+            need, left = self.cost.estimate([reference], 1), self.left()
             group = [reference]
             for u in units:
                 extra = self.cost.estimate([u], 1)
-                if need + extra <= self.left():
+                if need + extra <= left:
                     group.append(u)
                     need += extra
             if len(group) == 1:  # not even one unit fits beside the reference
@@ -130,8 +130,8 @@ class Runner:
         limit = TimeLimit(self.left, "evidence budget")
         t0 = self.clock()
         data_for = (lambda c: context.data_for(c, split_seed=c.seed)) if self.resplit else context.data_for
-        fits = fit_configs(cfgs, data_for, context.population_size(group[0].config), [[limit] for _ in cfgs],
-                           val_halves=True)
+        size = min(context.population_size(u.config) for u in group)  # a round of extra seeds mixes families
+        fits = fit_configs(cfgs, data_for, size, [[limit] for _ in cfgs], val_halves=True)
         seconds = self.clock() - t0
         self.cost.record(group, len(seeds), seconds)
         done = {}
