@@ -21,7 +21,8 @@ def test_explain_a_train_run(capsys, tmp_path):
     assert [r["n"] for r in evidence["lr"]["variants"]] == [2, 2, 2]  # ⅓×, 3× and the range test's suggestion
     assert evidence["setup"]["seconds"] <= 60 and len(evidence["setup"]["seeds"]) == 2
     plan = evidence["setup"]["plan"]  # made after the chosen configuration's runs, before the variants'
-    assert plan["answered"] == ["lr"] and plan["affordable"] == plan["variants"] == 3 and plan["measured_seconds"] > 0
+    assert plan["answered"] == ["lr"] and plan["variants"] == 3 and plan["measured_seconds"] > 0
+    assert 1 <= plan["affordable"] <= 3 and plan["probe_seconds"] > 0  # what fits depends on this machine's speed
     assert json.loads((out / "result.json").read_text())["evidence"] == evidence
     page = (out / "report.html").read_text()
     assert page.count("<b>Measured:</b>") == 2 and (out / "figures" / "q5_evidence.png").exists()
