@@ -16,10 +16,10 @@ def test_explain_a_train_run(capsys, tmp_path):
     out = tmp_path / "run"
     run_ok(capsys, "train", "--epochs", "3", "--quiet", "--out", str(out))
     evidence = json.loads(run_ok(capsys, "explain", str(out), "--questions", "lr,early_stopping", "--seeds", "2",
-                                 "--max-seeds", "2", "--evidence-budget", "1m", "--quiet", "--json"))
+                                 "--max-seeds", "2", "--evidence-budget", "3m", "--quiet", "--json"))
     assert list(evidence) == ["lr", "early_stopping", "setup"]
     assert [r["n"] for r in evidence["lr"]["variants"]] == [2, 2, 2]  # ⅓×, 3× and the range test's suggestion
-    assert evidence["setup"]["seconds"] <= 60 and len(evidence["setup"]["seeds"]) == 2
+    assert evidence["setup"]["seconds"] <= 180 and len(evidence["setup"]["seeds"]) == 2
     plan = evidence["setup"]["plan"]  # made after the chosen configuration's runs, before the variants'
     assert plan["answered"] == ["lr"] and plan["variants"] == 3 and plan["measured_seconds"] > 0
     assert 1 <= plan["affordable"] <= 3 and plan["probe_seconds"] > 0  # what fits depends on this machine's speed
