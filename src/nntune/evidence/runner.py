@@ -127,10 +127,14 @@ class Runner:
         if self.bar:
             self.bar.describe(group)
         cfgs = [apply_overrides(u.config, {"seed": s}) for u in group for s in seeds]
+        # a round of extra seeds mixes families; measured once per family, before the clock starts: the probe is
+        # not a cost of these runs, and the plan would scale it up to every variant
+        size = min(context.population_size(u.config) for u in group)
+        data_for = (lambda c: context.data_for(c, split_seed=c.seed)) if self.resplit else context.data_for
+        for c in cfgs:  # each split and scaling prepared (and cached) before the clock starts, as the probe is
+            data_for(c)
         limit = TimeLimit(self.left, "evidence budget")
         t0 = self.clock()
-        data_for = (lambda c: context.data_for(c, split_seed=c.seed)) if self.resplit else context.data_for
-        size = min(context.population_size(u.config) for u in group)  # a round of extra seeds mixes families
         fits = fit_configs(cfgs, data_for, size, [[limit] for _ in cfgs], val_halves=True)
         seconds = self.clock() - t0
         self.cost.record(group, len(seeds), seconds)
