@@ -45,6 +45,7 @@ def measure(case: str, arm: str, epochs: int, seeds: int, budget: float, device:
             "plan_estimate": round(estimate, 1), "plan_measured": plan.get("measured_seconds"),
             "plan_error": round(estimate / plan["measured_seconds"] - 1, 3) if plan.get("measured_seconds") else None,
             "answered": len(plan.get("answered", [])), "unanswered": plan.get("unanswered"),
+            "budget_one_per_question": round(plan.get("probe_seconds", 0) + plan.get("one_each_seconds", 0), 1),
             "population_size": search.sizes.get(cfg.model.family, 1), "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine()}
 
