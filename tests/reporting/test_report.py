@@ -93,3 +93,18 @@ def test_dashboard_serves_the_study(tune_dir):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_numeric_axes_read_cleanly():
+    """Depth gets integer ticks; a log width axis labels plain major ticks only (minor labels such as 3×10¹ and 4×10¹
+    ran into each other)."""
+    from nntune.reporting.plots import vs_numeric
+
+    fig = vs_numeric({"mlp: hidden_layers": ([1, 2, 3, 2], [0.9, 0.92, 0.91, 0.95])}, "depth", "val accuracy")
+    fig.canvas.draw()
+    assert all(t.get_text().lstrip("−-").isdigit() for t in fig.axes[0].get_xticklabels())
+    fig = vs_numeric({"mlp: units": ([30, 40, 64, 128, 300], [0.9] * 5)}, "width", "val accuracy", log=True)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    assert {"50", "100", "200"} <= {t.get_text() for t in ax.get_xticklabels()}

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -107,12 +108,19 @@ def by_category(groups: dict[str, list[float]], xlabel: str, metric: str) -> Fig
 
 def vs_numeric(series: dict[str, tuple[list[float], list[float]]], xlabel: str, metric: str,
                log: bool = False) -> Figure:
-    """Scatter of the metric against a numeric setting, one colour per series (e.g. per model family)."""
+    """Scatter of the metric against a numeric setting, one colour per series (e.g. per model family). Integer
+    settings (depth, units) get integer ticks; a log axis labels its major ticks in plain numbers and leaves the
+    minor ones unlabelled (labelled minor ticks such as 3×10¹ and 4×10¹ ran into each other)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for name, (xs, ys) in series.items():
         ax.scatter(xs, ys, s=22, alpha=0.75, label=f"{name} (n={len(xs)})")
     if log:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    if all(float(x).is_integer() for xs, _ in series.values() for x in xs):
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)) if log else
+                                   ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     _metric_axis(ax, metric)
     if len(series) > 1 or any(series):
