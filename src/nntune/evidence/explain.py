@@ -234,17 +234,16 @@ def _answer(question: str, base: RunConfig, context: RunContext, made: dict, val
             missed.append({"name": v.name, "reason": unit.skipped or "not run"})
             continue
         named[v.name] = unit
-        diverged = sum(1 for c in unit.curves if replay_diverged(c))
-        if diverged:
-            dead.append(f"{v.name} ({diverged} of {len(unit.curves)})")
     finite = [s for s in reference.scores or [] if math.isfinite(s)]
     margin = stages.margin(reference)
     judged, basis = stages.judge(named, reference, margin) if margin is not None else ({}, {})
     rows = []
     for name, unit in named.items():
-        pairs = basis.get(name, [])
+        pairs, diverged = basis.get(name, []), sum(1 for c in unit.curves if replay_diverged(c))
+        if diverged:
+            dead.append(f"{name} ({diverged} of {len(unit.curves)})")
         row = {"name": name, "mean": None, "diff": None, "ci_low": None, "ci_high": None, "n": len(pairs),
-               "seconds": round(unit.seconds, 2), "diverged": sum(1 for c in unit.curves if replay_diverged(c))}
+               "seconds": round(unit.seconds, 2), "diverged": diverged}
         if pairs:
             effect = judged[name].effect
             row.update(mean=statistics.fmean(s for s, _ in pairs), diff=effect.mean, ci_low=effect.ci_low,
