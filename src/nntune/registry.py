@@ -140,7 +140,7 @@ SAMPLERS: dict[str, SamplerKind] = {
     "tpe": SamplerKind(True), "random": SamplerKind(True), "grid": SamplerKind(True), "gp": SamplerKind(False),
     "cmaes": SamplerKind(False), "nsga2": SamplerKind(True),
 }
-PRUNERS = ("median", "asha", "hyperband", "none")  # Optuna pruners (built in nntune.search.samplers)
+PRUNERS = ("median", "asha", "hyperband", "halving", "none")  # Optuna pruners and nntune.search.halving
 TRACKERS = ("tensorboard", "mlflow")  # each is a module to import and the name of its nntune extra
 
 

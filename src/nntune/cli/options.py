@@ -105,7 +105,10 @@ SEARCH_OPTIONS: list[Option] = [
     ("--finalist-seeds", "search.finalist_seeds", int, "seeds per finalist, the trial's own included"),
     ("--sampler", "search.sampler", click.Choice(SAMPLERS),
      "Optuna sampler (tpe and nsga2 also do multi-objective searches)"),
-    ("--pruner", "search.pruner", click.Choice(PRUNERS), "Optuna pruner"),
+    ("--pruner", "search.pruner", click.Choice(PRUNERS), "Optuna pruner, or halving: successive halving that "
+     "continues the promising trials up to --max-epochs"),
+    ("--max-epochs", "search.max_epochs", int, "with --pruner halving: the top rung, the epochs the best trials "
+     "reach (default: about 9x the trial epochs)"),
     ("--storage", "search.storage", str, "Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://..."),
     ("--study-name", "search.study_name", str, "study name inside the storage"),
     ("--trial-epochs", "search.epochs", int, "maximum epochs per trial (default: from the data size)"),

@@ -239,6 +239,9 @@ class SearchConfig(_Section):
     ensemble: int = Field(0, ge=0)
     epochs: int | None = Field(None, ge=1, description="max epochs per trial (default: from the data size, "
                                                         "see nntune.search.space.trial_epochs)")
+    max_epochs: int | None = Field(None, ge=2, description="pruner halving: the top rung, the epochs a trial can "
+                                                           "reach and its schedule's horizon (default: 27x the first "
+                                                           "rung, about 9x the trial epochs)")
     population: int | None = Field(None, ge=1, description="members trained at once per structure (default: "
                                                            "measured per family; 1 = one trial at a time)")
     objectives: list[str] = Field(["score"], description="the score (accuracy or loss) alone, or with params and/or "
@@ -251,6 +254,15 @@ class SearchConfig(_Section):
     @classmethod
     def _objectives(cls, value: Any) -> list[str]:
         return parse_objectives(value.split(",") if isinstance(value, str) else list(value))
+
+    @model_validator(mode="after")
+    def _halving_alone(self) -> SearchConfig:
+        if self.pruner == "halving" and len(self.objectives) > 1:
+            raise ValueError("pruner halving compares one score; a multi-objective search cannot use it (choose "
+                             "pruner none)")
+        if self.max_epochs is not None and self.pruner != "halving":
+            raise ValueError("max_epochs is the top rung of pruner halving; set search.epochs for other pruners")
+        return self
 
     warm_start: str | None = Field(None, description="an earlier tune run directory, or storage URL#study: its best "
                                                      "configurations become the first trials of a new study")

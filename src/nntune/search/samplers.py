@@ -54,6 +54,6 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=max_epochs)
-    if name == "none":
+    if name in ("none", "halving"):  # halving decides at its rungs itself (nntune.search.halving)
         return optuna.pruners.NopPruner()
     raise ConfigError(f"search.pruner: unknown pruner {name!r}")

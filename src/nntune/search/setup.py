@@ -12,6 +12,7 @@ from pathlib import Path
 from nntune import rundir
 from nntune.config import RunConfig
 from nntune.data.sources import Dataset
+from nntune.search import halving
 from nntune.search.space import Param, resolve_space, trial_epochs
 from nntune.tracking import Tracker
 from nntune.training.callbacks import Interrupts
@@ -34,6 +35,16 @@ class Search(RunContext):
     @property
     def trial_epochs(self) -> int:
         return self.cfg.search.epochs or trial_epochs(len(self.base_data.split.train))
+
+    @property
+    def halving(self) -> bool:
+        return self.cfg.search.pruner == "halving"
+
+    @property
+    def sampled_epochs(self) -> int:
+        """The epochs a sampled trial is configured for: its schedule's horizon (the top rung under halving)."""
+        return halving.top_epochs(self.trial_epochs, self.cfg.search.max_epochs) if self.halving \
+            else self.trial_epochs
 
 
 def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) -> Search:

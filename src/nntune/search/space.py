@@ -26,6 +26,7 @@ from nntune.config import DROPOUT_PLACES, RunConfig, apply_overrides
 from nntune.data.scalers import resolve_method
 from nntune.errors import ConfigError, did_you_mean
 from nntune.models.inspect import layer_groups
+from nntune.search import halving
 from nntune.training.finetune import saved_model
 from nntune.training.population.structure import MEMBER_KEYS
 
@@ -296,6 +297,8 @@ def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_ce
                   n_train: int = 1000) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
     epochs = cfg.search.epochs or trial_epochs(n_train)
+    if cfg.search.pruner == "halving":  # schedule ranges on the horizon the sampled trials train under
+        epochs = halving.top_epochs(epochs, cfg.search.max_epochs)
     given = copy.deepcopy(cfg.search.space or {})
     if cfg.finetune.init_from is not None:
         fixed = [k for k in given if k.startswith("model.") or k == "preprocess.scaler"]

@@ -33,6 +33,7 @@ from nntune import artifacts
 from nntune.config import RunConfig, apply_overrides
 from nntune.errors import NNTuneError
 from nntune.redact import redact
+from nntune.search import halving
 from nntune.search.budget import PROBE_SHARE, Budget
 from nntune.search.constraints import extra_values, measure, violation
 from nntune.search.objectives import is_multi
@@ -138,7 +139,7 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
     try:
         cfg, values = sample(trial, search.params, search.cfg)
         # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
-        epochs = cfg.train.epochs if trial.user_attrs.get("default") else search.trial_epochs
+        epochs = cfg.train.epochs if trial.user_attrs.get("default") else search.sampled_epochs
         cfg = apply_overrides(cfg, {"train.epochs": epochs, "train.lr_auto": False})
         sizes = measure(cfg, search.base_data.dataset, search.cfg.search)
     except NNTuneError as err:  # values that are valid alone but not together: this trial fails, the search goes on
@@ -196,14 +197,20 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
+    if search.halving:
+        board = halving.RungBoard(study)
+        rung_epochs = halving.rungs(search.trial_epochs, search.sampled_epochs)
+        halvings = [halving.Halving(t, monitor, board, rung_epochs) for t in trials]
+    else:
+        halvings = [None] * len(trials)
     data = search.data_for(cfgs[0])
     logs = [search.tracker.run(f"trial_{t.number:04d}", {"trial": t.number, **t.params}) for t in trials]
     first = trials[0].number
     started = time.perf_counter()
     try:
         extra = [search.interrupts] if search.interrupts is not None else []
-        fits = fit_population(cfgs, data, [[p, Deadline(budget.training_left), *extra, *([log] if log else [])]
-                                           for p, log in zip(pruning, logs)])
+        fits = fit_population(cfgs, data, [[p, *([h] if h else []), Deadline(budget.training_left), *extra,
+                                            *([log] if log else [])] for p, h, log in zip(pruning, halvings, logs)])
     except BaseException as err:
         for log in filter(None, logs):
             log.end("FAIL", {})
@@ -225,17 +232,18 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     # a signal now would cost trials that finished training: every result is recorded first, then the search stops
     recording = time.perf_counter()
     with search.interrupts.deferred() if search.interrupts is not None else contextlib.nullcontext():
-        states = [_record(search, study, member, fitted, prune, log, data,
+        states = [_record(search, study, member, fitted, prune, halved, log, data,
                           {"seconds": round(wall / len(trials), 3),
                            "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
-                  for member, fitted, prune, log in zip(group, fits, pruning, logs)]
+                  for member, fitted, prune, halved, log in zip(group, fits, pruning, halvings, logs)]
     budget.record = time.perf_counter() - recording
     return states
 
 
-def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, prune: OptunaPruning, log,
-            data, attrs: dict) -> str:
-    """Save a trained member's weights (when complete), set its attributes and tell the study; its state name."""
+def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, prune: OptunaPruning,
+            halved: halving.Halving | None, log, data, attrs: dict) -> str:
+    """Save a trained member's weights (when complete), set its attributes and tell the study; its state name.
+    A member halved at a rung is PRUNED (its epochs are reported), as a trial Optuna's pruner stopped."""
     (trial, cfg), (model, fit) = member, fitted
     attrs = {**attrs, "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
              "history": [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history],
@@ -243,8 +251,12 @@ def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, 
     if fit.stop_reason.startswith("non-finite"):
         attrs["fail_reason"] = fit.stop_reason
         state, value = TrialState.FAIL, None
-    elif prune.pruned or prune.lost:
-        state, value = TrialState.PRUNED if prune.pruned else TrialState.FAIL, None
+    elif prune.lost:
+        state, value = TrialState.FAIL, None
+    elif prune.pruned or (halved and halved.halved_at):
+        state, value = TrialState.PRUNED, None
+        if halved and halved.halved_at:
+            attrs["halved_at"] = halved.halved_at
     else:
         artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
         attrs["val"] = fit.best_val

@@ -29,6 +29,10 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         """Called after each epoch with its logged values (epoch counted from 1)."""
 
+    def on_epochs_logged(self, trainer: Trainer, epoch: int) -> None:
+        """Called after every run trained together (the members of a population) has had ``on_epoch_end`` for this
+        epoch, right after it for a lone Trainer: where a decision compares the runs (successive halving's rungs)."""
+
     def on_batch_end(self, trainer: Trainer) -> None:
         """Called after each training step, only for callbacks that override it; ``trainer.stop(reason)`` here cuts
         the epoch short (it is validated and recorded on the batches done)."""

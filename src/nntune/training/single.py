@@ -168,6 +168,8 @@ class Trainer(StopRequest):
                     schedule.after_epoch(logs.get(self.cfg.early_stopping.monitor, logs["val_loss"]))
                     for cb in self.callbacks:
                         cb.on_epoch_end(self, epoch, logs)
+                    for cb in self.callbacks:
+                        cb.on_epochs_logged(self, epoch)
                     if self.stop_requested:
                         result.stopped_epoch = epoch
                         break

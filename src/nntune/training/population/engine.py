@@ -211,6 +211,10 @@ class PopulationTrainer:
                         h.stop(reason)
                     for cb in self.callbacks[m]:
                         cb.on_epoch_end(h, epoch, logs)
+                for m in monitored:  # every member has logged this epoch: decisions that compare them
+                    h = handles[m]
+                    for cb in self.callbacks[m]:
+                        cb.on_epochs_logged(h, epoch)
                     if h.stop_requested:
                         leaving.append((m, h.stop_reason, epoch))
                     elif epoch >= self.cfgs[m].epochs:
