@@ -60,6 +60,12 @@ class EarlyStopping(Callback):
         self._rule = self._new_rule()
         self.best_weights, self._restored = None, False
 
+    def replay(self, history: list[dict], best_weights: dict[str, torch.Tensor] | None) -> None:
+        """Pick up a continued run: its past epochs through the rule, and its best-weights snapshot."""
+        for row in history:
+            self._rule.update(row["epoch"], row)
+        self.best_weights = best_weights
+
     def _restore(self, trainer: Trainer) -> None:
         if self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)

@@ -35,6 +35,7 @@ from nntune.training.population.structure import check_same_structure, structure
 from nntune.training.device import resolve_device
 from nntune.training.epoch import FitResult
 from nntune.training.settings import training_settings
+from nntune.training.resume import RunState
 from nntune.training.single import Trainer
 
 
@@ -119,9 +120,11 @@ def initial_model(cfg: RunConfig, ds: Dataset) -> nn.Module:
 
 
 def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] = (), progress: bool = False,
-              catch_interrupt: bool = False, val_halves: bool = False) -> tuple[nn.Module, Trainer, FitResult]:
+              catch_interrupt: bool = False, val_halves: bool = False,
+              resume: RunState | None = None) -> tuple[nn.Module, Trainer, FitResult]:
     """Build (or, fine-tuning, load) the configured model and train it on ``data`` (augmentation, early stopping,
-    freezing schedule and per-group LRs per the config); ``val_halves`` logs validation metrics per half too."""
+    freezing schedule and per-group LRs per the config); ``val_halves`` logs validation metrics per half too;
+    ``resume`` continues a saved run (:mod:`nntune.training.resume`)."""
     ds = data.dataset
     model = initial_model(cfg, ds)
     cbs = list(callbacks)
@@ -136,7 +139,8 @@ def fit_model(cfg: RunConfig, data: PreparedData, callbacks: Sequence[Callback] 
     groups = finetune.param_groups(model, cfg.train.lr, ft.lr_mult) if ft.lr_mult != 1 else None
     trainer = Trainer(model, ds.task, training_settings(cfg), cbs, augment=augment, seed=cfg.seed,
                       param_groups=groups, val_halves=val_halves)
-    result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt)
+    result = trainer.fit(x_train, data.y_train, data.x_val, data.y_val, catch_interrupt=catch_interrupt,
+                         resume=resume)
     return trainer.model, trainer, result
 
 

@@ -10,12 +10,14 @@ shared with the population engine.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from nntune.config import TrainConfig
+from nntune.errors import TrainingError
 from nntune.models.builders import forward_batched
 from nntune.models.inspect import parameter_counts, weighted_layers
 from nntune.registry import OPTIMIZERS
@@ -27,6 +29,7 @@ from nntune.training.epoch import BatchPlan, FitResult, epoch_logs, history_row,
 from nntune.training.metrics import (add_halves, compute_metrics, make_loss, metric_name, metric_sum, model_metrics,
                                      outputs)
 from nntune.training.monitor import monitor_mode
+from nntune.training.resume import RunState, from_optimizer, into_optimizer
 from nntune.training.schedules import Schedule
 
 
@@ -67,12 +70,14 @@ class Trainer(StopRequest):
         self.grad_stats = grad_stats
         self.epochs = self.cfg.epochs
         self.history: list[dict] = []
+        self._optimizer: torch.optim.Optimizer | None = None  # the running fit's, for state()
 
     def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-            catch_interrupt: bool = False) -> FitResult:
+            catch_interrupt: bool = False, resume: RunState | None = None) -> FitResult:
         """Train for up to ``cfg.epochs`` epochs, validating after each; returns the history and stop reason.
 
-        With ``catch_interrupt`` a Ctrl-C ends training cleanly (best weights restored) instead of raising.
+        With ``catch_interrupt`` a Ctrl-C ends training cleanly (best weights restored) instead of raising; with
+        ``resume`` training continues after that state's last epoch (:mod:`nntune.training.resume`).
         """
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -99,11 +104,14 @@ class Trainer(StopRequest):
         per_step = batch_callbacks(self.callbacks)
         started = time.perf_counter()
         result.initial_val_loss = self.evaluate(x_val, y_val)["loss"]
+        self._optimizer = optimizer
         for cb in self.callbacks:
             cb.on_train_begin(self)
+        if resume is not None:
+            self._resume(resume, optimizer, schedule, plan, gen)
         try:
             with matmul_precision(dev, self.cfg.precision):
-                for epoch in range(1, self.epochs + 1):
+                for epoch in range(len(self.history) + 1, self.epochs + 1):
                     t0 = time.perf_counter()
                     lr = schedule.lr
                     self.model.train()
@@ -186,6 +194,34 @@ class Trainer(StopRequest):
         result.best_epoch = self._best_epoch()
         result.seconds = time.perf_counter() - started
         return result
+
+    def _resume(self, state: RunState, optimizer: torch.optim.Optimizer, schedule: Schedule, plan: BatchPlan,
+                gen: torch.Generator) -> None:
+        """Continue from ``state``: its weights and moments; its epochs replayed through the schedule, early
+        stopping and the data order, as they ran."""
+        if state.epoch >= self.epochs:
+            raise TrainingError(f"cannot continue after epoch {state.epoch}: this run trains {self.epochs} epochs")
+        self.model.load_state_dict(state.weights)
+        into_optimizer(self.model, optimizer, state)
+        self.history = [dict(row) for row in state.history]
+        monitor = self.cfg.early_stopping.monitor
+        with warnings.catch_warnings():  # torch warns when a scheduler steps before its optimizer has
+            warnings.filterwarnings("ignore", message="Detected call of")
+            for row in self.history:
+                plan.order(gen)
+                for _ in range(plan.steps):
+                    schedule.after_batch()
+                schedule.after_epoch(row.get(monitor, row["val_loss"]))
+        for cb in self.callbacks:
+            if isinstance(cb, EarlyStopping):
+                cb.replay(self.history, state.best)
+
+    def state(self) -> RunState:
+        """The run's state after its last epoch, to continue it elsewhere (call from an epoch-end callback)."""
+        best = next((cb.best_weights for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
+        moments, steps = from_optimizer(self.model, self._optimizer)
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return RunState([dict(row) for row in self.history], weights, best, moments, steps)
 
     def _best_epoch(self) -> int:
         """The epoch whose weights the model holds: early stopping's best when it restored them, else the last."""

@@ -35,6 +35,7 @@ from nntune.training.metrics import add_halves, member_losses, member_metrics, m
 from nntune.training.population.member_lrs import MemberLRs
 from nntune.training.population.optimizers import MemberwiseOptimizer, StackedOptimizer, make_optimizer
 from nntune.training.population.stacked_model import StackedModel, bcast, per_member
+from nntune.training.resume import RunState
 
 
 class MemberHandle(StopRequest):
@@ -51,6 +52,10 @@ class MemberHandle(StopRequest):
     def model(self) -> nn.Module:
         """This member as an ordinary module holding its current weights (built on demand)."""
         return self._pop.current_model(self.member)
+
+    def state(self) -> RunState:
+        """This member's state after its last epoch, to continue it alone elsewhere (from an epoch-end callback)."""
+        return self._pop.member_run_state(self.member, self.history)
 
 
 class PopulationTrainer:
@@ -101,6 +106,7 @@ class PopulationTrainer:
         self._slots: list[int] = []
         self._finals: dict[int, dict[str, torch.Tensor]] = {}
         self._vectors: dict[str, torch.Tensor] = {}  # per-member values that follow compaction
+        self._run: tuple | None = None  # the running fit's (model, optimizer, best snapshot, stop rules)
 
     def current_model(self, member: int) -> nn.Module:
         """Member ``member`` with its current weights (its final ones once it has left the population)."""
@@ -109,6 +115,14 @@ class PopulationTrainer:
         elif self.model is not None and member in self._slots:
             self.members[member].load_state_dict(self.model.member_state(self._slots.index(member)))
         return self.members[member]
+
+    def member_run_state(self, member: int, history: list[dict]) -> RunState:
+        """A training member's weights, best-weights snapshot and optimizer moments with its history."""
+        model, optimizer, best, rules = self._run
+        slot = self._slots.index(member)
+        snap = model.member_state(slot, best) if rules[member].snapped else None
+        moments, steps = optimizer.member_moments(slot)
+        return RunState([dict(row) for row in history], model.member_state(slot), snap, moments, steps)
 
     @torch.no_grad()
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor) -> list[dict[str, float]]:
@@ -142,6 +156,7 @@ class PopulationTrainer:
         results = [FitResult() for _ in range(K)]
         self._finals = finals = {}
         self._slots = slots = list(range(K))
+        self._run = (model, optimizer, best, rules)
         started = time.perf_counter()
         for m, row in enumerate(self._evaluate(x_val, y_val, self._vectors["smoothing"])):
             results[m].initial_val_loss = row["loss"]
@@ -211,6 +226,10 @@ class PopulationTrainer:
                         h.stop(reason)
                     for cb in self.callbacks[m]:
                         cb.on_epoch_end(h, epoch, logs)
+                if snap_slots:
+                    sel = torch.tensor(snap_slots, device=dev)
+                    for k, v in model.tensors.items():
+                        best[k].index_copy_(0, sel, v.detach()[sel])
                 for m in monitored:  # every member has logged this epoch: decisions that compare them
                     h = handles[m]
                     for cb in self.callbacks[m]:
@@ -219,10 +238,6 @@ class PopulationTrainer:
                         leaving.append((m, h.stop_reason, epoch))
                     elif epoch >= self.cfgs[m].epochs:
                         leaving.append((m, None, 0))
-                if snap_slots:
-                    sel = torch.tensor(snap_slots, device=dev)
-                    for k, v in model.tensors.items():
-                        best[k].index_copy_(0, sel, v.detach()[sel])
                 lrs.after_epoch(monitored)
                 if leaving:
                     for m, reason, stopped in leaving:

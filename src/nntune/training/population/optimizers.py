@@ -74,6 +74,13 @@ class StackedOptimizer:
                 st["buf"].mul_(mom).add_(g / st["sq"].sqrt().add_(self.EPS))
                 p.sub_(lr_ * st["buf"])
 
+    NAMES = {"m": "exp_avg", "v": "exp_avg_sq", "buf": "momentum_buffer", "sq": "square_avg"}  # torch's names
+
+    def member_moments(self, slot: int) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+        """(moments by parameter name under torch.optim's names, steps taken) of the member in ``slot``."""
+        return ({key: {self.NAMES[n]: v[slot].detach().clone() for n, v in st.items()}
+                 for key, st in self.state.items()}, self.steps)
+
     def keep(self, slots: torch.Tensor) -> None:
         self.weight_decay, self.momentum, self.nesterov = (v[slots] for v in (self.weight_decay, self.momentum,
                                                                                 self.nesterov))
@@ -94,6 +101,7 @@ class MemberwiseOptimizer:
         self.weight_decay, self.momentum, self.nesterov = list(weight_decay), list(momentum), list(nesterov)
         self.fused = kind != "rmsprop"  # torch has no fused RMSprop
         self.state: list[dict[str, list]] = [{} for _ in self.weight_decay]
+        self.keys: list[str] = []  # the parameters the state lists follow, in order
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor, cycled: torch.Tensor | None = None) -> None:
@@ -102,6 +110,7 @@ class MemberwiseOptimizer:
         keys = [k for k in self.model.trainable if t[k].grad is not None]
         lrs = lr.tolist()
         moms = self.momentum if cycled is None else cycled.tolist()
+        self.keys = keys
         for i, st in enumerate(self.state):
             params, grads = [t[k].detach()[i] for k in keys], [t[k].grad[i] for k in keys]
             if not st:
@@ -121,6 +130,22 @@ class MemberwiseOptimizer:
             else:
                 rmsprop.rmsprop(params, grads, st["a"], [], st["b"], st["steps"], foreach=False, lr=lrs[i],
                                 alpha=self.ALPHA, eps=self.EPS, weight_decay=wd, momentum=mom, centered=False)
+
+    def member_moments(self, slot: int) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+        """(moments by parameter name under torch.optim's names, steps taken) of the member in ``slot``."""
+        st = self.state[slot]
+        if not st:
+            return {}, 0
+        names = {"a": "exp_avg", "b": "exp_avg_sq"} if self.kind in ("adamw", "adam") else \
+            {"a": "square_avg", "b": "momentum_buffer"} if self.kind == "rmsprop" else {"buf": "momentum_buffer"}
+        moments: dict[str, dict[str, torch.Tensor]] = {}
+        for j, key in enumerate(self.keys):
+            for short, name in names.items():
+                value = st[short][j]
+                if value is not None and not (name == "momentum_buffer" and self.kind == "rmsprop"
+                                              and self.momentum[slot] == 0):
+                    moments.setdefault(key, {})[name] = value.detach().clone()
+        return moments, int(st["steps"][0]) if self.kind != "sgd" else 0
 
     def keep(self, slots: torch.Tensor) -> None:
         kept = slots.tolist()
