@@ -1,5 +1,11 @@
 """Successive halving with continuation: rungs, the promotion rule, continuation exactness and the search."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import optuna
 import pytest
 import torch
@@ -9,6 +15,7 @@ from nntune.data.sources import Dataset
 from nntune.errors import ConfigError
 from nntune.search import halving
 from nntune.search.study import tune
+from nntune.training import resume
 from nntune.training.callbacks import StopAtEpoch
 from nntune.training.pipeline import fit_model, fit_population, prepare_data
 
@@ -101,3 +108,42 @@ def test_a_halving_search_continues_the_promising_and_prunes_the_rest(tmp_path):
     assert len(went_on) >= max(1, len(first) // 3)
     assert max(len(t.user_attrs["history"]) for t in sampled) > 6  # someone trained past the usual trial length
     assert result["trials"]["complete"] + result["trials"]["pruned"] == 12
+
+
+def _trials(db):
+    return optuna.load_study(study_name="nntune", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+
+
+def test_a_killed_search_continues_a_promoted_trial_from_its_last_rung(tmp_path):
+    """SIGKILL while a promoted trial trains past its rung; --resume fails it, and its retry continues from the
+    state saved at the rung (its first epochs are the crashed trial's own), not from epoch 1."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "nntune", "tune", "--dataset", "digits", "--trials", "6", "--trial-epochs", "6",
+            "--pruner", "halving", "--max-epochs", "120", "--population", "3", "--finalists", "0", "--out", str(out),
+            "--quiet", "--set", "search.heartbeat=1", "--set", "search.defaults_first=false",
+            "--set", "search.space={model.family: mlp, model.hidden_layers: 1, model.units: 16,"
+            " train.early_stopping.patience: 50}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        states = list((out / "rungs").glob("*/state.json"))
+        if states:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = {int(p.parent.name): resume.load(p.parent) for p in states}
+            break
+    assert killed, "no trial was promoted before the search ended"
+    time.sleep(2.5)  # the dead worker's heartbeats go stale (grace period 2 s)
+    subprocess.run(args + ["--resume"], check=True, stdout=subprocess.DEVNULL, timeout=300)
+    after = {t.number: t for t in _trials(out / "study.db")}
+    for number, state in killed.items():
+        assert after[number].state.name == "FAIL"
+        retry = next(t for t in after.values() if t.user_attrs.get("continued_from", {}).get("trial") == number)
+        assert retry.user_attrs["continued_from"]["epoch"] == state.epoch
+        history = retry.user_attrs["history"]
+        assert len(history) > state.epoch
+        assert [h["val_loss"] for h in history[:state.epoch]] == [h["val_loss"] for h in state.history]
+        assert all(retry.intermediate_values[h["epoch"]] == pytest.approx(h["val_accuracy"]) for h in state.history)
+    assert not any((out / "rungs").glob("*/state.json"))  # every finished trial's states were removed
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) == 6

@@ -12,15 +12,22 @@ reported as ordinary Optuna intermediate values, so the sampler, the dashboard, 
 Optuna's own pruners decide per trial as it reports, so a population's first member would be judged before its
 peers had trained; the decision here waits for the whole population (the engine's ``on_epochs_logged`` hook).
 nntune's default trials (the search's floor) are never halved.
+
+A promoted member's training state is saved at its rung (``OUT/rungs/<trial>/``, :mod:`nntune.training.resume`);
+when a killed process leaves the trial running, its retry continues from there instead of from epoch 1, alone.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from nntune.search.objectives import maximize
+from nntune.training import resume
 from nntune.training.callbacks import Callback
 
 ETA = 3  # 1 in 3 continues at each rung: Hyperband's and ASHA's usual reduction factor
@@ -70,25 +77,56 @@ class RungBoard:
     def values(self, epoch: int) -> list[float]:
         if epoch not in self._cache:
             key = rung_key(epoch)
+            # a crashed trial's values live on in its retry (which inherits its attributes): failed ones do not count
             self._cache = {epoch: [t.user_attrs[key] for t in self.study.get_trials(deepcopy=False)
-                                   if key in t.user_attrs]}
+                                   if key in t.user_attrs and t.state != optuna.trial.TrialState.FAIL]}
         return self._cache[epoch]
 
 
-class Halving(Callback):
-    """One member's rungs: record its best score so far at each rung, then continue or stop by :func:`promoted`."""
+def state_dir(out: Path, number: int) -> Path:
+    return Path(out) / "rungs" / str(number)
 
-    def __init__(self, trial: optuna.Trial, monitor: str, board: RungBoard, rung_epochs: list[int]) -> None:
-        self.trial, self.monitor, self.board = trial, monitor, board
+
+def saved_state(out: Path, study: optuna.Study, trial: optuna.Trial) -> tuple[int, resume.RunState] | None:
+    """(trial number, state) of the last rung saved by the crashed trial(s) this one retries, or None."""
+    frozen = study._storage.get_trial(trial._trial_id)  # retries are recorded in system attributes
+    for number in reversed(RetryHeartbeatStaleTrialCallback.retry_history(frozen)):
+        state = resume.load(state_dir(out, number))
+        if state is not None:
+            return number, state
+    return None
+
+
+def forget(out: Path, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Remove the saved states of a trial that ended and of the crashed trials it retried."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    for number in [trial.number, *RetryHeartbeatStaleTrialCallback.retry_history(frozen)]:
+        shutil.rmtree(state_dir(out, number), ignore_errors=True)
+
+
+class Halving(Callback):
+    """One member's rungs: record its best score so far at each rung, then continue or stop by :func:`promoted`;
+    a member that continues saves its state under ``out`` (when given)."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, board: RungBoard, rung_epochs: list[int],
+                 out: Path | None = None) -> None:
+        self.trial, self.monitor, self.board, self.out = trial, monitor, board, out
         self.rungs = set(rung_epochs)
         self.best = -math.inf if board.larger_better else math.inf
         self.halved_at: int | None = None
         self.exempt = bool(trial.user_attrs.get("default"))  # the search's floor trains to its own end
 
-    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-        value = logs.get(self.monitor, math.nan)
+    def replay(self, history: list[dict]) -> None:
+        """Pick up a continued trial: its best score over the epochs it already trained."""
+        for row in history:
+            self._track(row.get(self.monitor, math.nan))
+
+    def _track(self, value: float) -> None:
         if math.isfinite(value):
             self.best = max(self.best, value) if self.board.larger_better else min(self.best, value)
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+        self._track(logs.get(self.monitor, math.nan))
         if epoch in self.rungs and math.isfinite(self.best) and not self.exempt:
             self.trial.set_user_attr(rung_key(epoch), self.best)
 
@@ -97,6 +135,8 @@ class Halving(Callback):
             return
         others = self.board.values(epoch)
         keep, rank = promoted(self.best, others, self.board.eta, self.board.larger_better)
+        if keep and self.out is not None:
+            resume.save(state_dir(self.out, self.trial.number), trainer.state())
         if not keep:
             self.halved_at = epoch
             trainer.stop(f"halved at epoch {epoch} (rank {rank} of {len(others)} at this rung; the best "

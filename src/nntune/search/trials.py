@@ -43,7 +43,8 @@ from nntune.search.setup import Search
 from nntune.storage import fail_stale_trials
 from nntune.training.callbacks import Callback, Deadline, Interrupts
 from nntune.training.diagnostics import diagnose
-from nntune.training.pipeline import fit_population
+from nntune.training.pipeline import fit_model, fit_population
+from nntune.training.resume import RunState
 from nntune.training.population.structure import structure_key
 
 
@@ -184,33 +185,52 @@ def train_population(search: Search, study: optuna.Study, members: list[Member],
     Returns each member's final state name (COMPLETE, PRUNED or FAIL; RETRY when it ran out of memory in a
     population and was enqueued again for a smaller one)."""
     groups: dict[str, list[Member]] = {}
+    saved = {}
     for m in members:
-        groups.setdefault(structure_key(m[1]), []).append(m)
+        state = halving.saved_state(search.out, study, m[0]) if search.halving else None
+        if state is not None and state[1].epoch < m[1].train.epochs:  # a crashed trial's last rung: it goes on alone
+            saved[m[0].number] = state
+            groups[f"continued {m[0].number}"] = [m]
+        else:
+            groups.setdefault(structure_key(m[1]), []).append(m)
     states = []
     for group in groups.values():
-        states += _train_group(search, study, group, budget)
+        states += _train_group(search, study, group, budget, saved.get(group[0][0].number))
     return states
 
 
-def _train_group(search: Search, study: optuna.Study, group: list[Member], budget: Budget) -> list[str]:
-    """One population of same-structure members: train, record each member's history and findings, tell it."""
+def _train_group(search: Search, study: optuna.Study, group: list[Member], budget: Budget,
+                 saved: tuple[int, RunState] | None = None) -> list[str]:
+    """One population of same-structure members: train, record each member's history and findings, tell it.
+    ``saved``: (crashed trial, its state at its last rung) that the group's one member continues from."""
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
     if search.halving:
         board = halving.RungBoard(study)
         rung_epochs = halving.rungs(search.trial_epochs, search.sampled_epochs)
-        halvings = [halving.Halving(t, monitor, board, rung_epochs) for t in trials]
+        halvings = [halving.Halving(t, monitor, board, rung_epochs, search.out) for t in trials]
     else:
         halvings = [None] * len(trials)
+    if saved is not None:  # the epochs already trained count as this trial's: reported, and seen by its rungs
+        trials[0].set_user_attr("continued_from", {"trial": saved[0], "epoch": saved[1].epoch})
+        halvings[0].replay(saved[1].history)
+        if not is_multi(study):
+            for row in saved[1].history:
+                trials[0].report(row[monitor], row["epoch"])
     data = search.data_for(cfgs[0])
     logs = [search.tracker.run(f"trial_{t.number:04d}", {"trial": t.number, **t.params}) for t in trials]
     first = trials[0].number
     started = time.perf_counter()
     try:
         extra = [search.interrupts] if search.interrupts is not None else []
-        fits = fit_population(cfgs, data, [[p, *([h] if h else []), Deadline(budget.training_left), *extra,
-                                            *([log] if log else [])] for p, h, log in zip(pruning, halvings, logs)])
+        callbacks = [[p, *([h] if h else []), Deadline(budget.training_left), *extra, *([log] if log else [])]
+                     for p, h, log in zip(pruning, halvings, logs)]
+        if saved is not None:
+            model, _, fit = fit_model(cfgs[0], data, callbacks[0], resume=saved[1])
+            fits = [(model, fit)]
+        else:
+            fits = fit_population(cfgs, data, callbacks)
     except BaseException as err:
         for log in filter(None, logs):
             log.end("FAIL", {})
@@ -268,8 +288,11 @@ def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, 
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
         study.tell(trial, told, state=state, skip_if_finished=True)
+        taken_over = prune.lost
     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another process meanwhile
-        state = TrialState.FAIL
+        state, taken_over = TrialState.FAIL, True
+    if halved is not None and not taken_over:  # its rung states (and the crashed trial's it continued) are done
+        halving.forget(search.out, study, trial)
     if log:
         log.end("FAIL" if prune.lost else state.name, {"objective": value} if value is not None else {})
     return "FAIL" if prune.lost else state.name
