@@ -6,7 +6,7 @@ scratch under a schedule that anneals within that rung's epochs (classic Hyperba
 at its best but repeats the earlier epochs. For N configurations of one structure (LR, weight decay, dropout and
 seed sampled; cosine schedule; no early stopping, so rungs are read exactly) this trains every configuration to the
 top rung once (``horizon``) and to each lower rung from scratch (``restart``), then runs successive halving (eta 3)
-with each rule's rung scores. Prints JSON: per dataset and draw, the rank correlation of each rung's scores with the
+with each rule's rung scores. Prints JSON lines: the machine, then per dataset and draw the rank correlation of each rung's scores with the
 top-rung scores, the chosen configuration's top-rung validation score against the best available, and the epochs
 each rule trained.
 
@@ -107,9 +107,11 @@ def main() -> None:
                         help="the top rung as a multiple of the first (default 27, as --pruner halving)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    runs = [run(d, s, args.configs, args.top_factor) for d in args.datasets for s in args.draws]
-    print(json.dumps({"machine": platform.node(), "cpu_threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "runs": runs}, indent=1))
+    print(json.dumps({"machine": platform.node(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}),
+          flush=True)
+    for d in args.datasets:  # one JSON line per run, as it ends
+        for s in args.draws:
+            print(json.dumps(run(d, s, args.configs, args.top_factor)), flush=True)
 
 
 if __name__ == "__main__":
