@@ -6,6 +6,7 @@ Arms (for one seed every arm sees the same split: 70 % train, 15 % validation, 1
 seed as nntune does; the test split is used once):
 - ``nntune``: ``nntune tune --timeout B`` (populations, defaults first, finalists);
 - ``nntune_pop1``: the same with ``--population 1`` (one trial at a time);
+- ``nntune_halving``: the same with ``--pruner halving`` (successive halving that continues the promising trials);
 - ``optuna_random``: Optuna's random sampler over nntune's space, no pruning, no populations, no defaults, no
   finalists (a plain random search);
 - ``untuned_mlp`` / ``untuned_cnn``: ``nntune train`` with the default config of the family (no budget: it trains
@@ -32,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("nntune", "nntune_pop1", "optuna_random", "untuned_mlp", "untuned_cnn", "keras_hyperband", "sk_hgb",
-        "sk_mlp_random")
+ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "keras_hyperband",
+        "sk_hgb", "sk_mlp_random")
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
+               "nntune_halving": {"search.pruner": "halving"},
                "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
                                  "search.defaults_first": False, "search.finalists": 0}}
 
@@ -57,7 +59,10 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
     with tempfile.TemporaryDirectory() as out:
         r = tune(cfg, out)
     return {"test_accuracy": r["test"]["accuracy"], "trials": r["trials"], "stopped_by": r["budget"]["stopped_by"],
-            "family": r["final"]["config"]["model"]["family"], "population_sizes": r["study"]["population_sizes"]}
+            "family": r["final"]["config"]["model"]["family"], "population_sizes": r["study"]["population_sizes"],
+            "fraction_used": r["budget"]["fraction_used"], "finalists_ran": bool((r.get("finalists") or {}).get("chosen")
+                                                                                  is not None),
+            "final_epochs": r["final"].get("epochs")}
 
 
 def untuned_arm(family: str, dataset: str, seed: int) -> dict | None:
