@@ -127,8 +127,10 @@ class Infeasible(Exception):
     """A sampled trial breaks ``--max-params`` or ``--max-latency-ms``; it was told PRUNED without training."""
 
 
-def _waiting(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+def _waiting(study: optuna.Study, default: bool = False) -> bool:
+    """Whether trials wait in the study (only nntune's default trials, with ``default``)."""
+    return any(t.user_attrs.get("default") or not default
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member, dict]:
@@ -161,14 +163,16 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member
 
 def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: Heartbeats) -> list[Member]:
     """Trials within the budget's cap: one sampled freely, then members with its structure (waiting trials first).
-    A grid sampler gives every trial its own grid point, so there the members are plain trials, grouped later."""
+    A grid sampler gives every trial its own grid point, so there the members are plain trials, grouped later.
+    nntune's default trials are all asked together, whatever the population size: the search's floor runs first."""
     first, values = _ask(search, study, beats)
     size = search.population_size(first[1], seconds=PROBE_SHARE * budget.search_left())
     members = [first]
     grid = study.sampler if hasattr(study.sampler, "unstarted") else None
     fixed = None if grid else structure_values(values)
     # the cap is counted again before each member: other workers' trials are running too
-    while len(members) < size and budget.trials_left(study) > 0 and not (grid and grid.unstarted(study) == 0):
+    while ((len(members) < size or _waiting(study, default=True)) and budget.trials_left(study) > 0
+           and not (grid and grid.unstarted(study) == 0)):
         if search.interrupts is not None:
             search.interrupts.check()
         if fixed is not None and not _waiting(study):
@@ -194,15 +198,27 @@ def train_population(search: Search, study: optuna.Study, members: list[Member],
         else:
             groups.setdefault(structure_key(m[1]), []).append(m)
     states = []
+    floor = [g for g in groups.values() if any(t.user_attrs.get("default") for t, _ in g)]
     for group in groups.values():
-        states += _train_group(search, study, group, budget, saved.get(group[0][0].number))
+        deadline = budget.training_left
+        if group in floor:  # the default trials share the time left: each runs, at fewer epochs if it must
+            end = time.perf_counter() + budget.training_left() / (len(floor) - floor.index(group))
+            deadline = _earlier(budget.training_left, end)
+        states += _train_group(search, study, group, budget, saved.get(group[0][0].number), deadline)
     return states
 
 
+def _earlier(seconds_left, end: float):
+    """A deadline that ends at ``end`` (a perf_counter reading) or when ``seconds_left()`` does, if sooner."""
+    return lambda: min(seconds_left(), end - time.perf_counter())
+
+
 def _train_group(search: Search, study: optuna.Study, group: list[Member], budget: Budget,
-                 saved: tuple[int, RunState] | None = None) -> list[str]:
+                 saved: tuple[int, RunState] | None = None, deadline=None) -> list[str]:
     """One population of same-structure members: train, record each member's history and findings, tell it.
-    ``saved``: (crashed trial, its state at its last rung) that the group's one member continues from."""
+    ``saved``: (crashed trial, its state at its last rung) that the group's one member continues from;
+    ``deadline``: seconds left to train (default: the search's)."""
+    deadline = deadline or budget.training_left
     monitor = search.monitor
     trials, cfgs = [t for t, _ in group], [c for _, c in group]
     pruning = [OptunaPruning(t, monitor) for t in trials]
@@ -224,7 +240,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     started = time.perf_counter()
     try:
         extra = [search.interrupts] if search.interrupts is not None else []
-        callbacks = [[p, *([h] if h else []), Deadline(budget.training_left), *extra, *([log] if log else [])]
+        callbacks = [[p, *([h] if h else []), Deadline(deadline), *extra, *([log] if log else [])]
                      for p, h, log in zip(pruning, halvings, logs)]
         if saved is not None:
             model, _, fit = fit_model(cfgs[0], data, callbacks[0], resume=saved[1])
@@ -257,6 +273,10 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
                            "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
                   for member, fitted, prune, halved, log in zip(group, fits, pruning, halvings, logs)]
     budget.record = time.perf_counter() - recording
+    for (trial, cfg), (_, fit) in zip(group, fits):
+        if trial.user_attrs.get("default") and fit.stop_reason.startswith(Deadline.DEFAULT):
+            budget.cut.append(f"default trial {trial.number} ({cfg.model.family}) trained {len(fit.history)} of "
+                              f"{cfg.train.epochs} epochs: the budget is short for the untuned defaults")
     return states
 
 
