@@ -1,5 +1,7 @@
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -186,3 +188,14 @@ def test_predictions_for_an_image_folder_name_the_files(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["predict", best, "--data", str(empty), "--out", str(tmp_path / "r.csv")])
     assert "no image files" in capsys.readouterr().err
+
+
+def test_help_and_the_config_load_no_heavy_library():
+    """Issue 26 (start-up): `nntune --help` and reading a config import neither torch, scikit-learn, Optuna nor
+    matplotlib (bench/startup.py times it; this keeps an import from creeping back in)."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom nntune.cli.commands import cli\n"
+            "from nntune.config import RunConfig\nRunConfig()\n"
+            "assert CliRunner().invoke(cli, ['tune', '--help']).exit_code == 0\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'optuna', 'matplotlib', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,13 +9,26 @@ population engine; the common-check tests fail until it is there). Entries are l
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-from torch.optim import lr_scheduler as S
+
+class _OnUse:
+    """A module imported when one of its attributes is first used: the entries build torch objects when called,
+    and the names alone (the config's and the CLI's choices) must not cost torch's import (``nntune --help``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _OnUse("torch")
+nn = _OnUse("torch.nn")
+S = _OnUse("torch.optim.lr_scheduler")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ arguments, call them and say what was written.
 
 from __future__ import annotations
 
+# the commands import what they run when they run, so `nntune --help` starts without torch, Optuna or matplotlib
+
 from pathlib import Path
 
 import click
@@ -14,10 +16,6 @@ import click
 from nntune.cli.options import JSON_OPTION
 from nntune.cli.render import console, emit_json, out_console
 from nntune.errors import NNTuneError
-from nntune.export import export
-from nntune.predict import predict_csv
-from nntune.reporting.report import build_report
-from nntune.storage import make_storage
 
 
 @click.command("report")
@@ -25,6 +23,8 @@ from nntune.storage import make_storage
 @JSON_OPTION
 def report_cmd(run_dir: Path, json_out: str | None) -> None:
     """Rebuild RUN_DIR/report.html (self-contained) and RUN_DIR/figures/ from a train or tune run, no retraining."""
+    from nntune.reporting.report import build_report
+
     path = build_report(run_dir)
     figures = sorted(str(p) for p in (run_dir / "figures").glob("*.png"))
     if json_out != "-":
@@ -39,7 +39,9 @@ def report_cmd(run_dir: Path, json_out: str | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="port to listen on")
 def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: int) -> None:
     """Serve optuna-dashboard for a study (a run directory's study.db, or --storage URL)."""
-    from optuna_dashboard import run_server  # here, not at the top: it takes half a second to load
+    from optuna_dashboard import run_server
+
+    from nntune.storage import make_storage
 
     if storage is None:
         if run_dir is None:
@@ -62,6 +64,8 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
                    "the predicted value)")
 def predict_cmd(model: Path, data_path: Path, out: Path) -> None:
     """Predict with a saved model (a run's best/ directory, or a file from nntune export) and write a CSV."""
+    from nntune.predict import predict_csv
+
     n = predict_csv(model, data_path, out)
     out_console.print(f"{n} predictions -> {out}")
 
@@ -76,6 +80,8 @@ def predict_cmd(model: Path, data_path: Path, out: Path) -> None:
 def export_cmd(model_dir: Path, fmt: str, out: Path | None, json_out: str | None) -> None:
     """Export a saved model (a run's best/ directory) that takes raw inputs: the scaler is baked in, the batch
     axis is dynamic, and it returns class probabilities (or values). The file is checked against nntune first."""
+    from nntune.export import export
+
     with console.status(f"exporting to {fmt} and checking the file"):
         info = export(model_dir, fmt, out)
     if json_out != "-":

@@ -13,17 +13,12 @@ from typing import Any
 
 import click
 
-from nntune.artifacts import write_result
 from nntune.cli import clock
 from nntune.cli.flags import evidence_flags, flag_names, search_config
 from nntune.cli.options import (DATA_OPTIONS, EVIDENCE_OPTIONS, FINETUNE_OPTIONS, JSON_OPTION, LOG_OPTION,
                                 SEARCH_OPTIONS, SPACE_OPTION, TRAIN_OPTIONS, add_options, common)
 from nntune.cli.render import emit_json, out_console, print_evidence, print_tune_summary, write_report
 from nntune.config import RunConfig, apply_overrides
-from nntune.evidence.explain import explain
-from nntune.search.budget import with_report
-from nntune.search.study import tune
-from nntune.search.worker import run_worker
 
 
 @click.command("tune")
@@ -45,6 +40,11 @@ from nntune.search.worker import run_worker
 def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None,
              **kwargs: Any) -> None:
     """Search architecture and training settings with Optuna, then fit and test the best model."""
+    from nntune.artifacts import write_result
+    from nntune.evidence.explain import explain
+    from nntune.search.budget import with_report
+    from nntune.search.study import tune
+
     started = clock.STARTED  # --timeout covers the whole command: start-up, imports and the report included
     cfg = search_config(kwargs)
     result = tune(cfg, out, resume=resume, progress=not quiet, log=log, started=started)
@@ -76,6 +76,8 @@ def tune_cmd(evidence: bool, resume: bool, out: Path, quiet: bool, log: tuple[st
 @LOG_OPTION
 def worker_cmd(out: Path, quiet: bool, log: tuple[str, ...], **kwargs: Any) -> None:
     """Run trials of a shared study (use the same --config and --storage on every machine)."""
+    from nntune.search.worker import run_worker
+
     done = run_worker(search_config(kwargs), out, progress=not quiet, log=log)
     out_console.print(f"worker done ({done['stopped_by']}, {done['seconds']:.0f} s): the study "
                       f"{done['study']!r} has {done['finished']} finished trials")
@@ -91,6 +93,8 @@ def explain_cmd(run_dir: Path, quiet: bool, json_out: str | None, **kwargs: Any)
     chosen configuration (one change each) with several seeds and report each effect with its 95 % CI.
 
     The evidence goes into RUN_DIR/result.json (key "evidence") and the rebuilt RUN_DIR/report.html."""
+    from nntune.evidence.explain import explain
+
     flags = evidence_flags(kwargs)
     seeds, max_seeds = kwargs.pop("evidence__seeds", None), kwargs.pop("evidence__max_seeds", None)
     given = {k: v for k, v in (("evidence.seeds", seeds), ("evidence.max_seeds", max_seeds)) if v is not None}

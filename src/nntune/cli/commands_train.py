@@ -20,10 +20,6 @@ from nntune.cli.options import (AUGMENT_PRESETS, DATA_OPTIONS, FINETUNE_OPTIONS,
                                 TRAIN_OPTIONS, add_options, common)
 from nntune.cli.render import (console, emit_json, out_console, print_lr_find, print_model_summary,
                                print_train_summary, write_report)
-from nntune.data.preview import augment_preview
-from nntune.data.sources import load_configured
-from nntune.models import build_model, freeze, summary
-from nntune.training.pipeline import prepare_data, range_test, train
 
 
 @click.command("summary")
@@ -38,6 +34,9 @@ from nntune.training.pipeline import prepare_data, range_test, train
 def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: str | None,
                 freeze_all_but_last: int | None, json_out: str | None, **kwargs: Any) -> None:
     """Build a model and print its layers with trainable / non-trainable parameter counts."""
+    from nntune.data.sources import load_configured
+    from nntune.models import build_model, freeze, summary
+
     cfg = config_from(kwargs)
     if input_shape is None or outputs is None:
         ds = load_configured(cfg.data)
@@ -67,6 +66,8 @@ def summary_cmd(input_shape: str | None, outputs: int | None, freeze_pattern: st
 @JSON_OPTION
 def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None, **kwargs: Any) -> None:
     """Train one model, evaluate the test split once, and save the run directory."""
+    from nntune.training.pipeline import train
+
     cfg = config_from(kwargs)
     result = train(cfg, out, progress=not quiet and json_out != "-", log=log)
     report = write_report(out, quiet or json_out == "-", result)
@@ -95,6 +96,8 @@ def train_cmd(out: Path, quiet: bool, log: tuple[str, ...], json_out: str | None
 def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: str, out: Path,
                 json_out: str | None, **kwargs: Any) -> None:
     """Run the LR range test and suggest an initial learning rate (plot: OUT/lr_find.png)."""
+    from nntune.training.pipeline import prepare_data, range_test
+
     from nntune.reporting.plots import lr_find_plot, save  # here, not at the top: matplotlib takes a second to load
 
     cfg = config_from(kwargs)
@@ -124,6 +127,8 @@ def lr_find_cmd(start_lr: float, end_lr: float, steps: int, mode: str, method: s
 def augment_cmd(preset: str | None, strength: float | None, samples: int, copies: int, out: Path,
                 json_out: str | None, **kwargs: Any) -> None:
     """Preview an augmentation pipeline: a grid of originals and augmented copies."""
+    from nntune.data.preview import augment_preview
+
     from nntune.reporting.plots import augment_grid, save  # here, not at the top: matplotlib takes a second to load
 
     cfg = config_from(kwargs)

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from nntune import atomic
-from nntune.models.inspect import Summary
 from nntune.redact import redact
-from nntune.reporting.report import build_report
-from nntune.tracking import attach_to_run
+
+if TYPE_CHECKING:
+    from nntune.models.inspect import Summary
 
 console = Console(stderr=True)  # progress, warnings and errors
 out_console = Console()  # the summaries
@@ -35,6 +36,9 @@ def emit_json(payload: dict, json_out: str | None) -> None:
 def write_report(out: Path, quiet: bool, result: dict | None = None) -> Path:
     """Write RUN_DIR/report.html (with a spinner unless ``quiet``); with a ``result`` logged to MLflow, attach the
     report to its run too."""
+    from nntune.reporting.report import build_report
+    from nntune.tracking import attach_to_run
+
     if quiet:
         path = build_report(out)
     else:
