@@ -199,3 +199,10 @@ def test_help_and_the_config_load_no_heavy_library():
             "print(sorted(m for m in ('torch', 'sklearn', 'optuna', 'matplotlib', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_exports_every_public_name_it_lists():
+    import nntune
+
+    assert sorted(nntune.__all__) == sorted(nntune._EXPORTS)
+    assert all(callable(getattr(nntune, name)) for name in nntune.__all__)

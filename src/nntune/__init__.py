@@ -21,7 +21,11 @@ _EXPORTS = {
     "prepare_data": "nntune.training.pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "NNTuneClassifier", "NNTuneRegressor", "RunConfig", "Scaler", "build_model", "choose_population_size", "explain",
+    "fit_population", "freeze", "load", "load_config", "load_dataset", "lr_find", "prepare_data", "split_dataset",
+    "summary", "train", "tune", "unfreeze",
+]
 
 if TYPE_CHECKING:
     from nntune.api import load, train, tune
