@@ -116,9 +116,19 @@ def test_user_space_overrides_default():
 
 def test_default_trials_are_the_default_config_per_family():
     params = resolve_space(RunConfig(), "signal", (1, 64))
-    mlp, cnn = default_trials(params, RunConfig(), "signal")  # the RNN is searched, not a default beside them
+    mlp, cnn, tcn = default_trials(params, RunConfig(), "signal")  # the RNN is searched, not a default beside them
     d = RunConfig()
     assert mlp["model.family"] == "mlp" and cnn["model.family"] == "cnn"
+    # the TCN preset, within the space's ranges (4 blocks of the preset's 5 fit a length of 64)
+    assert {k: tcn[k] for k in ("model.family", "model.residual", "model.convs_per_block", "model.dilation_growth",
+                                "model.pool", "model.head", "model.conv_blocks", "model.filters")} == {
+        "model.family": "cnn", "model.residual": True, "model.convs_per_block": 2, "model.dilation_growth": 2,
+        "model.pool": "none", "model.head": "gap", "model.conv_blocks": 4, "model.filters": 32}
+    assert cnn["model.residual"] is False and cnn["model.pool"] == "max" and cnn["model.dilation_growth"] == 1
+    # images: residual blocks and two convolutions per block are searched, dilation and pooling are not
+    image = {p.key for p in resolve_space(RunConfig(), "image", (1, 28, 28))}
+    assert {"model.residual", "model.convs_per_block"} <= image and not {"model.pool", "model.dilation_growth"} & image
+    assert len(default_trials(resolve_space(RunConfig(), "image", (1, 28, 28)), RunConfig(), "image")) == 2
     only_rnn = resolve_space(apply_overrides(RunConfig(), {"search.space": {"model.family": "rnn"}}), "signal", (1, 64))
     (rnn,) = default_trials(only_rnn, RunConfig(), "signal")
     assert rnn["model.rnn_units"] == d.model.rnn_units and rnn["model.cell"] == d.model.cell
