@@ -17,11 +17,13 @@ def rss_mb() -> float:
 
 def test_fifty_varied_trials_in_one_process_keep_memory_flat(tmp_path, monkeypatch):
     readings: list[float] = []
+    trained: list[int] = []  # trials per call (the defaults train in one call, every other trial alone)
     gpu: list[int] = []  # bytes allocated on the GPU after each trial, where there is one
     train = trials.train_population
 
     def measured(*args, **kwargs):
         states = train(*args, **kwargs)
+        trained.append(len(states))
         gc.collect()
         readings.append(rss_mb())
         if torch.cuda.is_available():
@@ -36,7 +38,7 @@ def test_fifty_varied_trials_in_one_process_keep_memory_flat(tmp_path, monkeypat
                                         "search.pruner": "none", "search.finalists": 0, "train.epochs": 2,
                                         "search.space": space})
     result = tune(cfg, tmp_path)
-    assert result["trials"]["complete"] == 50 and len(readings) == 50
+    assert result["trials"]["complete"] == 50 and sum(trained) == 50 and len(readings) >= 45
     growth = max(readings[5:]) - readings[4]
     assert growth < 100, f"RSS grew {growth:.0f} MB after the first 5 trials: {[round(r) for r in readings]}"
     if gpu:  # the search keeps nothing on the device between trials
