@@ -108,3 +108,14 @@ def test_numeric_axes_read_cleanly():
     ax = fig.axes[0]
     assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
     assert {"50", "100", "200"} <= {t.get_text() for t in ax.get_xticklabels()}
+
+
+def test_the_schedule_figure_covers_the_final_models_epochs_and_one_diagnostics_table(tmp_path):
+    result = train(apply_overrides(RunConfig(), {"train.epochs": 30, "train.early_stopping.patience": 1,
+                                                 "train.schedule.name": "cosine"}), tmp_path)
+    trained = len(result["history"])
+    assert trained < 30  # early stopping ended it before the schedule's horizon
+    page = build_report(tmp_path).read_text()
+    assert f"cosine over 30 epochs: the final model&#x27;s {trained} epochs" in page or \
+        f"cosine over 30 epochs: the final model's {trained} epochs" in page
+    assert page.count("<th>finding</th>") <= 1  # the findings table is the Diagnostics section's alone

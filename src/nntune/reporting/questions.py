@@ -12,7 +12,7 @@ from typing import NamedTuple
 from nntune.config import EVIDENCE_QUESTIONS, build_config
 from nntune.data.preview import augment_preview
 from nntune.reporting import plots
-from nntune.reporting.evidence_blocks import (category_evidence, evidence_html, findings_html, no_search,
+from nntune.reporting.evidence_blocks import (category_evidence, evidence_html, no_search,
                                               numeric_evidence, observational, rank_text)
 from nntune.reporting.html import Figures, Section, escape, table
 from nntune.reporting.run_view import RunView
@@ -157,8 +157,9 @@ def _activation(view: RunView, figs: Figures) -> tuple[str, list[str]]:
     body += category_evidence(view, figs, "model.activation", "activation", "q6_activation")
     related = [f for f in view.findings() if f["code"] in ("dead_relu", "saturated_units", "activations_ok",
                                                           "vanishing_gradients", "exploding_gradients")]
-    if related:
-        body.append("<p>Diagnostics of the chosen model:</p>" + findings_html(related))
+    if related:  # named here; their table is the Diagnostics section's (one table, not two)
+        body.append("<p>Diagnostics of the chosen model: " + ", ".join(f"{f['code']} ({f['severity']})"
+                                                                      for f in related) + " (see Diagnostics).</p>")
     return f"Activation: <b>{act}</b>.", body
 
 
@@ -203,12 +204,25 @@ def _schedule(view: RunView, figs: Figures) -> tuple[str, list[str]]:
     steps = max(1, math.ceil(n_train / t.batch_size))
     per_step = sched.name == "onecycle"
     values = lr_values(sched, t.lr, t.epochs, steps if per_step else 1)
+    trained = _final_epochs(view) or t.epochs
+    values = values[:trained * (steps if per_step else 1)]  # what the final model went through
     warmup = f" after {sched.warmup_epochs} warmup" if sched.warmup_epochs else ""
-    body = [figs.embed(plots.schedule_plot(values, per_step, f"{sched.name} over {t.epochs} epochs{warmup}"),
-                       "q9_schedule", "The chosen LR schedule over the final run"), no_search(view)]
+    horizon = f"{sched.name} over {t.epochs} epochs{warmup}"
+    title = horizon if trained >= t.epochs else f"{horizon}: the final model's {trained} epochs"
+    body = [figs.embed(plots.schedule_plot(values, per_step, title), "q9_schedule",
+                       f"The chosen LR schedule over the final run ({title})"), no_search(view)]
     body += category_evidence(view, figs, "train.schedule.name", "LR schedule", "q9_schedule_trials")
     return (f"LR schedule: <b>{sched.name}</b>"
             + (f" with {sched.warmup_epochs} warmup epoch(s)" if sched.warmup_epochs else "") + "."), body
+
+
+def _final_epochs(view: RunView) -> int | None:
+    """The epochs the final model trained: the final retrain's for a tune, the run's for a train."""
+    if view.kind == "tune":
+        final = view.result.get("final") or {}
+        history = final.get("history")
+        return len(history) if history else final.get("epochs")
+    return len(view.result.get("history") or []) or None
 
 
 @_question("early_stopping", "When to stop training?")
