@@ -14,3 +14,12 @@ def _seed():
 @pytest.fixture(scope="session")
 def digits():
     return load_digits()
+
+
+@pytest.fixture
+def float64():
+    """Tensors default to float64 inside the test (the exactness tests compare weights at that precision)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)

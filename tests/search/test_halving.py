@@ -49,14 +49,6 @@ def test_config_refuses_halving_with_several_objectives_and_max_epochs_without_i
         apply_overrides(RunConfig(), {"search.max_epochs": 50})
 
 
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def test_a_continued_member_matches_one_trained_straight_to_its_rung(float64, digits):
     """Three members under a cosine schedule on an 18-epoch horizon; at rung 2 the best one continues (the others
     stop and the population shrinks), at rung 6 it is stopped: its weights and history are those of the same config

@@ -19,14 +19,6 @@ from nntune.training.metrics import compute_metrics, make_loss
 LRS = (1e-3, 3e-3, 1e-2, 5e-4)
 
 
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 @pytest.fixture(scope="module")
 def small_digits(digits):
     return Dataset(digits.name, digits.x[:500].double(), digits.y[:500], digits.task, digits.class_names)

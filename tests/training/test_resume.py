@@ -22,14 +22,6 @@ class Capture(Callback):
             self.state = trainer.state()
 
 
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(digits):
     return Dataset(digits.name, digits.x[:160].double(), digits.y[:160], digits.task, digits.class_names)
