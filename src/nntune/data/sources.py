@@ -391,10 +391,11 @@ def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]
     description; the per-sample shape must match its input shape."""
     path = Path(path)
     input_shape = tuple(data["input_shape"])
-    if not glob.has_magic(str(path)) and not path.exists():
+    pattern = glob.has_magic(str(path))
+    if not pattern and not path.exists():
         raise DataError(f"{path}: no such file or folder")
     names: list[str] = []
-    if glob.has_magic(str(path)) or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+    if pattern or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         files = image_files(path)
         x, names = read_images(path, files, like=input_shape), [str(f) for f in files]
         if data.get("kind") == "image" and data.get("image_values") != IMAGE_VALUES:

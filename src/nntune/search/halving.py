@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from nntune.config import SearchConfig
 from nntune.search.objectives import maximize
 from nntune.training import resume
 from nntune.training.callbacks import Callback
@@ -42,6 +43,12 @@ def first_rung(trial_epochs: int, eta: int = ETA) -> int:
 def top_epochs(trial_epochs: int, max_epochs: int | None = None, eta: int = ETA) -> int:
     """The schedule's horizon and last rung: ``max_epochs`` when given, else the first rung × η³."""
     return max_epochs or first_rung(trial_epochs, eta) * eta ** (RUNGS - 1)
+
+
+def sampled_epochs(search: SearchConfig, trial_epochs: int) -> int:
+    """The epochs a sampled trial is configured for, its schedule's horizon: the top rung under halving, else the
+    usual trial epochs."""
+    return top_epochs(trial_epochs, search.max_epochs) if search.pruner == "halving" else trial_epochs
 
 
 def rungs(trial_epochs: int, top: int, eta: int = ETA) -> list[int]:

@@ -43,8 +43,7 @@ class Search(RunContext):
     @property
     def sampled_epochs(self) -> int:
         """The epochs a sampled trial is configured for: its schedule's horizon (the top rung under halving)."""
-        return halving.top_epochs(self.trial_epochs, self.cfg.search.max_epochs) if self.halving \
-            else self.trial_epochs
+        return halving.sampled_epochs(self.cfg.search, self.trial_epochs)
 
 
 def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) -> Search:

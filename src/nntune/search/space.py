@@ -303,9 +303,8 @@ def sample(trial: optuna.Trial, params: list[Param], base: RunConfig) -> tuple[R
 def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
                   n_train: int = 1000) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
-    epochs = cfg.search.epochs or trial_epochs(n_train)
-    if cfg.search.pruner == "halving":  # schedule ranges on the horizon the sampled trials train under
-        epochs = halving.top_epochs(epochs, cfg.search.max_epochs)
+    # schedule ranges on the horizon the sampled trials train under
+    epochs = halving.sampled_epochs(cfg.search, cfg.search.epochs or trial_epochs(n_train))
     given = copy.deepcopy(cfg.search.space or {})
     if cfg.finetune.init_from is not None:
         fixed = [k for k in given if k.startswith("model.") or k == "preprocess.scaler"]

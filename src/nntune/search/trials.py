@@ -198,14 +198,18 @@ def train_population(search: Search, study: optuna.Study, members: list[Member],
         else:
             groups.setdefault(structure_key(m[1]), []).append(m)
     states = []
-    floor = [g for g in groups.values() if any(t.user_attrs.get("default") for t, _ in g)]
+    floor = sum(1 for g in groups.values() if _has_default(g))  # groups of default trials still to train
     for group in groups.values():
         deadline = budget.training_left
-        if group in floor:  # the default trials share the time left: each runs, at fewer epochs if it must
-            end = time.perf_counter() + budget.training_left() / (len(floor) - floor.index(group))
-            deadline = _earlier(budget.training_left, end)
+        if _has_default(group):  # the default trials share the time left: each runs, at fewer epochs if it must
+            deadline = _earlier(budget.training_left, time.perf_counter() + budget.training_left() / floor)
+            floor -= 1
         states += _train_group(search, study, group, budget, saved.get(group[0][0].number), deadline)
     return states
+
+
+def _has_default(group: list[Member]) -> bool:
+    return any(t.user_attrs.get("default") for t, _ in group)
 
 
 def _earlier(seconds_left, end: float):
@@ -285,6 +289,7 @@ def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, 
     """Save a trained member's weights (when complete), set its attributes and tell the study; its state name.
     A member halved at a rung is PRUNED (its epochs are reported), as a trial Optuna's pruner stopped."""
     (trial, cfg), (model, fit) = member, fitted
+    halved_at = halved.halved_at if halved is not None else None
     attrs = {**attrs, "best_epoch": fit.best_epoch, "stop_reason": fit.stop_reason, "stopped_epoch": fit.stopped_epoch,
              "history": [{k: v for k, v in h.items() if k != "grad_norms"} for h in fit.history],
              "findings": [f.to_dict() for f in diagnose(fit.history, model, data.x_val, fit.initial_val_loss)]}
@@ -293,10 +298,10 @@ def _record(search: Search, study: optuna.Study, member: Member, fitted: tuple, 
         state, value = TrialState.FAIL, None
     elif prune.lost:
         state, value = TrialState.FAIL, None
-    elif prune.pruned or (halved and halved.halved_at):
+    elif prune.pruned or halved_at:
         state, value = TrialState.PRUNED, None
-        if halved and halved.halved_at:
-            attrs["halved_at"] = halved.halved_at
+        if halved_at:
+            attrs["halved_at"] = halved_at
     else:
         artifacts.save(search.out / "trials" / str(trial.number), model, cfg, data.scaler, data.dataset.meta())
         attrs["val"] = fit.best_val

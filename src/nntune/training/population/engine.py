@@ -106,7 +106,7 @@ class PopulationTrainer:
         self._slots: list[int] = []
         self._finals: dict[int, dict[str, torch.Tensor]] = {}
         self._vectors: dict[str, torch.Tensor] = {}  # per-member values that follow compaction
-        self._run: tuple | None = None  # the running fit's (model, optimizer, best snapshot, stop rules)
+        self._run: tuple | None = None  # the running fit's (optimizer, best-weights snapshot, stop rules)
 
     def current_model(self, member: int) -> nn.Module:
         """Member ``member`` with its current weights (its final ones once it has left the population)."""
@@ -118,7 +118,7 @@ class PopulationTrainer:
 
     def member_run_state(self, member: int, history: list[dict]) -> RunState:
         """A training member's weights, best-weights snapshot and optimizer moments with its history."""
-        model, optimizer, best, rules = self._run
+        model, (optimizer, best, rules) = self.model, self._run
         slot = self._slots.index(member)
         snap = model.member_state(slot, best) if rules[member].snapped else None
         moments, steps = optimizer.member_moments(slot)
@@ -156,7 +156,7 @@ class PopulationTrainer:
         results = [FitResult() for _ in range(K)]
         self._finals = finals = {}
         self._slots = slots = list(range(K))
-        self._run = (model, optimizer, best, rules)
+        self._run = (optimizer, best, rules)
         started = time.perf_counter()
         for m, row in enumerate(self._evaluate(x_val, y_val, self._vectors["smoothing"])):
             results[m].initial_val_loss = row["loss"]
