@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 from nntune import atomic
 from nntune.config import RunConfig, build_config
 from nntune.data.scalers import Scaler
+from nntune.data.tabular import TableEncoder, TableSchema
 from nntune.errors import ArtifactError, ConfigError, NNTuneError
 from nntune.models.builders import build_model, forward_batched
 from nntune.models.ensemble import Ensemble, build_ensemble
@@ -51,8 +53,23 @@ class Described:
     def class_names(self) -> list[str]:
         return self.data.get("class_names", [])
 
+    @property
+    def table(self) -> TableSchema | None:
+        """The table's columns when the model encodes categories or missing values, else None."""
+        return TableSchema.from_dict(self.data["table"]) if self.data.get("table") else None
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]:
+        """The per-sample shape of the inputs it takes: a table's columns, else the network's input shape."""
+        table = self.table
+        return (len(table.columns),) if table is not None else tuple(self.data["input_shape"])
+
     def _inputs(self, x: Any) -> torch.Tensor:
-        """Inputs as a float32 tensor: a tensor, a NumPy array, a pandas DataFrame or Series, or nested lists."""
+        """Inputs as a float32 tensor: a tensor, a NumPy array, a pandas DataFrame or Series, or nested lists; for a
+        table with categories or missing values, its columns' numbers (see :meth:`_table_inputs`)."""
+        table = self.table
+        if table is not None:
+            return self._table_inputs(x, table)
         if isinstance(x, torch.Tensor):
             return x.float()
         if hasattr(x, "to_numpy"):  # pandas, without importing it
@@ -63,9 +80,32 @@ class Described:
             raise ArtifactError(f"inputs: {self.name} takes numbers (a tensor, a NumPy array or a DataFrame), got "
                                 f"{type(x).__name__} ({err})") from None
 
+    def _table_inputs(self, x: Any, table: TableSchema) -> torch.Tensor:
+        """Raw table values (a DataFrame, its columns found by name, or a 2-D array of the columns in training order;
+        strings, numbers, None/NaN/pd.NA for missing) as the numbers the encoder takes. Categories the model never
+        saw are encoded as unseen (one-hot: all zeros), with a warning naming the columns."""
+        names = table.names
+        if hasattr(x, "columns"):  # a DataFrame, without importing pandas
+            by_name = {str(c): c for c in x.columns}
+            absent = [n for n in names if n not in by_name]
+            if absent:
+                raise ArtifactError(f"inputs: column {absent[0]!r} is missing ({self.name} needs: {', '.join(names)})")
+            columns = [x[by_name[n]].tolist() for n in names]
+        else:
+            a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=object)
+            if a.ndim != 2 or a.shape[1] != len(names):
+                raise ArtifactError(f"inputs have shape {tuple(a.shape[1:])} per sample; {self.name} takes rows of "
+                                    f"its {len(names)} columns ({', '.join(names)})")
+            columns = [a[:, j].tolist() for j in range(len(names))]
+        values, unseen = table.codes(columns, "inputs", lambda i: f"row {i}")
+        if unseen:
+            warnings.warn(f"inputs: column(s) {', '.join(unseen)} have categories {self.name} never saw in training; "
+                          "they are encoded as unseen (one-hot: all zeros)", stacklevel=4)
+        return torch.from_numpy(values.astype(np.float32))
+
     def _check(self, x: torch.Tensor) -> torch.Tensor | None:
         """Raise on inputs of another per-sample shape; the (empty) outputs for no inputs, else None."""
-        expected = tuple(self.data["input_shape"])
+        expected = self.raw_shape
         if tuple(x.shape[1:]) != expected:
             raise ArtifactError(f"inputs have shape {tuple(x.shape[1:])} per sample; {self.name} expects {expected}")
         if len(x) == 0:
@@ -142,6 +182,7 @@ def load(directory: str | Path) -> Artifact:
         if not input_shape or any(s < 1 for s in input_shape) or math.prod(input_shape) > MAX_INPUT_VALUES:
             raise ValueError(f"input_shape {input_shape} is not a positive per-sample shape of at most "
                              f"{MAX_INPUT_VALUES:,} values")
+        encoder = _encoder(data, config, input_shape)
         size = meta.get("ensemble")
         if size is not None and (not isinstance(size, int) or not 2 <= size <= MAX_ENSEMBLE):
             raise ValueError(f"ensemble {size!r} is not a member count from 2 to {MAX_ENSEMBLE}")
@@ -156,8 +197,18 @@ def load(directory: str | Path) -> Artifact:
                   _planned_shapes(meta_path, config, input_shape, n_outputs, size, classification))
     model = _build(config, input_shape, n_outputs, size, classification)
     model.load_state_dict(_read_tensors(directory / WEIGHTS))  # its shapes were checked against the header
-    scaler = Scaler(method).load_state_dict(_read_tensors(directory / SCALER))
+    scaler = Scaler(method, encoder).load_state_dict(_read_tensors(directory / SCALER))
     return Artifact(model, scaler, config, data)
+
+
+def _encoder(data: dict, config: RunConfig, input_shape: list[int]) -> TableEncoder | None:
+    """The (unfitted) table encoder ``data`` describes, if any; its width must be the network's input width."""
+    if not data.get("table"):
+        return None
+    schema = TableSchema.from_dict(data["table"])
+    if [schema.width] != input_shape:
+        raise ValueError(f"the table's columns encode to {schema.width} inputs, input_shape says {input_shape}")
+    return TableEncoder(schema, config.preprocess.impute)
 
 
 def _build(config: RunConfig, input_shape: list[int], n_outputs: int, size: int | None,

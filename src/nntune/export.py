@@ -1,6 +1,12 @@
 """Ship a saved model outside nntune: ONNX or TorchScript files that take *raw* inputs (the fitted scaler is baked
 in), have a dynamic batch axis and return class probabilities (or values for regression).
 
+A table with categories or missing values exports with its encoder in the graph (imputation, missing indicators,
+one-hot, frequency ranks): the file takes one float per column, NaN where a value is missing, and for a categorical
+column the category's index in the ``categories`` listed in the description (``table``), -1 for one it never saw.
+Strings cannot enter an ONNX float input, so that lookup is the caller's (``nntune predict`` and
+:func:`load_exported` do it from the description).
+
 The nntune description of the model (task, class names, input shape, feature names) travels inside the file: as
 ONNX ``metadata_props`` under the key ``nntune``, or as the TorchScript extra file ``nntune.json``. That is what lets
 :func:`load_exported` (and ``nntune predict FILE``) use an exported file alone. Every export is checked before it is
@@ -42,11 +48,15 @@ class RawInputModel(nn.Module):
         self.net = copy.deepcopy(art.model).float().cpu().eval()
         self.method = art.scaler.method
         self.classification = art.task == "classification"
+        encoder = art.scaler.encoder
+        self.encoder = copy.deepcopy(encoder).float().cpu() if encoder is not None else None
         if art.scaler.shift is not None:
             self.register_buffer("shift", art.scaler.shift.detach().float().cpu().clone())
             self.register_buffer("scale", art.scaler.scale.detach().float().cpu().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            x = self.encoder(x)
         if self.method == "unit":
             norms = x.flatten(1).norm(dim=1)
             norms = torch.where(norms == 0, torch.ones_like(norms), norms)
@@ -59,9 +69,12 @@ class RawInputModel(nn.Module):
 
 def description(art: Artifact) -> dict[str, Any]:
     """What a runtime needs to feed the exported model and read its output."""
-    return {"format": artifacts.SINGLE_FORMAT, "task": art.task, "class_names": art.class_names,
-            "input_shape": list(art.data["input_shape"]), "feature_names": art.data.get("feature_names", []),
+    meta = {"format": artifacts.SINGLE_FORMAT, "task": art.task, "class_names": art.class_names,
+            "input_shape": list(art.raw_shape), "feature_names": art.data.get("feature_names", []),
             "name": art.data.get("name"), "output": "probabilities" if art.task == "classification" else "values"}
+    if art.table is not None:
+        meta["table"] = art.data["table"]
+    return meta
 
 
 def export(model_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
@@ -73,7 +86,7 @@ def export(model_dir: str | Path, fmt: str, out: str | Path | None = None) -> di
     out = Path(out) if out is not None else Path(model_dir) / f"model{FORMATS[fmt]}"
     wrapper = RawInputModel(art)
     meta = description(art)
-    example = _sample_inputs(art, 2)
+    example = art._inputs(_sample_inputs(art, 2))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.staged(out) as tmp:
         (_write_onnx if fmt == "onnx" else _write_torchscript)(wrapper, example, meta, Path(tmp))
@@ -119,17 +132,37 @@ def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, meta: dict, pa
         torch.jit.save(traced, str(path), _extra_files={TS_META: json.dumps(meta)})
 
 
-def _sample_inputs(art: Artifact, n: int, seed: int = 0) -> torch.Tensor:
-    """Plausible raw inputs: standard normal noise mapped back through the fitted scaler."""
+def _sample_inputs(art: Artifact, n: int, seed: int = 0) -> torch.Tensor | np.ndarray:
+    """Plausible raw inputs: standard normal noise mapped back through the fitted scaler; for an encoded table, rows
+    of its raw values (an object array): numbers from that noise, categories drawn from the vocabulary and one it
+    never saw, and a fifth of the values missing where a column had missing values."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *art.data["input_shape"]), generator=gen)
-    return art.scaler.inverse_transform(z).float()
+    values = art.scaler.inverse_transform(z).float()
+    table = art.table
+    if table is None:
+        return values
+    rng = np.random.default_rng(seed)
+    rows, at = np.empty((n, len(table.columns)), dtype=object), 0
+    for j, c in enumerate(table.columns):
+        rows[:, j] = (values[:, at].tolist() if c.kind == "numeric"
+                      else rng.choice([*c.categories, "never seen in training"], n).tolist())
+        if c.missing:
+            rows[rng.random(n) < 0.2, j] = None
+        at += c.width
+    return rows
 
 
 def _check(art: Artifact, path: Path, fmt: str) -> dict[str, Any]:
     """Load the written file in its runtime and compare it with the nntune model (batch sizes 1 and many)."""
     exported = load_exported(path, fmt)
     x = _sample_inputs(art, CHECK_SAMPLES, seed=1)
+    with warnings.catch_warnings():  # the samples hold an unseen category on purpose
+        warnings.simplefilter("ignore")
+        return _compare(art, exported, x, fmt)
+
+
+def _compare(art: Artifact, exported: ExportedModel, x: torch.Tensor | np.ndarray, fmt: str) -> dict[str, Any]:
     if art.task == "classification":
         ours, theirs = art.predict_proba(x), torch.cat([exported.predict_proba(x[:1]), exported.predict_proba(x[1:])])
         same_labels = bool(torch.equal(ours.argmax(1), theirs.argmax(1)))

@@ -39,6 +39,11 @@ class DataConfig(_Section):
     dataset: str | None = Field("digits", description="built-in dataset: " + ", ".join(BUILTIN_DATASETS))
     path: Path | None = Field(None, description="CSV file, NPZ file or image folder (overrides dataset)")
     target: str | None = Field(None, description="target column of a CSV file")
+    drop: list[str] = Field(default_factory=list, description="table columns to leave out (ids, dates, free text)")
+    categorical: list[str] = Field(default_factory=list, description="table columns read as categories even "
+                                                                     "where their values are numbers (codes)")
+    max_onehot: int = Field(32, ge=2, description="a table's categorical column with more categories is encoded by "
+                                                  "its frequency rank instead of one-hot")
     task: Literal["auto", "classification", "regression"] = "auto"
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)
@@ -57,6 +62,8 @@ class PreprocessConfig(_Section):
     augment: str = Field("none", description="augmentation preset: none, light, digits, natural, signal, or custom "
                                              "(the ops in augment_ops)")
     augment_strength: float = Field(0.5, ge=0, le=1)
+    impute: Literal["median", "mean"] = Field("median", description="a table's missing numbers: the training rows' "
+                                                                    "median or mean, with a missing-indicator column")
     augment_ops: list[dict[str, Any]] | None = Field(None, description="the ops of augment: custom, e.g. "
                                                                      "[{op: hflip}, {op: noise, std: 0.02}] "
                                                                      "(ignored by the presets)")

@@ -4,12 +4,15 @@ Scalers are fitted on the training split only, work on tensors of any shape ``(N
 every non-batch element as a feature, like scikit-learn on flattened data) and carry their state in ``state_dict()``
 so they travel with the model. Constant features get scale 1, as in scikit-learn, so they never produce NaN or inf.
 Written here rather than wrapping scikit-learn so the transform runs on torch tensors on the training device.
+A table with categories or missing values is encoded first (:class:`~nntune.data.tabular.TableEncoder`, fitted on the
+same training rows): a scaler is the one stage from raw inputs to the network's, wherever a model is used.
 """
 
 from __future__ import annotations
 
 import torch
 
+from nntune.data.tabular import TableEncoder
 from nntune.errors import ArtifactError, ConfigError
 
 METHODS = ("none", "minmax", "zscore", "robust", "unit", "channel")
@@ -24,10 +27,11 @@ def _safe_scale(scale: torch.Tensor) -> torch.Tensor:
 class Scaler:
     """``y = (x - shift) / scale``, with ``unit`` dividing each sample by its L2 norm instead."""
 
-    def __init__(self, method: str = "zscore") -> None:
+    def __init__(self, method: str = "zscore", encoder: TableEncoder | None = None) -> None:
         if method not in METHODS:
             raise ConfigError(f"preprocess.scaler: unknown method {method!r} (choose one of {', '.join(METHODS)})")
         self.method = method
+        self.encoder = encoder
         self.shift: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copies per device, made once
@@ -45,6 +49,8 @@ class Scaler:
         return self.method in ("none", "unit") or self.shift is not None
 
     def fit(self, x: torch.Tensor) -> Scaler:
+        if self.encoder is not None:
+            x = self.encoder.fit(x)(x)
         x = x.double()
         if self.method == "minmax":
             lo, hi = x.amin(0), x.amax(0)
@@ -69,6 +75,8 @@ class Scaler:
         return self
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            x = self.encoder.to(x.device)(x)
         if self.method == "none":
             return x
         if self.method == "unit":
@@ -84,16 +92,26 @@ class Scaler:
         return self.fit(x).transform(x)
 
     def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled values back to the scaler's inputs (a table's encoded columns, not its raw values)."""
         if self.method in ("none", "unit"):
             return x
         shift, scale = self._state_on(x.device)
         return x * scale + shift
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (safetensors-friendly); the method name travels in the artifact metadata."""
-        return {} if self.shift is None else {"shift": self.shift.contiguous(), "scale": self.scale.contiguous()}
+        """Tensors only (safetensors-friendly); the method name travels in the artifact metadata, a table
+        encoder's state under ``table.``."""
+        own = {} if self.shift is None else {"shift": self.shift.contiguous(), "scale": self.scale.contiguous()}
+        table = {} if self.encoder is None else {f"table.{k}": v for k, v in self.encoder.tensors().items()}
+        return {**own, **table}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> Scaler:
+        table = {k.removeprefix("table."): v for k, v in state.items() if k.startswith("table.")}
+        state = {k: v for k, v in state.items() if not k.startswith("table.")}
+        if self.encoder is not None:
+            self.encoder.load_tensors(table)
+        elif table:
+            raise ArtifactError("scaler state holds a table encoder, but the model describes no table")
         if self.method in ("none", "unit"):
             return self
         if set(state) != {"shift", "scale"}:

@@ -10,9 +10,11 @@ Hidden files and folders (``.ipynb_checkpoints``) are skipped; image files are r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +24,7 @@ import torch
 
 from nntune.config import BUILTIN_DATASETS, DataConfig
 from nntune.data.images import IMAGE_VALUES, read_images
+from nntune.data.tabular import MAX_ONEHOT, MISSING, TableSchema, read_table
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
@@ -41,6 +44,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # the image file of each sample, when read from files
+    table: TableSchema | None = None  # a table with categories or missing values: ``x`` holds its raw numbers
 
     @property
     def kind(self) -> Literal["tabular", "signal", "image"]:
@@ -48,7 +52,8 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        """The network's per-sample input shape (a table's encoded width when it has a schema)."""
+        return (self.table.width,) if self.table is not None else tuple(self.x.shape[1:])
 
     @property
     def n_outputs(self) -> int:
@@ -65,6 +70,8 @@ class Dataset:
         }
         if self.files:
             meta["image_values"] = IMAGE_VALUES
+        if self.table is not None:
+            meta["table"] = self.table.to_dict()
         return meta
 
 
@@ -73,8 +80,12 @@ def load_dataset(
     path: str | Path | None = None,
     target: str | None = None,
     task: str = "auto",
+    drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    max_onehot: int = MAX_ONEHOT,
 ) -> Dataset:
-    """Load a built-in dataset by name, or user data from ``path`` (CSV, NPZ or an image folder)."""
+    """Load a built-in dataset by name, or user data from ``path`` (CSV, NPZ or an image folder); a CSV's ``drop``
+    columns are left out, its ``categorical`` ones read as categories (see :mod:`nntune.data.tabular`)."""
     if path is not None:
         p = Path(path)
         if not p.exists():
@@ -82,7 +93,7 @@ def load_dataset(
         if p.is_dir():
             ds = load_image_folder(p)
         elif p.suffix.lower() == ".csv":
-            ds = load_csv(p, target)
+            ds = load_csv(p, target, drop, categorical, max_onehot)
         elif p.suffix.lower() == ".npz":
             ds = load_npz(p)
         else:
@@ -102,7 +113,7 @@ def load_dataset(
 
 def load_configured(data: DataConfig) -> Dataset:
     """The dataset a config's ``data`` section names."""
-    return load_dataset(data.dataset, data.path, data.target, data.task)
+    return load_dataset(data.dataset, data.path, data.target, data.task, data.drop, data.categorical, data.max_onehot)
 
 
 def load_digits() -> Dataset:
@@ -232,49 +243,87 @@ def _with_task(ds: Dataset, task: str) -> Dataset:
             y = torch.tensor(values[ds.y.numpy()] if ds.class_names else values, dtype=torch.float32)
         except ValueError:
             raise DataError(f"{ds.name}: target has non-numeric classes, it cannot be a regression target") from None
-        return Dataset(ds.name, ds.x, y, "regression", [], ds.feature_names)
+        return dataclasses.replace(ds, y=y, task="regression", class_names=[])
     y = ds.y.numpy()
     if not np.all(np.mod(y, 1) == 0) or len(np.unique(y)) > 1000:
         raise DataError(f"{ds.name}: target is continuous; it cannot be a classification target")
-    return _encode_target(ds.name, ds.x, y.astype(np.int64), ds.feature_names)
+    encoded = _encode_target(ds.name, ds.x, y.astype(np.int64), ds.feature_names)
+    return dataclasses.replace(ds, y=encoded.y, task=encoded.task, class_names=encoded.class_names)
 
 
-def load_csv(path: str | Path, target: str | None) -> Dataset:
-    """A CSV with a header row; ``target`` names the label column, every other column must be numeric."""
+def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), categorical: Sequence[str] = (),
+             max_onehot: int = MAX_ONEHOT) -> Dataset:
+    """A CSV with a header row; ``target`` names the label column. Feature columns may be numeric or categorical
+    and have missing values (encoded by :mod:`nntune.data.tabular`); ``drop`` names columns to leave out."""
     path = Path(path)
     if not target:
         raise DataError(f"{path}: pass --target COLUMN to name the label column of a CSV file")
-    try:
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
-    except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err})") from None
-    rows = [r for r in rows if r]
-    if len(rows) < 2:
+    header, body = _read_csv(path)
+    if len(body) < 1:
         raise DataError(f"{path}: needs a header row and at least one data row")
-    header = _header(path, rows[0])
     if target not in header:
         raise DataError(f"{path}: target column {target!r} not found (columns: {', '.join(header)})")
-    for i, row in enumerate(rows[1:], start=2):
+    absent = [d for d in drop if d not in header]
+    if absent:
+        raise DataError(f"{path}: data.drop names no column {absent[0]!r} (columns: {', '.join(header)})")
+    for i, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
     t = header.index(target)
-    features = [h for j, h in enumerate(header) if j != t]
-    if not features:
+    cols = [j for j, h in enumerate(header) if j != t and h not in drop]
+    if not cols:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    x = _numeric_columns(path, header, rows[1:], [j for j in range(len(header)) if j != t], "encode it or drop it")
-    raw_y = [row[t].strip() for row in rows[1:]]
-    if any(v == "" for v in raw_y):
-        raise DataError(f"{path}: target column {target!r} has empty values (line {raw_y.index('') + 2})")
+    features = [header[j] for j in cols]
+    x, table = table_features(str(path), features, [[row[j] for row in body] for j in cols],
+                              lambda i: f"line {i + 2}", categorical, max_onehot)
+    raw_y = [row[t].strip() for row in body]
+    gone = [i for i, v in enumerate(raw_y) if v in _TARGET_MISSING]
+    if gone:
+        raise DataError(f"{path}: target column {target!r} has missing values (line {gone[0] + 2}: "
+                        f"{raw_y[gone[0]]!r}); drop those rows")
     try:
         y = np.array([float(v) for v in raw_y])
     except ValueError:
         y = np.array(raw_y)
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise DataError(f"{path}: target column {target!r} has non-finite values")
-    return _encode_target(path.stem, x, y, features, where=f"{path}: target column {target!r}")
+    ds = _encode_target(path.stem, x, y, features, where=f"{path}: target column {target!r}")
+    ds.table = table
+    return ds
+
+
+_TARGET_MISSING = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"}
+
+
+def table_features(where: str, names: list[str], columns: Sequence[Sequence], row, categorical: Sequence[str] = (),
+                   max_onehot: int = MAX_ONEHOT) -> tuple[torch.Tensor, TableSchema | None]:
+    """A table's feature columns as float32 (N, F) and, when a column is categorical or has a missing value, the
+    schema that encodes them (else None: the numbers are the inputs). Infinite and out-of-float32-range numbers are
+    a DataError naming the column and the row."""
+    values, schema = read_table(names, columns, where, row, categorical, max_onehot)
+    cast, _ = _float32(values)
+    bad = np.argwhere(np.isinf(cast))
+    if len(bad):
+        i, j = (int(k) for k in bad[0])
+        why = "infinite values" if np.isinf(values[i, j]) else "values outside float32's range"
+        raise DataError(f"{where}: column {names[j]!r} has {why} ({row(i)}: {columns[j][i]!r}); fill, drop or "
+                        "rescale them")
+    plain = all(c.kind == "numeric" and not c.missing for c in schema.columns)
+    return torch.from_numpy(cast), None if plain else schema
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A CSV file's header (duplicates renamed) and its non-empty rows."""
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from None
+    if not rows:
+        raise DataError(f"{path}: empty CSV file")
+    return _header(path, rows[0]), rows[1:]
 
 
 def _header(path: Path, row: list[str]) -> list[str]:
@@ -287,8 +336,7 @@ def _header(path: Path, row: list[str]) -> list[str]:
     return names
 
 
-def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols: list[int],
-                     advice: str = "") -> torch.Tensor:
+def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols: list[int]) -> torch.Tensor:
     """The columns ``cols`` of ``rows`` as float32; a non-numeric, NaN, infinite or out-of-float32-range cell is a
     DataError naming the column and the line."""
     x = np.empty((len(rows), len(cols)), dtype=np.float64)
@@ -298,8 +346,10 @@ def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols:
                 x[i, k] = float(row[j])
             except (ValueError, IndexError):
                 value = row[j] if j < len(row) else ""
-                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})"
-                                + (f"; {advice}" if advice else "")) from None
+                if value.strip() in MISSING:
+                    raise DataError(f"{path}: column {header[j]!r} has a missing value (line {i + 2}: {value!r}); "
+                                    "this model was trained on data without any, so it cannot fill one in") from None
+                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})") from None
     cast, first = _float32(x)
     if first is not None:
         i, k = first
@@ -384,11 +434,12 @@ def image_files(path: str | Path) -> list[Path]:
     return images
 
 
-def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]]:
+def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor | np.ndarray, list[str]]:
     """Inputs for prediction and a name per row (the path of an image, else the row number): a CSV with the
-    training feature columns (others, like a target, are ignored), an NPZ with ``x``, or images (a file, a folder,
-    flat or by class, or a glob pattern; resized to the model's input). ``data`` is the saved model's data
-    description; the per-sample shape must match its input shape."""
+    training feature columns in any order (others, like a target, are ignored), an NPZ with ``x``, or images (a file,
+    a folder, flat or by class, or a glob pattern; resized to the model's input). ``data`` is the saved model's data
+    description; the per-sample shape must match its input shape. For a model with an encoded table the CSV's raw
+    cells come back (an object array, columns in training order) for the model to encode."""
     path = Path(path)
     input_shape = tuple(data["input_shape"])
     pattern = glob.has_magic(str(path))
@@ -404,7 +455,9 @@ def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]
         (x,) = _read_npz(path, ("x",))
         x = _npz_inputs(path, x)
     elif path.suffix.lower() == ".csv":
-        x = _csv_columns(path, data.get("feature_names", []))
+        x = _csv_columns(path, data.get("feature_names", []), table=bool(data.get("table")))
+        if data.get("table"):
+            return x, [str(i) for i in range(len(x))]
     else:
         raise DataError(f"{path}: unsupported data file (expected .csv, .npz, an image file, an image folder or a "
                         "glob pattern of images)")
@@ -413,20 +466,18 @@ def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor, list[str]
     return x, names or [str(i) for i in range(len(x))]
 
 
-def _csv_columns(path: Path, names: list[str]) -> torch.Tensor:
-    try:
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r]
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
-    except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err})") from None
-    if not rows:
-        raise DataError(f"{path}: empty CSV file")
-    header = _header(path, rows[0])
+def _csv_columns(path: Path, names: list[str], table: bool = False) -> torch.Tensor | np.ndarray:
+    """The ``names`` columns of a CSV file: numbers (float32), or with ``table`` its raw cells (an object array)."""
+    header, body = _read_csv(path)
     if not names:
         raise DataError(f"{path}: this model was not trained on a table; pass an NPZ file or an image folder")
     missing = [n for n in names if n not in header]
     if missing:
         raise DataError(f"{path}: feature column {missing[0]!r} is missing (the model needs: {', '.join(names)})")
-    return _numeric_columns(path, header, rows[1:], [header.index(n) for n in names])
+    cols = [header.index(n) for n in names]
+    if not table:
+        return _numeric_columns(path, header, body, cols)
+    cells = np.empty((len(body), len(cols)), dtype=object)
+    for i, row in enumerate(body):
+        cells[i] = [row[j] if j < len(row) else "" for j in cols]
+    return cells

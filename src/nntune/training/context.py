@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from nntune.config import RunConfig
 from nntune.data.scalers import resolve_method
+from nntune.data.sources import Dataset
 from nntune.data.splits import redraw
 from nntune.training.pipeline import PreparedData, choose_population_size, prepare_data, stackable
 
@@ -20,6 +21,13 @@ from nntune.training.pipeline import PreparedData, choose_population_size, prepa
 def objective(task: str) -> tuple[str, str]:
     """(monitored history key, direction) a run of ``task`` is judged by: validation accuracy, or loss."""
     return ("val_accuracy", "maximize") if task == "classification" else ("val_loss", "minimize")
+
+
+def preprocessing_key(cfg: RunConfig, ds: Dataset) -> str:
+    """What a prepared copy of the data depends on: the resolved scaler method, and for a table with an encoder its
+    imputation."""
+    method = resolve_method(cfg.preprocess.scaler, ds.kind)
+    return method if ds.table is None else f"{method}+{cfg.preprocess.impute}"
 
 
 REDRAWN_KEPT = 8  # redrawn splits kept prepared at once (the evidence uses a few seeds at a time)
@@ -41,12 +49,12 @@ class RunContext:
 
     cfg: RunConfig
     base_data: PreparedData
-    prepared: dict[str, PreparedData] = field(default_factory=dict)  # the base split, by scaler method
-    redrawn: OrderedDict[tuple[str, int], PreparedData] = field(default_factory=OrderedDict)  # (method, split seed)
+    prepared: dict[str, PreparedData] = field(default_factory=dict)  # the base split, by preprocessing_key
+    redrawn: OrderedDict[tuple[str, int], PreparedData] = field(default_factory=OrderedDict)  # (that key, split seed)
     sizes: dict[str, int] = field(default_factory=dict)  # population size per size_class, measured once
 
     def __post_init__(self) -> None:
-        self.prepared.setdefault(self.base_data.scaler.method, self.base_data)
+        self.prepared.setdefault(preprocessing_key(self.cfg, self.base_data.dataset), self.base_data)
 
     @property
     def task(self) -> str:
@@ -57,11 +65,11 @@ class RunContext:
         return objective(self.task)[0]
 
     def data_for(self, cfg: RunConfig, split_seed: int | None = None) -> PreparedData:
-        """The search's split scaled as ``cfg`` asks, prepared once per (resolved) scaler method; with
+        """The search's split scaled as ``cfg`` asks, prepared once per :func:`preprocessing_key`; with
         ``split_seed``, the train/validation split redrawn with that seed (the test split kept), prepared once per
-        seed and method."""
+        seed and key."""
         ds = self.base_data.dataset
-        method = resolve_method(cfg.preprocess.scaler, ds.kind)
+        method = preprocessing_key(cfg, ds)
         if split_seed is None:
             if method not in self.prepared:
                 self.prepared[method] = prepare_data(cfg, ds, split=self.base_data.split)

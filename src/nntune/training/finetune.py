@@ -79,6 +79,9 @@ def start_model(cfg: RunConfig, ds: Dataset) -> nn.Module:
     if tuple(ds.input_shape) != expected:
         raise DataError(f"{ds.name}: samples have shape {tuple(ds.input_shape)}, but the model in "
                         f"{cfg.finetune.init_from} takes {expected}; fine-tuning keeps the saved input shape")
+    if art.data.get("table") != (ds.table.to_dict() if ds.table is not None else None):
+        raise DataError(f"{ds.name}: its columns (or their categories and missing values) differ from those the model "
+                        f"in {cfg.finetune.init_from} was trained on; fine-tuning keeps the saved table encoding")
     model = copy.deepcopy(art.model).cpu()
     if head_differs(art, ds):
         old = model.out

@@ -21,6 +21,7 @@ from nntune.data.augment import build_augmenter
 from nntune.data.scalers import Scaler, resolve_method
 from nntune.data.sources import Dataset, load_configured
 from nntune.data.splits import Split, split_dataset
+from nntune.data.tabular import TableEncoder
 from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import build_model
 from nntune.models.inspect import summary
@@ -67,11 +68,17 @@ def prepare_data(cfg: RunConfig, dataset: Dataset | None = None, split: Split | 
     if cfg.finetune.init_from is not None:  # fine-tuning sees inputs as the saved model learned them
         sc = finetune.saved_scaler(cfg)
     else:
-        sc = Scaler(resolve_method(cfg.preprocess.scaler, ds.kind))
-        sc.fit(ds.x[split.train])
+        sc = input_scaler(cfg, ds).fit(ds.x[split.train])
     t = sc.transform
     return PreparedData(ds, split, sc, t(ds.x[split.train]), ds.y[split.train], t(ds.x[split.val]), ds.y[split.val],
                         t(ds.x[split.test]), ds.y[split.test])
+
+
+def input_scaler(cfg: RunConfig, ds: Dataset) -> Scaler:
+    """The unfitted stage from ``ds``'s raw inputs to the network's: the configured scaler, behind a table encoder
+    when the table has categories or missing values."""
+    encoder = TableEncoder(ds.table, cfg.preprocess.impute) if ds.table is not None else None
+    return Scaler(resolve_method(cfg.preprocess.scaler, ds.kind), encoder)
 
 
 def data_source(cfg: RunConfig, dataset: Dataset | None = None) -> str:
