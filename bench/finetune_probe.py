@@ -61,7 +61,7 @@ def features(art: artifacts.Artifact, x: torch.Tensor) -> np.ndarray:
 
 
 def accuracy(art: artifacts.Artifact, held: Dataset) -> float:
-    return float((art.predict(held.x) == held.y).float().mean())
+    return float((art.predict_proba(held.x).argmax(1) == held.y.numpy()).mean())
 
 
 def run(seed: int, overrides: dict) -> dict:

@@ -72,7 +72,7 @@ CASES = [  # (case, input, words the error must contain)
     ("empty csv", csv(""), "data.csv"),
     ("header-only csv", csv("a,b,y\n"), "data.csv"),
     ("ragged rows", csv("a,b,y\n1,2,0\n3,4\n5,6,1,9\n" + ROWS), "data.csv"),
-    ("nan feature", csv("a,b,y\n" + ROWS + "\nnan,1,0\n"), "data.csv"),
+    ("a word in a numeric column", csv("a,b,y\n" + ROWS + "\ntwelve,1,0\n"), "column 'a' is numeric but for line"),
     ("inf feature", csv("a,b,y\n" + ROWS + "\ninf,1,0\n"), "data.csv"),
     ("single class", csv("a,b,y\n" + "\n".join(f"{i},{i},1" for i in range(40))), "single class"),
     ("text feature column", csv("a,b,y\n" + "\n".join(f"{i},x{i},{i % 2}" for i in range(40))), "'b'"),

@@ -103,6 +103,24 @@ class Described:
                           "they are encoded as unseen (one-hot: all zeros)", stacklevel=4)
         return torch.from_numpy(values.astype(np.float32))
 
+    def _scores(self, x: Any) -> torch.Tensor:
+        """Probabilities (classification) or values (regression) as a tensor."""
+        raise NotImplementedError
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities (N, K), columns in the order of ``class_names`` (the estimator contract)."""
+        if self.task != "classification":
+            raise ArtifactError(f"predict_proba: {self.name} does regression")
+        return self._scores(x).numpy()
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Class names (classification; ``class_names[i]`` for the most probable class ``i``) or values
+        (regression), as a NumPy array."""
+        out = self._scores(x)
+        if self.task == "classification":
+            return np.asarray(self.class_names)[out.argmax(1).numpy()]
+        return out.numpy()
+
     def _check(self, x: torch.Tensor) -> torch.Tensor | None:
         """Raise on inputs of another per-sample shape; the (empty) outputs for no inputs, else None."""
         expected = self.raw_shape
@@ -131,15 +149,9 @@ class Artifact(Described):
         out = forward_batched(self.model, self.scaler.transform(x))
         return out if self.task == "classification" else out.reshape(-1)
 
-    def predict_proba(self, x: Any) -> torch.Tensor:
-        if self.task != "classification":
-            raise ArtifactError("predict_proba: this model does regression")
-        return torch.softmax(self.predict_raw(x), dim=1)
-
-    def predict(self, x: Any) -> torch.Tensor:
-        """Class indices (classification) or values (regression)."""
+    def _scores(self, x: Any) -> torch.Tensor:
         out = self.predict_raw(x)
-        return out.argmax(1) if self.task == "classification" else out
+        return torch.softmax(out, dim=1) if self.task == "classification" else out
 
 
 def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Scaler, data: dict) -> Path:

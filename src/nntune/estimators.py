@@ -4,8 +4,10 @@ training run) on data held in memory and keep the final model.
 They follow the scikit-learn contract (keyword-only constructor arguments stored as given, fitted attributes ending
 in ``_``, ``get_params``/``set_params``/``clone``, pipelines, cross-validation), so nntune drops into code written
 for skorch, SciKeras or scikit-learn's own models. ``X`` is a NumPy array of shape (N, F), (N, C, L) or (N, C, H, W),
-a pandas DataFrame of numeric columns or a torch tensor; class labels may be any hashable values (strings too) and
-come back as given. Like ``nntune train``/``tune``, ``fit`` holds out ``val_fraction`` for early stopping and the
+a pandas DataFrame or a torch tensor; class labels may be any hashable values (strings too) and come back as given.
+A DataFrame (or an object array) with categorical or string columns or missing values (NaN, None, ``pd.NA``) is
+encoded as ``nntune train`` encodes a CSV (:mod:`nntune.data.tabular`, fitted on the training rows only), and
+``predict`` takes such frames too, columns found by name. Like ``nntune train``/``tune``, ``fit`` holds out ``val_fraction`` for early stopping and the
 search and ``test_fraction`` for one final score (``test_score_``) of what it fitted.
 """
 
@@ -99,6 +101,10 @@ class _NNTuneEstimator(BaseEstimator):
 
     # ---- input --------------------------------------------------------------------------------------------------
     def _inputs(self, X: Any, reset: bool) -> torch.Tensor:
+        if reset:
+            self.table_ = None
+        if (reset and _needs_table(X)) or getattr(self, "table_", None) is not None:
+            return self._table_inputs(X, reset)
         with _input_errors():
             x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_features=1)
         if x.ndim > 4:
@@ -107,6 +113,26 @@ class _NNTuneEstimator(BaseEstimator):
             raise InputError(f"X has samples of shape {tuple(x.shape[1:])}, but {type(self).__name__} was fitted "
                              f"on {tuple(self.input_shape_)}")
         return torch.tensor(x, dtype=torch.float32)
+
+    def _table_inputs(self, X: Any, reset: bool) -> Any:
+        """A table with categories or missing values: on ``fit`` its numbers (the schema in ``table_``), on
+        ``predict`` the frame itself, which the fitted model encodes."""
+        from nntune.data.sources import table_features
+
+        names_in = getattr(self, "feature_names_in_", None)
+        if not reset and hasattr(X, "columns") and names_in is not None and set(map(str, names_in)) <= set(
+                map(str, X.columns)):
+            X = X[[c for n in names_in for c in X.columns if str(c) == str(n)]]  # columns found by name
+        with _input_errors():
+            validate_data(self, X, reset=reset, skip_check_array=True)
+        if not reset:
+            return X
+        names = [str(c) for c in X.columns] if hasattr(X, "columns") else [f"x{i}" for i in range(X.shape[1])]
+        columns = [X[c].tolist() for c in X.columns] if hasattr(X, "columns") else \
+            [X[:, j].tolist() for j in range(X.shape[1])]
+        data = self.run_config().data
+        x, self.table_ = table_features("X", names, columns, lambda i: f"row {i}", data.categorical, data.max_onehot)
+        return x
 
     def _dataset(self, X: Any, y: Any) -> Dataset:
         if y is None:
@@ -119,7 +145,7 @@ class _NNTuneEstimator(BaseEstimator):
         names = [str(c) for c in getattr(self, "feature_names_in_", [])] or \
             ([f"x{i}" for i in range(x.shape[1])] if x.dim() == 2 else [])
         self.input_shape_ = tuple(x.shape[1:])
-        return Dataset("array", x, *self._targets(y), feature_names=names)
+        return Dataset("array", x, *self._targets(y), feature_names=names, table=self.table_)
 
     def _targets(self, y: np.ndarray) -> tuple[torch.Tensor, str, list[str]]:
         raise NotImplementedError
@@ -174,6 +200,7 @@ class _NNTuneEstimator(BaseEstimator):
         state = {"estimator": type(self).__name__, "params": _jsonable(self.get_params()),
                  "classes": _jsonable(getattr(self, "classes_", None)), "input_shape": list(self.input_shape_),
                  "feature_names": _jsonable(getattr(self, "feature_names_in_", None)),
+                 "table": getattr(self, "table_", None) is not None,
                  "best_params": self.best_params_, "test_score": self.test_score_}
         atomic.write_text(directory / ESTIMATOR_FILE, json.dumps(state, indent=2))
         return directory
@@ -255,6 +282,7 @@ def load_estimator(directory: str | Path) -> _NNTuneEstimator:
         raise ArtifactError(f"{path}: corrupt estimator description ({err.__class__.__name__}: {err})") from None
     est.model_ = artifacts.load(directory)
     est.input_shape_ = tuple(state["input_shape"])
+    est.table_ = est.model_.table if state.get("table") else None
     est.n_features_in_ = est.input_shape_[0]
     if state.get("feature_names") is not None:
         est.feature_names_in_ = np.asarray(state["feature_names"], dtype=object)
@@ -263,6 +291,17 @@ def load_estimator(directory: str | Path) -> _NNTuneEstimator:
     est.best_params_, est.test_score_ = state.get("best_params", {}), state.get("test_score")
     est.cv_results_, est.result_, est.evidence_ = {}, None, None
     return est
+
+
+def _needs_table(X: Any) -> bool:
+    """A DataFrame with a column that is not numeric or has a missing value, or a NumPy object array holding text
+    or missing values: what the table encoder takes."""
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        numeric = all(getattr(d, "kind", "O") in "biuf" for d in X.dtypes)
+        return not numeric or bool(X.isna().to_numpy().any())
+    if isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 2:
+        return any(isinstance(v, str) or v is None for v in X.ravel())
+    return False
 
 
 @contextlib.contextmanager

@@ -163,12 +163,8 @@ def _check(art: Artifact, path: Path, fmt: str) -> dict[str, Any]:
 
 
 def _compare(art: Artifact, exported: ExportedModel, x: torch.Tensor | np.ndarray, fmt: str) -> dict[str, Any]:
-    if art.task == "classification":
-        ours, theirs = art.predict_proba(x), torch.cat([exported.predict_proba(x[:1]), exported.predict_proba(x[1:])])
-        same_labels = bool(torch.equal(ours.argmax(1), theirs.argmax(1)))
-    else:
-        ours, theirs = art.predict(x), torch.cat([exported.predict(x[:1]), exported.predict(x[1:])])
-        same_labels = True
+    ours, theirs = art._scores(x), torch.cat([exported._scores(x[:1]), exported._scores(x[1:])])
+    same_labels = art.task != "classification" or bool(torch.equal(ours.argmax(1), theirs.argmax(1)))
     diff = float((ours - theirs).abs().max())
     scale = 1.0 if art.task == "classification" else max(1.0, float(ours.abs().max()))
     if not (diff <= TOLERANCE * scale and same_labels):
@@ -194,15 +190,8 @@ class ExportedModel(Described):
         empty = self._check(x)
         return empty if empty is not None else self._run(x.contiguous())
 
-    def predict_proba(self, x: Any) -> torch.Tensor:
-        if self.task != "classification":
-            raise ArtifactError(f"predict_proba: {self.path} does regression")
+    def _scores(self, x: Any) -> torch.Tensor:
         return self._outputs(x)
-
-    def predict(self, x: Any) -> torch.Tensor:
-        """Class indices (classification) or values (regression)."""
-        out = self._outputs(x)
-        return out.argmax(1) if self.task == "classification" else out
 
 
 def load_exported(path: str | Path, fmt: str | None = None) -> ExportedModel:

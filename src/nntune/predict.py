@@ -43,7 +43,7 @@ def write_predictions(art: Artifact | ExportedModel, x: torch.Tensor, names: Seq
     with atomic.replacing(out, "w", newline="") as fh:
         w = csv.writer(fh)
         if art.task == "classification":
-            probs = art.predict_proba(x)
+            probs = art.predict_proba(x)  # one pass: the label is the most probable class
             classes = art.class_names
             w.writerow([key, "label", *(f"prob_{c}" for c in classes)])
             for name, row in zip(names, probs.tolist()):

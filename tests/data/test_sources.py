@@ -50,8 +50,6 @@ def test_csv_regression_and_task_override(tmp_path):
 
 def test_csv_errors_name_file_and_column(tmp_path):
     p = _csv(tmp_path, "a,color,y\n1,red,0\n2,blue,1\n")
-    with pytest.raises(DataError, match=r"d.csv: column 'color' is not numeric \(line 2: 'red'\)"):
-        load_dataset(path=p, target="y")
     with pytest.raises(DataError, match=r"target column 'label' not found"):
         load_dataset(path=p, target="label")
     with pytest.raises(DataError, match=r"--target"):
@@ -103,8 +101,8 @@ def test_unknown_dataset_and_missing_path(tmp_path):
 
 
 def test_non_finite_and_unconvertible_targets_are_clear_errors(tmp_path):
-    p = _csv(tmp_path, "a,y\n1,0\nnan,1\n2,0\n")
-    with pytest.raises(DataError, match=r"column 'a' has NaN or infinite values"):
+    p = _csv(tmp_path, "a,y\n1,0\ninf,1\n2,0\n")
+    with pytest.raises(DataError, match=r"column 'a' has infinite values \(line 3: 'inf'\)"):
         load_dataset(path=p, target="y")
     q = _csv(tmp_path, "a,y\n1,cat\n2,dog\n", "s.csv")
     with pytest.raises(DataError, match="non-numeric classes"):

@@ -265,7 +265,7 @@ def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     art = artifacts.load(tmp_path / "best")
     assert isinstance(art.model, Ensemble) == (result["final"]["mode"] == "ensemble")
     data = prepare_data(cfg)
-    accuracy = (art.predict(data.dataset.x[data.split.test]) == data.y_test).float().mean().item()
+    accuracy = float((art.predict_proba(data.dataset.x[data.split.test]).argmax(1) == data.y_test.numpy()).mean())
     assert result["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 

@@ -105,7 +105,7 @@ def test_fine_tuning_beats_training_from_scratch_on_150_samples(pretrained, spli
         for seed in range(3):
             cfg = apply_overrides(RunConfig(), {**BASE, "train.epochs": 8, "seed": seed, **over})
             art, _ = train_artifact(cfg, small)
-            scores.append(float((art.predict(x_rest) == y_rest).float().mean()))
+            scores.append(float((art.predict_proba(x_rest).argmax(1) == y_rest.numpy()).mean()))
         return float(np.mean(scores))
 
     scratch = accuracy()

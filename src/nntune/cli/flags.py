@@ -31,6 +31,8 @@ def config_from(kwargs: dict[str, Any]) -> RunConfig:
             key = name.replace("__", ".")
             if key == "model.widths":
                 value = int_list(value, "--widths")
+            if key in ("data.drop", "data.categorical"):
+                value = [c.strip() for c in value.split(",") if c.strip()]
             if key == "train.lr":
                 if value == "auto":
                     flags["train.lr_auto"] = True

@@ -24,6 +24,9 @@ DATA_OPTIONS: list[Option] = [
     ("--dataset", "data.dataset", click.Choice(list(BUILTIN_DATASETS)), "built-in dataset (default digits)"),
     ("--data", "data.path", click.Path(path_type=Path), "CSV file, NPZ file or image folder"),
     ("--target", "data.target", str, "target column of a CSV file"),
+    ("--drop", "data.drop", str, "table columns to leave out, comma-separated (ids, dates, free text)"),
+    ("--categorical", "data.categorical", str, "table columns read as categories even where they hold numbers, "
+     "comma-separated"),
     ("--task", "data.task", click.Choice(["auto", "classification", "regression"]), "override the inferred task"),
     ("--seed", "seed", int, "seed for splits, initialisation and shuffling"),
 ]

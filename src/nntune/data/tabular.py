@@ -103,10 +103,12 @@ def _missing(v: Any) -> bool:
         return True
     if isinstance(v, str):
         return v.strip() in MISSING
-    try:
-        return bool(v != v) or v is getattr(v, "NA", object())  # NaN, pandas' NA (its comparisons are NA)
-    except TypeError:  # pd.NA: bool(NA != NA) raises
+    if type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing markers, without importing pandas
         return True
+    try:
+        return bool(v != v)  # NaN
+    except (TypeError, ValueError):
+        return False
 
 
 def _text(v: Any) -> str:

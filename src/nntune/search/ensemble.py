@@ -56,7 +56,8 @@ def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: 
     preds = []
     for t in top:
         art = artifacts.load(trials_dir / str(t.number))
-        preds.append(art.predict_proba(raw) if task == "classification" else art.predict_raw(raw))
+        out = art.predict_raw(raw)
+        preds.append(torch.softmax(out, dim=1) if task == "classification" else out)
     mean = torch.stack(preds).mean(0)
     if task == "classification":
         metrics = {"accuracy": float((mean.argmax(1) == y).float().mean()),

@@ -58,6 +58,9 @@ def prepare_search(cfg: RunConfig, out: Path, dataset: Dataset | None = None) ->
         center = found.suggestion
     else:
         center = None
-    params = resolve_space(cfg, data.dataset.kind, data.dataset.input_shape, center, len(data.split.train))
+    table = data.dataset.table
+    missing_numbers = table is not None and any(c.kind == "numeric" and c.missing for c in table.columns)
+    params = resolve_space(cfg, data.dataset.kind, data.dataset.input_shape, center, len(data.split.train),
+                           missing_numbers)
     return Search(cfg, data, out=out, params=params, lr_find=lr_info,
                   fingerprint=rundir.fingerprint(data.dataset, data_source(cfg, dataset)))

@@ -81,10 +81,11 @@ def trial_epochs(n_train: int) -> int:
 
 
 def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
-                  max_epochs: int = 30, n_train: int = 1000) -> dict[str, Any]:
+                  max_epochs: int = 30, n_train: int = 1000, missing_numbers: bool = False) -> dict[str, Any]:
     """The default space for the seed's questions, adapted to the data; the rules, in one place:
 
-    - tables: MLP only, scalers zscore/minmax/robust, no augmentation;
+    - tables: MLP only, scalers zscore/minmax/robust, no augmentation; median or mean imputation when a numeric
+      column has missing values (``missing_numbers``);
     - 1-D signals (C, L): MLP, CNN or RNN; up to log2(L/4) conv blocks (at most 4, so the pooled length stays >= 4);
       kernel 3, 5, 7 (and 9 from L >= 64); flatten or global-average head; GRU or LSTM with 1-3 layers of 16-256
       units, optionally bidirectional, with a conv front-end of 0/16/32 filters, last/mean/attention pooling and
@@ -120,6 +121,8 @@ def default_space(kind: str, input_shape: tuple[int, ...], lr_center: float | No
                               else ["channel", "zscore", "minmax"]},
     }
     if kind == "tabular":
+        if missing_numbers:
+            space["preprocess.impute"] = {"choice": ["median", "mean"]}
         return space
     if kind == "signal":
         length = input_shape[-1]
@@ -301,7 +304,7 @@ def sample(trial: optuna.Trial, params: list[Param], base: RunConfig) -> tuple[R
 
 
 def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_center: float | None = None,
-                  n_train: int = 1000) -> list[Param]:
+                  n_train: int = 1000, missing_numbers: bool = False) -> list[Param]:
     """The default space, with the config's ``search.space`` entries overriding (or adding) keys."""
     # schedule ranges on the horizon the sampled trials train under
     epochs = halving.sampled_epochs(cfg.search, cfg.search.epochs or trial_epochs(n_train))
@@ -315,7 +318,7 @@ def resolve_space(cfg: RunConfig, kind: str, input_shape: tuple[int, ...], lr_ce
         if cfg.finetune.freeze is not None:  # frozen by name: the group count is not searched
             space.pop("finetune.freeze_all_but_last")
     else:
-        space = default_space(kind, input_shape, lr_center, epochs, n_train)
+        space = default_space(kind, input_shape, lr_center, epochs, n_train, missing_numbers)
     for key, value in given.items():
         space[key] = value
     return parse_space(space)
