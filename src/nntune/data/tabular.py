@@ -143,7 +143,7 @@ def read_table(names: Sequence[str], columns: Sequence[Sequence[Any]], where: st
     force = set(categorical)
     unknown = force - set(names)
     if unknown:
-        raise DataError(f"{where}: data.categorical names no column {sorted(unknown)[0]!r} (columns: "
+        raise DataError(f"{where}: data.categorical names no column {min(unknown)!r} (columns: "
                         f"{', '.join(names)})")
     out = np.empty((len(columns[0]) if columns else 0, len(names)))
     schema = []

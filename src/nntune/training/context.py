@@ -15,7 +15,12 @@ from nntune.config import RunConfig
 from nntune.data.scalers import resolve_method
 from nntune.data.sources import Dataset
 from nntune.data.splits import redraw
-from nntune.training.pipeline import PreparedData, choose_population_size, prepare_data, stackable
+from nntune.training.pipeline import (
+    PreparedData,
+    choose_population_size,
+    prepare_data,
+    stackable,
+)
 
 
 def objective(task: str) -> tuple[str, str]:
