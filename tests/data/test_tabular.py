@@ -13,7 +13,7 @@ from nntune import artifacts
 from nntune.cli import main
 from nntune.config import RunConfig, apply_overrides
 from nntune.data.sources import load_dataset
-from nntune.data.tabular import TableEncoder, TableSchema, read_table
+from nntune.data.tabular import TableEncoder, TableSchema, onehot_limit, read_table
 from nntune.errors import DataError
 from nntune.search.space import default_space
 from nntune.training.pipeline import fit_model, prepare_data
@@ -95,6 +95,13 @@ def test_encoder_matches_scikit_learn_fitted_on_training_rows_only():
     np.testing.assert_array_equal(got[:, 9], cat_missing[:, 0])
 
 
+def test_one_hot_while_the_rows_support_it():
+    assert [onehot_limit(n) for n in (4, 300, 3000, 10**6)] == [2, 60, 600, 1000]
+    cells = [f"k{i % 70}" for i in range(350)]  # 70 categories, 5 rows each: one-hot; in 300 rows: too few
+    assert read_table(["k"], [cells], "t", str)[1].columns[0].onehot
+    assert not read_table(["k"], [cells[:300]], "t", str)[1].columns[0].onehot
+
+
 def test_frequency_rank_for_many_categories():
     schema = TableSchema.from_dict({"columns": [{"name": "c", "kind": "categorical", "categories": list("abcd"),
                                                  "encoding": "frequency"}]})
@@ -157,7 +164,7 @@ def test_a_known_category_beats_an_unseen_one_only_through_training():
 def test_estimator_takes_data_frames_with_pd_na_and_categoricals(tmp_path):
     from nntune import NNTuneClassifier, load
 
-    df = _people(seed=2)
+    df = _people(n=400, seed=2)
     y = df.pop("label").to_numpy()
     df["age"] = df["age"].round().astype("Int64")  # pandas' nullable integers: pd.NA where missing
     df["color"] = df["color"].astype("category")

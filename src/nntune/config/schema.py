@@ -42,8 +42,9 @@ class DataConfig(_Section):
     drop: list[str] = Field(default_factory=list, description="table columns to leave out (ids, dates, free text)")
     categorical: list[str] = Field(default_factory=list, description="table columns read as categories even "
                                                                      "where their values are numbers (codes)")
-    max_onehot: int = Field(32, ge=2, description="a table's categorical column with more categories is encoded by "
-                                                  "its frequency rank instead of one-hot")
+    max_onehot: int | None = Field(None, ge=2, description="a table's categorical column with more categories is "
+                                                           "encoded by its frequency rank instead of one-hot "
+                                                           "(default: one category per 5 rows, at most 1000)")
     task: Literal["auto", "classification", "regression"] = "auto"
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, gt=0, lt=1)

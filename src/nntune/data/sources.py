@@ -24,7 +24,7 @@ import torch
 
 from nntune.config import BUILTIN_DATASETS, DataConfig
 from nntune.data.images import IMAGE_VALUES, read_images
-from nntune.data.tabular import MAX_ONEHOT, MISSING, TableSchema, read_table
+from nntune.data.tabular import MISSING, TableSchema, read_table
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
@@ -82,7 +82,7 @@ def load_dataset(
     task: str = "auto",
     drop: Sequence[str] = (),
     categorical: Sequence[str] = (),
-    max_onehot: int = MAX_ONEHOT,
+    max_onehot: int | None = None,
 ) -> Dataset:
     """Load a built-in dataset by name, or user data from ``path`` (CSV, NPZ or an image folder); a CSV's ``drop``
     columns are left out, its ``categorical`` ones read as categories (see :mod:`nntune.data.tabular`)."""
@@ -252,7 +252,7 @@ def _with_task(ds: Dataset, task: str) -> Dataset:
 
 
 def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), categorical: Sequence[str] = (),
-             max_onehot: int = MAX_ONEHOT) -> Dataset:
+             max_onehot: int | None = None) -> Dataset:
     """A CSV with a header row; ``target`` names the label column. Feature columns may be numeric or categorical
     and have missing values (encoded by :mod:`nntune.data.tabular`); ``drop`` names columns to leave out."""
     path = Path(path)
@@ -296,7 +296,7 @@ _TARGET_MISSING = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"}
 
 
 def table_features(where: str, names: list[str], columns: Sequence[Sequence], row, categorical: Sequence[str] = (),
-                   max_onehot: int = MAX_ONEHOT) -> tuple[torch.Tensor, TableSchema | None]:
+                   max_onehot: int | None = None) -> tuple[torch.Tensor, TableSchema | None]:
     """A table's feature columns as float32 (N, F) and, when a column is categorical or has a missing value, the
     schema that encodes them (else None: the numbers are the inputs). Infinite and out-of-float32-range numbers are
     a DataError naming the column and the row."""
