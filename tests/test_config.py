@@ -85,3 +85,15 @@ def test_mistyped_keys_get_a_suggestion_and_yaml_errors_a_line_and_column(tmp_pa
     broken.write_text("model:\n  family: cnn\n   filters: 3\n")
     with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(line 3, column 11: mapping values"):
         load_config(broken)
+
+
+def test_what_was_given_survives_overrides_and_loading(tmp_path):
+    cfg = apply_overrides(RunConfig(), {"train.epochs": 5})
+    assert cfg.is_given("train.epochs") and not cfg.is_given("train.lr")
+    cfg = apply_overrides(cfg, ["train.schedule.name=cosine"])
+    assert cfg.is_given("train.epochs") and cfg.is_given("train.schedule.name")
+    assert not cfg.is_given("train.schedule.gamma") and not cfg.is_given("model.units")
+    assert cfg.to_dict() == RunConfig.model_validate(cfg.to_dict()).to_dict()  # the full dump is unchanged
+    (tmp_path / "run.yaml").write_text("train: {lr: 0.01}\n")
+    loaded = load_config(tmp_path / "run.yaml")
+    assert loaded.is_given("train.lr") and not loaded.is_given("train.epochs")

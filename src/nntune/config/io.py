@@ -82,20 +82,23 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any],
     error names ``labels[key]`` (e.g. the CLI flag it came from) when given, else the key. A ``model.preset``
     override sets the preset's model settings first, so the other overrides in the same call win over them.
     """
-    data = config.to_dict()
+    data, full = config.to_dict(given=True), config.to_dict()  # only what was given stays "given"
     items = list(overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides))
     preset = dict(items).get("model.preset")
     if preset in MODEL_PRESETS:  # an unknown name fails below, in validation, naming the key
-        data["model"].update(MODEL_PRESETS[preset])
+        data.setdefault("model", {}).update(MODEL_PRESETS[preset])
     for key, value in items:
         try:
-            node, last = dotted.parent(data, key)
+            node, last = dotted.parent(full, key)
         except KeyError as err:
-            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}{did_you_mean(err.args[0], data)}"
+            raise ConfigError(f"override {key}: unknown section {err.args[0]!r}{did_you_mean(err.args[0], full)}"
                               ) from None
         if last not in node:
             raise ConfigError(f"override {key}: unknown key {last!r}{did_you_mean(last, node)}")
-        node[last] = value
+        target = data
+        for part in key.split(".")[:-1]:
+            target = target.setdefault(part, {})
+        target[last] = value
     return build_config(data, where="override", labels=labels)
 
 

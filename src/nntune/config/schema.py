@@ -364,5 +364,18 @@ class RunConfig(_Section):
                              "saved model; for a model trained from scratch everything trains")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+    def to_dict(self, given: bool = False) -> dict[str, Any]:
+        """Every key (what a run directory's config.yaml holds), or with ``given`` only the keys set by a config
+        file, a flag, an override or a constructor (what :meth:`is_given` reads, kept through overrides)."""
+        return self.model_dump(mode="json", exclude_unset=given)
+
+    def is_given(self, key: str) -> bool:
+        """Whether the dotted ``key`` (``train.lr``) was set rather than left at its default: a rule may then fill
+        in a better default for the case at hand (fine-tuning a head) without overriding the user."""
+        *path, last = key.split(".")
+        node: BaseModel = self
+        for part in path:
+            if part not in node.model_fields_set:
+                return False
+            node = getattr(node, part)
+        return last in node.model_fields_set

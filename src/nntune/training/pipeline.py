@@ -296,9 +296,12 @@ def _train_run(cfg: RunConfig, out: str | Path | None, progress: bool, dataset: 
         rundir.check(out, "train")
     cfg = finetune.adopt(cfg)
     data = prepare_data(cfg, dataset)
+    cfg, chosen = finetune.frozen_defaults(cfg, len(data.split.train))
     cfg, found = resolve_lr(cfg, data)
     with Tracker(log, out, name=f"train {out.name if out else ''}".strip(), config=cfg.to_dict()) as tracker:
         model, result = _train(cfg, data, found, out, progress, tracker)
+        if chosen:
+            result["finetune"]["frozen_defaults"] = chosen
         result["seconds"] = time.perf_counter() - started
         if out is not None:
             artifacts.write_result(out, result)
