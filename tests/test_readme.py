@@ -1,4 +1,5 @@
-"""The README runs: every ``nntune`` command of its shell blocks, in order, on tiny budgets, must succeed.
+"""The README runs: every ``nntune`` command of its shell blocks, in order, on tiny budgets, must succeed, and then
+every Python block, in one namespace, with its budgets shrunk the same way.
 
 Commands are taken from the README itself (so the page cannot drift from the CLI), with their budgets shrunk
 (trials, time, epochs, seeds) and the files they name created first: ``my.csv`` (a table with a category and gaps),
@@ -26,8 +27,14 @@ NOT_RUN = {  # the command's first words -> why the test cannot run it here
     "--storage postgresql://user:pass@dbhost": "a PostgreSQL host on another machine (the workers' tests use a local one)",
     "--warm-start postgresql://db/": "a PostgreSQL host on another machine",
 }
-SHRINK = {"--trials": "2", "--timeout": "5s", "--evidence-budget": "5s", "--seeds": "2", "--epochs": "2",
+SHRINK = {"--trials": "1", "--timeout": "3s", "--evidence-budget": "3s", "--seeds": "2", "--epochs": "1",
           "--strength": "0.8"}
+
+
+PY_SHRINK = [(r"\btrials=\d+", "trials=1"), (r"\btimeout=\d+", "timeout=3"), (r"\bepochs=\d+", "epochs=1"),
+             (r"\bseeds=\d+", "seeds=2"), (r"\bbudget=\d+", "budget=3"), (r"\bcv=\d+", "cv=2"),
+             (r'"search.trials": \d+', '"search.trials": 1, "search.epochs": 1, "search.finalists": 0'),
+             (r'"train.epochs": \d+', '"train.epochs": 1')]
 
 
 def readme_commands() -> list[tuple[int, list[str]]]:
@@ -49,6 +56,14 @@ def readme_commands() -> list[tuple[int, list[str]]]:
     return commands
 
 
+def python_blocks() -> list[str]:
+    """The README's Python blocks with their budgets shrunk (``PY_SHRINK``)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    for pattern, small in PY_SHRINK:
+        blocks = [re.sub(pattern, small, b) for b in blocks]
+    return blocks
+
+
 def yaml_blocks() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
 
@@ -60,7 +75,7 @@ def skipped_because(argv: list[str]) -> str | None:
 
 def shrunk(argv: list[str]) -> list[str]:
     """The command on a tiny budget: trials, time, seeds and epochs cut; a tune's trials trained 1 epoch, its
-    evidence given 5 s; a Pareto point the README names by number replaced by the first one this search wrote."""
+    evidence given 3 s; a Pareto point the README names by number replaced by the first one this search wrote."""
     out = [SHRINK.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
     for i, a in enumerate(out):
         if re.search(r"trial_\d+\.yaml$", a) and not Path(a).exists():
@@ -68,9 +83,9 @@ def shrunk(argv: list[str]) -> list[str]:
     if out[1] == "tune" and "--trial-epochs" not in out:
         out += ["--trial-epochs", "1", "--finalists", "0"]
     if "--evidence" in out and "--evidence-budget" not in out:
-        out += ["--evidence-budget", "5s"]
+        out += ["--evidence-budget", "3s"]
     if out[1] in ("tune", "train") and "--epochs" not in out and "--config" not in out:
-        out += ["--epochs", "2"]
+        out += ["--epochs", "1"]
     if out[1] in ("tune", "train", "explain"):
         out += ["--quiet"]
     return out[1:]
@@ -128,3 +143,15 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
         ran.append(line)
     assert skipped == set(NOT_RUN), f"NOT_RUN lists commands the README no longer has: {set(NOT_RUN) - skipped}"
     assert len(ran) >= 30
+
+    # the Python blocks, in order, in one namespace; the names they leave to the reader are given
+    from sklearn.datasets import load_digits
+
+    Path("model.onnx").write_bytes(Path("runs/digits/best/model.onnx").read_bytes())
+    images = load_digits().images[:4].reshape(4, 1, 8, 8).astype("float32")
+    namespace = {"raw_batch": images, "raw_images": images}
+    for i, block in enumerate(python_blocks()):
+        try:
+            exec(compile(block, f"README python block {i + 1}", "exec"), namespace)  # noqa: S102 - our README
+        except Exception as err:
+            raise AssertionError(f"README python block {i + 1} failed: {err!r}\n{block}") from err
