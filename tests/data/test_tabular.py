@@ -12,7 +12,7 @@ import torch
 from nntune import artifacts
 from nntune.cli import main
 from nntune.config import RunConfig, apply_overrides
-from nntune.data.sources import load_dataset
+from nntune.data.sources import load_dataset, load_features
 from nntune.data.tabular import TableEncoder, TableSchema, onehot_limit, read_table
 from nntune.errors import DataError
 from nntune.search.space import default_space
@@ -143,6 +143,9 @@ def test_csv_with_categories_gaps_and_string_target_trains_predicts_and_exports(
     from nntune.export import load_exported
 
     exported = load_exported(tmp_path / "run" / "best" / "model.onnx")
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 4)))
+    with pytest.raises(DataError, match=r"x.npz: this model encodes a table.*pass a CSV with its columns"):
+        load_features(tmp_path / "x.npz", art.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert np.abs(exported.predict_proba(new) - probs).max() <= 1e-4

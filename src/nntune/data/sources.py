@@ -452,6 +452,9 @@ def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor | np.ndarr
         if data.get("kind") == "image" and data.get("image_values") != IMAGE_VALUES:
             x = x * 255.0  # a model saved before image files were read into [0, 1] learned 0..255 pixel values
     elif path.suffix.lower() == ".npz":
+        if data.get("table"):
+            raise DataError(f"{path}: this model encodes a table's categories and missing values; pass a CSV with "
+                            f"its columns ({', '.join(data.get('feature_names', []))})")
         (x,) = _read_npz(path, ("x",))
         x = _npz_inputs(path, x)
     elif path.suffix.lower() == ".csv":
