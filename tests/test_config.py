@@ -94,6 +94,10 @@ def test_what_was_given_survives_overrides_and_loading(tmp_path):
     assert cfg.is_given("train.epochs") and cfg.is_given("train.schedule.name")
     assert not cfg.is_given("train.schedule.gamma") and not cfg.is_given("model.units")
     assert cfg.to_dict() == RunConfig.model_validate(cfg.to_dict()).to_dict()  # the full dump is unchanged
+    assigned = RunConfig()
+    assigned.train.lr = 0.5  # an assignment to a section's field counts as given, and survives overrides
+    assert assigned.is_given("train.lr") and apply_overrides(assigned, {"seed": 3}).train.lr == 0.5
+    assert assigned.is_given("train") and not assigned.is_given("model")
     (tmp_path / "run.yaml").write_text("train: {lr: 0.01}\n")
     loaded = load_config(tmp_path / "run.yaml")
     assert loaded.is_given("train.lr") and not loaded.is_given("train.epochs")

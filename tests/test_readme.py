@@ -14,7 +14,6 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from nntune.cli import main
@@ -58,14 +57,14 @@ def readme_commands() -> list[tuple[int, list[str]]]:
 
 def python_blocks() -> list[str]:
     """The README's Python blocks with their budgets shrunk (``PY_SHRINK``)."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     for pattern, small in PY_SHRINK:
         blocks = [re.sub(pattern, small, b) for b in blocks]
     return blocks
 
 
 def yaml_blocks() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 def skipped_because(argv: list[str]) -> str | None:
@@ -79,7 +78,7 @@ def shrunk(argv: list[str]) -> list[str]:
     out = [SHRINK.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
     for i, a in enumerate(out):
         if re.search(r"trial_\d+\.yaml$", a) and not Path(a).exists():
-            out[i] = sorted(glob.glob(str(Path(a).parent / "trial_*.yaml")))[0]
+            out[i] = min(glob.glob(str(Path(a).parent / "trial_*.yaml")))
     if out[1] == "tune" and "--trial-epochs" not in out:
         out += ["--trial-epochs", "1", "--finalists", "0"]
     if "--evidence" in out and "--evidence-budget" not in out:

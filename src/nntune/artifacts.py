@@ -144,8 +144,11 @@ class Artifact(Described):
         """Logits (classification) or values (regression) for raw inputs (a tensor, array or DataFrame)."""
         x = self._inputs(x)
         empty = self._check(x)
-        if empty is not None:
-            return empty
+        return empty if empty is not None else self.outputs(x)
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits or values for inputs already in a dataset's numbers (``Dataset.x``: a table's category codes, not
+        its names), as the search scores its test split."""
         out = forward_batched(self.model, self.scaler.transform(x))
         return out if self.task == "classification" else out.reshape(-1)
 

@@ -131,7 +131,9 @@ class _NNTuneEstimator(BaseEstimator):
         columns = [X[c].tolist() for c in X.columns] if hasattr(X, "columns") else \
             [X[:, j].tolist() for j in range(X.shape[1])]
         data = self.run_config().data
-        x, self.table_ = table_features("X", names, columns, lambda i: f"row {i}", data.categorical, data.max_onehot)
+        dtypes = [str(d) for d in X.dtypes] if hasattr(X, "dtypes") else []
+        categorical = [*data.categorical, *(n for n, d in zip(names, dtypes) if d == "category")]  # numeric codes too
+        x, self.table_ = table_features("X", names, columns, lambda i: f"row {i}", categorical, data.max_onehot)
         return x
 
     def _dataset(self, X: Any, y: Any) -> Dataset:
@@ -300,7 +302,7 @@ def _needs_table(X: Any) -> bool:
         numeric = all(getattr(d, "kind", "O") in "biuf" for d in X.dtypes)
         return not numeric or bool(X.isna().to_numpy().any())
     if isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 2:
-        return any(isinstance(v, str) or v is None for v in X.ravel())
+        return any(isinstance(v, str) or v is None or (isinstance(v, float) and np.isnan(v)) for v in X.ravel())
     return False
 
 

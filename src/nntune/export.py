@@ -86,7 +86,9 @@ def export(model_dir: str | Path, fmt: str, out: str | Path | None = None) -> di
     out = Path(out) if out is not None else Path(model_dir) / f"model{FORMATS[fmt]}"
     wrapper = RawInputModel(art)
     meta = description(art)
-    example = art._inputs(_sample_inputs(art, 2))
+    with warnings.catch_warnings():  # the samples hold an unseen category on purpose
+        warnings.simplefilter("ignore")
+        example = art._inputs(_sample_inputs(art, 2))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.staged(out) as tmp:
         (_write_onnx if fmt == "onnx" else _write_torchscript)(wrapper, example, meta, Path(tmp))

@@ -151,6 +151,26 @@ def test_csv_with_categories_gaps_and_string_target_trains_predicts_and_exports(
         assert np.abs(exported.predict_proba(new) - probs).max() <= 1e-4
 
 
+def test_a_search_scores_its_test_split_on_the_codes_it_holds(tmp_path):
+    """The final model taken from the best trial (and the top-k ensemble) is scored on the dataset's numbers, a
+    table's category codes, not read again as names (which made every colour unseen)."""
+    df = _people(n=300, seed=5)
+    df["label"] = np.where(df.color == "red", "yes", "no")  # the colour alone decides
+    df.to_csv(tmp_path / "c.csv", index=False)
+    main(["tune", "--data", str(tmp_path / "c.csv"), "--target", "label", "--trials", "2", "--final", "best_trial",
+          "--trial-epochs", "30", "--lr", "0.01", "--quiet", "--out", str(tmp_path / "run")])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    art = artifacts.load(tmp_path / "run" / "best")
+    data = prepare_data(apply_overrides(RunConfig(), {"data.path": str(tmp_path / "c.csv"), "data.dataset": None,
+                                                      "data.target": "label"}))
+    frame = df.drop(columns="label").iloc[data.split.test.numpy()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no category is unseen: the rows are the training file's own
+        labels = art.predict(frame)
+    expected = np.mean(labels == df["label"].to_numpy()[data.split.test.numpy()])
+    assert result["test"]["accuracy"] == pytest.approx(expected, abs=1e-6) and expected > 0.9
+
+
 def test_a_known_category_beats_an_unseen_one_only_through_training():
     """One-hot: the slot of a category the training rows never had stays zero, so such rows are predicted as if the
     category were unknown (documented behaviour, checked on the encoded inputs)."""

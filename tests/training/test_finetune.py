@@ -221,5 +221,7 @@ def test_settings_the_user_gives_are_kept_when_fine_tuning_a_head(pretrained, sp
     _, result = train_artifact(cfg, split_digits[1])
     assert result["finetune"]["frozen_defaults"] == {"train.early_stopping.enabled": False}  # only what was not given
     assert result["config"]["train"]["lr"] == pytest.approx(3e-3) and result["config"]["train"]["epochs"] == 4
+    kept = apply_overrides(cfg, {"train.early_stopping.patience": 3, "train.lr_auto": False})
+    assert "frozen_defaults" not in train_artifact(kept, split_digits[1])[1]["finetune"]  # any ES key: ES as set
     _, unfrozen = train_artifact(apply_overrides(cfg, {"finetune.unfreeze_after": 1}), split_digits[1])
     assert "frozen_defaults" not in unfrozen["finetune"]  # gradual unfreezing trains the base too: the defaults

@@ -366,16 +366,36 @@ class RunConfig(_Section):
 
     def to_dict(self, given: bool = False) -> dict[str, Any]:
         """Every key (what a run directory's config.yaml holds), or with ``given`` only the keys set by a config
-        file, a flag, an override or a constructor (what :meth:`is_given` reads, kept through overrides)."""
-        return self.model_dump(mode="json", exclude_unset=given)
+        file, a flag, an override, a constructor or an assignment (what :meth:`is_given` reads, kept through
+        overrides)."""
+        return _given(self) if given else self.model_dump(mode="json")
 
     def is_given(self, key: str) -> bool:
-        """Whether the dotted ``key`` (``train.lr``) was set rather than left at its default: a rule may then fill
-        in a better default for the case at hand (fine-tuning a head) without overriding the user."""
-        *path, last = key.split(".")
-        node: BaseModel = self
-        for part in path:
-            if part not in node.model_fields_set:
-                return False
+        """Whether the dotted ``key`` (``train.lr``; a section: any key in it) was set rather than left at its
+        default: a rule may then fill in a better default for the case at hand (fine-tuning a head) without
+        overriding the user."""
+        node: Any = self
+        for part in key.split("."):
             node = getattr(node, part)
-        return last in node.model_fields_set
+        if isinstance(node, BaseModel):
+            return bool(_given(node))
+        *path, last = key.split(".")
+        parent: Any = self
+        for part in path:
+            parent = getattr(parent, part)
+        return last in parent.model_fields_set
+
+
+def _given(model: BaseModel) -> dict[str, Any]:
+    """The keys of ``model`` that were set, sections walked whatever set them (a whole dict, or an assignment to
+    one of their fields), as JSON values."""
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            inner = _given(value)
+            if inner:
+                out[name] = inner
+        elif name in model.model_fields_set:
+            out[name] = model.model_dump(mode="json", include={name})[name]
+    return out

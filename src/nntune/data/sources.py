@@ -277,7 +277,7 @@ def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), cat
     x, table = table_features(str(path), features, [[row[j] for row in body] for j in cols],
                               lambda i: f"line {i + 2}", categorical, max_onehot)
     raw_y = [row[t].strip() for row in body]
-    gone = [i for i, v in enumerate(raw_y) if v in _TARGET_MISSING]
+    gone = [i for i, v in enumerate(raw_y) if v in MISSING]
     if gone:
         raise DataError(f"{path}: target column {target!r} has missing values (line {gone[0] + 2}: "
                         f"{raw_y[gone[0]]!r}); drop those rows")
@@ -290,9 +290,6 @@ def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), cat
     ds = _encode_target(path.stem, x, y, features, where=f"{path}: target column {target!r}")
     ds.table = table
     return ds
-
-
-_TARGET_MISSING = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"}
 
 
 def table_features(where: str, names: list[str], columns: Sequence[Sequence], row, categorical: Sequence[str] = (),
@@ -482,5 +479,7 @@ def _csv_columns(path: Path, names: list[str], table: bool = False) -> torch.Ten
         return _numeric_columns(path, header, body, cols)
     cells = np.empty((len(body), len(cols)), dtype=object)
     for i, row in enumerate(body):
-        cells[i] = [row[j] if j < len(row) else "" for j in cols]
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {i + 2} has {len(row)} fields, the header has {len(header)}")
+        cells[i] = [row[j] for j in cols]
     return cells

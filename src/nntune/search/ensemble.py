@@ -56,7 +56,7 @@ def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: 
     preds = []
     for t in top:
         art = artifacts.load(trials_dir / str(t.number))
-        out = art.predict_raw(raw)
+        out = art.outputs(raw)
         preds.append(torch.softmax(out, dim=1) if task == "classification" else out)
     mean = torch.stack(preds).mean(0)
     if task == "classification":

@@ -84,7 +84,7 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
         art = artifacts.load(out / "trials" / str(best.number))
         final_cfg, model, scaler, history = cfg, art.model, art.scaler, []
         epochs = int(best.user_attrs.get("best_epoch") or cfg.train.epochs)
-        test = compute_metrics(art.predict_raw(data.dataset.x[data.split.test]), data.y_test, search.task,
+        test = compute_metrics(art.outputs(data.dataset.x[data.split.test]), data.y_test, search.task,
                                make_loss(search.task, cfg.train.label_smoothing))
         x_val = data.x_val
     artifacts.save(out / "best", model, final_cfg, scaler, data.dataset.meta())

@@ -144,14 +144,15 @@ def frozen_defaults(cfg: RunConfig, n_train: int) -> tuple[RunConfig, dict[str, 
     comes from the range test on the layers that train, early stopping is off (a few validation samples stop such a
     fit long before it converges) and training lasts at least ``MIN_STEPS`` optimizer steps. Measured on the issue's
     case (head-only on 105 samples, 5 seeds; ``bench/finetune_probe.py``): 0.524 with the defaults, 0.932 with
-    these, where a linear probe on the same features scores 0.940. Returns the config and the keys it set."""
+    these, where a linear probe on the same features scores 0.940. ``nntune train`` applies it (a search samples
+    these settings instead). Returns the config and the keys it set."""
     ft = cfg.finetune
     if ft.init_from is None or ft.unfreeze_after is not None or (ft.freeze is None and ft.freeze_all_but_last is None):
         return cfg, {}
     over: dict[str, Any] = {}
-    if not cfg.is_given("train.lr") and not cfg.train.lr_auto:
+    if not (cfg.is_given("train.lr") or cfg.is_given("train.lr_auto")):
         over["train.lr_auto"] = True
-    if not cfg.is_given("train.early_stopping.enabled"):
+    if not cfg.is_given("train.early_stopping"):  # any early-stopping setting given: the user wants it as set
         over["train.early_stopping.enabled"] = False
     if not cfg.is_given("train.epochs"):
         over["train.epochs"] = max(cfg.train.epochs, math.ceil(MIN_STEPS / math.ceil(n_train / cfg.train.batch_size)))
