@@ -158,7 +158,8 @@ def read_table(names: Sequence[str], columns: Sequence[Sequence[Any]], where: st
         numbers = _parsed(cells, present)
         missing = len(present) < len(cells)
         if name not in force and len(numbers) == len(present):
-            out[:, j] = _numbers(name, cells, where, row)
+            out[:, j] = np.nan
+            out[list(numbers), j] = list(numbers.values())
             schema.append(Column(name, "numeric", missing=missing))
             continue
         if name not in force and len(numbers) >= 0.9 * len(present):
@@ -182,16 +183,15 @@ def onehot_limit(rows: int) -> int:
     return max(2, min(ONEHOT_CAP, rows // ROWS_PER_CATEGORY))
 
 
-def _parsed(cells: Sequence[Any], present: list[int]) -> set[int]:
-    """The rows among ``present`` whose value is a number."""
-    ok = set()
+def _parsed(cells: Sequence[Any], present: list[int]) -> dict[int, float]:
+    """The rows among ``present`` whose value is a number, with that number (each cell parsed once)."""
+    out = {}
     for i in present:
         try:
-            float(cells[i])
-            ok.add(i)
+            out[i] = float(cells[i])
         except (TypeError, ValueError):
             pass
-    return ok
+    return out
 
 
 def _as_number(v: str) -> float:
