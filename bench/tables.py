@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from nntune.config import RunConfig, apply_overrides
-from nntune.data.sources import Dataset, table_features
+from nntune.data.sources import Dataset
+from nntune.data.tabular import table_features
 from nntune.training.pipeline import train_artifact
 
 ARMS = {"onehot": {"data.max_onehot": 10_000}, "frequency": {"data.max_onehot": 8},

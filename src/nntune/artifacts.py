@@ -13,6 +13,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class Described:
     def class_names(self) -> list[str]:
         return self.data.get("class_names", [])
 
-    @property
+    @cached_property
     def table(self) -> TableSchema | None:
         """The table's columns when the model encodes categories or missing values, else None."""
         return TableSchema.from_dict(self.data["table"]) if self.data.get("table") else None

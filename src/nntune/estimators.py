@@ -117,7 +117,7 @@ class _NNTuneEstimator(BaseEstimator):
     def _table_inputs(self, X: Any, reset: bool) -> Any:
         """A table with categories or missing values: on ``fit`` its numbers (the schema in ``table_``), on
         ``predict`` the frame itself, which the fitted model encodes."""
-        from nntune.data.sources import table_features
+        from nntune.data.tabular import table_features
 
         names_in = getattr(self, "feature_names_in_", None)
         if not reset and hasattr(X, "columns") and names_in is not None and set(map(str, names_in)) <= set(

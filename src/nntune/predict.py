@@ -14,7 +14,7 @@ import torch
 
 from nntune import artifacts, atomic
 from nntune.artifacts import Artifact
-from nntune.data.sources import load_features
+from nntune.data.prediction_inputs import load_features
 from nntune.export import ExportedModel, load_exported
 
 

@@ -12,7 +12,8 @@ import torch
 from nntune import artifacts
 from nntune.cli import main
 from nntune.config import RunConfig, apply_overrides
-from nntune.data.sources import load_dataset, load_features
+from nntune.data.prediction_inputs import load_features
+from nntune.data.sources import load_dataset
 from nntune.data.tabular import TableEncoder, TableSchema, onehot_limit, read_table
 from nntune.errors import DataError
 from nntune.search.space import default_space

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import torch
 
 from nntune.config import BUILTIN_DATASETS, DataConfig
 from nntune.data.images import IMAGE_VALUES, read_images
-from nntune.data.tabular import MISSING, TableSchema, read_table
+from nntune.data.tabular import MISSING, TableSchema, table_features
 from nntune.errors import DataError
 
 Task = Literal["classification", "regression"]
@@ -191,13 +190,13 @@ def _encode_target(name: str, x: torch.Tensor, y: np.ndarray, feature_names: lis
         classes, codes = np.unique(y, return_inverse=True)
         names = [_class_name(c) for c in classes]
         return Dataset(name, x, torch.tensor(codes, dtype=torch.int64), task, names, feature_names)
-    return Dataset(name, x, torch.from_numpy(as_float32(y, where or f"{name}: the target")), task, [], feature_names)
+    return Dataset(name, x, torch.from_numpy(ascast_float32(y, where or f"{name}: the target")), task, [], feature_names)
 
 
-def as_float32(values: np.ndarray, what: str) -> np.ndarray:
+def ascast_float32(values: np.ndarray, what: str) -> np.ndarray:
     """``values`` cast to float32, the training dtype; NaN, infinite or out-of-float32-range values are a
     DataError naming ``what`` (the check runs after the cast, where 1e39 has become infinite)."""
-    cast, first = _float32(values)
+    cast, first = cast_float32(values)
     if first is not None:
         original = np.asarray(values)[first]
         why = "NaN values" if np.isnan(original) else "infinite values" if np.isinf(original) else \
@@ -207,7 +206,7 @@ def as_float32(values: np.ndarray, what: str) -> np.ndarray:
     return cast
 
 
-def _float32(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
+def cast_float32(values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """(``values`` cast to float32, the index of the first value not finite after the cast, or None)."""
     with np.errstate(over="ignore", invalid="ignore"):
         cast = np.asarray(values).astype(np.float32)
@@ -258,7 +257,7 @@ def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), cat
     path = Path(path)
     if not target:
         raise DataError(f"{path}: pass --target COLUMN to name the label column of a CSV file")
-    header, body = _read_csv(path)
+    header, body = read_csv(path)
     if len(body) < 1:
         raise DataError(f"{path}: needs a header row and at least one data row")
     if target not in header:
@@ -292,24 +291,7 @@ def load_csv(path: str | Path, target: str | None, drop: Sequence[str] = (), cat
     return ds
 
 
-def table_features(where: str, names: list[str], columns: Sequence[Sequence], row, categorical: Sequence[str] = (),
-                   max_onehot: int | None = None) -> tuple[torch.Tensor, TableSchema | None]:
-    """A table's feature columns as float32 (N, F) and, when a column is categorical or has a missing value, the
-    schema that encodes them (else None: the numbers are the inputs). Infinite and out-of-float32-range numbers are
-    a DataError naming the column and the row."""
-    values, schema = read_table(names, columns, where, row, categorical, max_onehot)
-    cast, _ = _float32(values)
-    bad = np.argwhere(np.isinf(cast))
-    if len(bad):
-        i, j = (int(k) for k in bad[0])
-        why = "infinite values" if np.isinf(values[i, j]) else "values outside float32's range"
-        raise DataError(f"{where}: column {names[j]!r} has {why} ({row(i)}: {columns[j][i]!r}); fill, drop or "
-                        "rescale them")
-    plain = all(c.kind == "numeric" and not c.missing for c in schema.columns)
-    return torch.from_numpy(cast), None if plain else schema
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     """A CSV file's header (duplicates renamed) and its non-empty rows."""
     try:
         with path.open(newline="") as fh:
@@ -333,34 +315,11 @@ def _header(path: Path, row: list[str]) -> list[str]:
     return names
 
 
-def _numeric_columns(path: Path, header: list[str], rows: list[list[str]], cols: list[int]) -> torch.Tensor:
-    """The columns ``cols`` of ``rows`` as float32; a non-numeric, NaN, infinite or out-of-float32-range cell is a
-    DataError naming the column and the line."""
-    x = np.empty((len(rows), len(cols)), dtype=np.float64)
-    for i, row in enumerate(rows):
-        for k, j in enumerate(cols):
-            try:
-                x[i, k] = float(row[j])
-            except (ValueError, IndexError):
-                value = row[j] if j < len(row) else ""
-                if value.strip() in MISSING:
-                    raise DataError(f"{path}: column {header[j]!r} has a missing value (line {i + 2}: {value!r}); "
-                                    "this model was trained on data without any, so it cannot fill one in") from None
-                raise DataError(f"{path}: column {header[j]!r} is not numeric (line {i + 2}: {value!r})") from None
-    cast, first = _float32(x)
-    if first is not None:
-        i, k = first
-        why = "NaN or infinite values" if not np.isfinite(x[i, k]) else "values outside float32's range"
-        raise DataError(f"{path}: column {header[cols[k]]!r} has {why} (line {i + 2}: {rows[i][cols[k]]!r}); "
-                        "fill, drop or rescale them")
-    return torch.from_numpy(cast)
-
-
 def load_npz(path: str | Path) -> Dataset:
     """An NPZ with arrays ``x`` ((N, F), (N, C, L) or (N, C, H, W)) and ``y`` (N,)."""
     path = Path(path)
-    x, y = _read_npz(path, ("x", "y"))
-    x = _npz_inputs(path, x)
+    x, y = read_npz(path, ("x", "y"))
+    x = npz_inputs(path, x)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: array 'y' must have shape ({len(x)},); got {y.shape}")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
@@ -369,7 +328,7 @@ def load_npz(path: str | Path) -> Dataset:
     return _encode_target(path.stem, x, y, names, where=f"{path}: array 'y'")
 
 
-def _npz_inputs(path: Path, x: np.ndarray) -> torch.Tensor:
+def npz_inputs(path: Path, x: np.ndarray) -> torch.Tensor:
     """An NPZ's ``x`` checked (rank, no empty axis, numeric, finite at float32) as a float32 tensor."""
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{path}: array 'x' must be (N, F), (N, C, L) or (N, C, H, W); got shape {x.shape}")
@@ -377,10 +336,10 @@ def _npz_inputs(path: Path, x: np.ndarray) -> torch.Tensor:
         raise DataError(f"{path}: array 'x' has an empty axis (shape {x.shape}); every sample needs values")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: array 'x' must be numeric; got dtype {x.dtype}")
-    return torch.from_numpy(as_float32(x, f"{path}: array 'x'"))
+    return torch.from_numpy(ascast_float32(x, f"{path}: array 'x'"))
 
 
-def _read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
+def read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
     """The named arrays of an NPZ file (no pickles); a missing array or an unreadable file is a DataError."""
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -392,7 +351,7 @@ def _read_npz(path: Path, names: tuple[str, ...]) -> list[np.ndarray]:
         raise DataError(f"{path}: not a readable NPZ file ({err})") from None
 
 
-def _visible(folder: Path) -> list[Path]:
+def visible(folder: Path) -> list[Path]:
     """The entries of ``folder`` that are not hidden (``.ipynb_checkpoints``, ``.DS_Store``), sorted."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
@@ -400,86 +359,15 @@ def _visible(folder: Path) -> list[Path]:
 def load_image_folder(path: str | Path) -> Dataset:
     """One sub-folder per class; mixed sizes are resized to the most common size (with a warning)."""
     path = Path(path)
-    classes = [d.name for d in _visible(path) if d.is_dir()]
+    classes = [d.name for d in visible(path) if d.is_dir()]
     if len(classes) < 2:
         raise DataError(f"{path}: an image folder needs one sub-folder per class (found {len(classes)})")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = [f for f in _visible(path / name) if f.suffix.lower() in IMAGE_SUFFIXES]
+        found = [f for f in visible(path / name) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not found:
             raise DataError(f"{path / name}: class folder has no images")
         files += [(f, label) for f in found]
     x = read_images(path, [f for f, _ in files])
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
     return Dataset(path.name, x, y, "classification", classes, files=[str(f) for f, _ in files])
-
-
-def image_files(path: str | Path) -> list[Path]:
-    """The image files a prediction reads: one image file, every image in a folder (flat, or one sub-folder per class
-    as for training; hidden entries skipped), or the images a glob pattern (``new/*.png``) matches; sorted."""
-    path = Path(path)
-    if glob.has_magic(str(path)):
-        files = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
-    elif path.is_dir():
-        files = [f for entry in _visible(path) for f in ([entry] if entry.is_file() else
-                                                          _visible(entry) if entry.is_dir() else [])]
-    else:
-        files = [path]
-    images = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return images
-
-
-def load_features(path: str | Path, data: dict) -> tuple[torch.Tensor | np.ndarray, list[str]]:
-    """Inputs for prediction and a name per row (the path of an image, else the row number): a CSV with the
-    training feature columns in any order (others, like a target, are ignored), an NPZ with ``x``, or images (a file,
-    a folder, flat or by class, or a glob pattern; resized to the model's input). ``data`` is the saved model's data
-    description; the per-sample shape must match its input shape. For a model with an encoded table the CSV's raw
-    cells come back (an object array, columns in training order) for the model to encode."""
-    path = Path(path)
-    input_shape = tuple(data["input_shape"])
-    pattern = glob.has_magic(str(path))
-    if not pattern and not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    names: list[str] = []
-    if pattern or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        files = image_files(path)
-        x, names = read_images(path, files, like=input_shape), [str(f) for f in files]
-        if data.get("kind") == "image" and data.get("image_values") != IMAGE_VALUES:
-            x = x * 255.0  # a model saved before image files were read into [0, 1] learned 0..255 pixel values
-    elif path.suffix.lower() == ".npz":
-        if data.get("table"):
-            raise DataError(f"{path}: this model encodes a table's categories and missing values; pass a CSV with "
-                            f"its columns ({', '.join(data.get('feature_names', []))})")
-        (x,) = _read_npz(path, ("x",))
-        x = _npz_inputs(path, x)
-    elif path.suffix.lower() == ".csv":
-        x = _csv_columns(path, data.get("feature_names", []), table=bool(data.get("table")))
-        if data.get("table"):
-            return x, [str(i) for i in range(len(x))]
-    else:
-        raise DataError(f"{path}: unsupported data file (expected .csv, .npz, an image file, an image folder or a "
-                        "glob pattern of images)")
-    if tuple(x.shape[1:]) != input_shape:
-        raise DataError(f"{path}: samples have shape {tuple(x.shape[1:])}, the model expects {input_shape}")
-    return x, names or [str(i) for i in range(len(x))]
-
-
-def _csv_columns(path: Path, names: list[str], table: bool = False) -> torch.Tensor | np.ndarray:
-    """The ``names`` columns of a CSV file: numbers (float32), or with ``table`` its raw cells (an object array)."""
-    header, body = _read_csv(path)
-    if not names:
-        raise DataError(f"{path}: this model was not trained on a table; pass an NPZ file or an image folder")
-    missing = [n for n in names if n not in header]
-    if missing:
-        raise DataError(f"{path}: feature column {missing[0]!r} is missing (the model needs: {', '.join(names)})")
-    cols = [header.index(n) for n in names]
-    if not table:
-        return _numeric_columns(path, header, body, cols)
-    cells = np.empty((len(body), len(cols)), dtype=object)
-    for i, row in enumerate(body):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {i + 2} has {len(row)} fields, the header has {len(header)}")
-        cells[i] = [row[j] for j in cols]
-    return cells

@@ -183,6 +183,25 @@ def onehot_limit(rows: int) -> int:
     return max(2, min(ONEHOT_CAP, rows // ROWS_PER_CATEGORY))
 
 
+def table_features(where: str, names: Sequence[str], columns: Sequence[Sequence[Any]], row: Callable[[int], str],
+                   categorical: Sequence[str] = (), max_onehot: int | None = None
+                   ) -> tuple[torch.Tensor, TableSchema | None]:
+    """A table's feature columns as float32 (N, F) and, when a column is categorical or has a missing value, the
+    schema that encodes them (else None: the numbers are the inputs). Infinite and out-of-float32-range numbers are
+    a DataError naming the column and the row."""
+    values, schema = read_table(names, columns, where, row, categorical, max_onehot)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(np.float32)
+    bad = np.argwhere(np.isinf(cast))
+    if len(bad):
+        i, j = (int(k) for k in bad[0])
+        why = "infinite values" if np.isinf(values[i, j]) else "values outside float32's range"
+        raise DataError(f"{where}: column {names[j]!r} has {why} ({row(i)}: {columns[j][i]!r}); fill, drop or "
+                        "rescale them")
+    plain = all(c.kind == "numeric" and not c.missing for c in schema.columns)
+    return torch.from_numpy(cast), None if plain else schema
+
+
 def _parsed(cells: Sequence[Any], present: list[int]) -> dict[int, float]:
     """The rows among ``present`` whose value is a number, with that number (each cell parsed once)."""
     out = {}
