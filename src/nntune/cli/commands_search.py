@@ -16,7 +16,7 @@ import click
 from nntune.cli import clock
 from nntune.cli.flags import evidence_flags, flag_names, search_config
 from nntune.cli.options import (DATA_OPTIONS, EVIDENCE_OPTIONS, FINETUNE_OPTIONS, JSON_OPTION, LOG_OPTION,
-                                SEARCH_OPTIONS, SPACE_OPTION, TRAIN_OPTIONS, add_options, common)
+                                RAY_OPTIONS, SEARCH_OPTIONS, SPACE_OPTION, TRAIN_OPTIONS, add_options, common)
 from nntune.cli.render import emit_json, out_console, print_evidence, print_tune_summary, write_report
 from nntune.config import RunConfig, apply_overrides
 
@@ -25,6 +25,7 @@ from nntune.config import RunConfig, apply_overrides
 @common
 @add_options(DATA_OPTIONS)
 @add_options(SEARCH_OPTIONS)
+@add_options(RAY_OPTIONS)
 @add_options(TRAIN_OPTIONS)
 @add_options(FINETUNE_OPTIONS)
 @add_options(EVIDENCE_OPTIONS)

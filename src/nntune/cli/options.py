@@ -128,6 +128,16 @@ SEARCH_OPTIONS: list[Option] = [
      "tune run directory, or a storage URL#study-name"),
     ("--warm-start-top", "search.warm_start_top", int, "how many of the earlier best to enqueue (default 5)"),
 ]
+RAY_OPTIONS: list[Option] = [
+    ("--ray", "search.ray", str, "run the search's workers on a Ray cluster: auto (the running one), local (a new "
+     "one on this machine) or its address (needs pip install 'nntune[ray]'); this process shows the table, then "
+     "runs the finalists and the final fit"),
+    ("--workers", "search.workers", int, "with --ray: how many workers (default: as many as the cluster holds)"),
+    ("--cpus-per-worker", "search.cpus_per_worker", float, "with --ray: CPUs per worker (default 1; fractions "
+     "allowed)"),
+    ("--gpus-per-worker", "search.gpus_per_worker", float, "with --ray: GPUs per worker (0.5: two share a card; "
+     "default 0)"),
+]
 EVIDENCE_OPTIONS: list[Option] = [
     ("--seeds", "evidence.seeds", int, "seeds per variant, the same for every variant (default 3)"),
     ("--max-seeds", "evidence.max_seeds", int, "further seeds, up to this many, for comparisons still inconclusive "
@@ -137,7 +147,8 @@ EVIDENCE_OPTIONS: list[Option] = [
     ("--questions", "evidence.questions", str, "comma-separated questions to answer (default all): "
      + ",".join(EVIDENCE_QUESTIONS)),
 ]
-ALL_OPTIONS = (DATA_OPTIONS, MODEL_OPTIONS, TRAIN_OPTIONS, FINETUNE_OPTIONS, SEARCH_OPTIONS, EVIDENCE_OPTIONS)
+ALL_OPTIONS = (DATA_OPTIONS, MODEL_OPTIONS, TRAIN_OPTIONS, FINETUNE_OPTIONS, SEARCH_OPTIONS, RAY_OPTIONS,
+               EVIDENCE_OPTIONS)
 
 LOG_OPTION = click.option("--log", "log", multiple=True, type=click.Choice(TRACKERS),
                           help="also log to TensorBoard (RUN_DIR/tensorboard) or MLflow (MLFLOW_TRACKING_URI, "

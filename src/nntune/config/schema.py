@@ -280,6 +280,20 @@ class SearchConfig(_Section):
     finalist_seeds: int = Field(3, ge=2, description="seeds per finalist, the trial's own included")
     heartbeat: int = Field(10, ge=1, description="seconds between trial heartbeats; a trial silent for twice this "
                                                  "is failed as crashed and retried once")
+    ray: str | None = Field(None, description="run the search's workers as Ray tasks: auto (the running cluster), "
+                                              "local (a new Ray instance on this machine) or the cluster's address")
+    workers: int | None = Field(None, ge=1, description="Ray workers (default: as many as the cluster's CPUs, or "
+                                                        "GPUs with gpus_per_worker, hold)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker (fractions allowed)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker: a fraction lets "
+                                                          "workers share a card, 1 gives each its own")
+
+    @model_validator(mode="after")
+    def _ray_settings(self) -> SearchConfig:
+        if self.ray is None and (self.workers is not None or self.cpus_per_worker != 1 or self.gpus_per_worker):
+            raise ValueError("workers, cpus_per_worker and gpus_per_worker place Ray workers: set ray too (without "
+                             "Ray, start `nntune worker` processes)")
+        return self
 
 
 class FinetuneConfig(_Section):

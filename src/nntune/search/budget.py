@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -52,6 +53,8 @@ class Budget:
     stopped_by: str | None = None
     search_seconds: float | None = None
     cut: list[str] = field(default_factory=list)  # what a deadline shortened or skipped, in words
+    ends: Callable[[], float] | None = None  # when the search must end (Unix time), asked anew each time: a Ray
+    # worker's search ends when its launcher says (nntune.cluster.ray), whatever its own clock started from
 
     @property
     def tail(self) -> float:
@@ -74,7 +77,10 @@ class Budget:
         return math.inf if self.timeout is None else self.timeout - self.elapsed()
 
     def search_left(self) -> float:
-        """Seconds left for search trials: the budget left minus the reserve (inf without a timeout)."""
+        """Seconds left for search trials: the budget left minus the reserve (inf without a timeout), or what is left
+        until ``ends()``."""
+        if self.ends is not None:
+            return min(self.ends() - time.time(), self.left() - self.reserve)
         return self.left() - self.reserve
 
     def training_left(self) -> float:

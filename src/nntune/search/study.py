@@ -4,10 +4,11 @@ Optuna does the sampling, pruning, storage and multi-worker coordination (any nu
 may share one study through its storage URL; there is no scheduler of our own). SQLite is the default storage, in
 the run directory. A fresh study starts with nntune's default configuration for each model family that fits the
 data, so a search never ends below the defaults. Trials run as populations of one structure
-(:mod:`nntune.search.trials`) within a budget of trials and/or time (:mod:`nntune.search.budget`); the best
-configurations are re-run with extra seeds before the choice (:mod:`nntune.search.finalists`). Heartbeats mark a
-trial left RUNNING by a crashed process as FAILED, and its configuration is retried once. ``--trials N`` counts
-finished (complete or pruned) trials in the study, so a resumed search runs only what is left.
+(:mod:`nntune.search.trials`) within a budget of trials and/or time (:mod:`nntune.search.budget`), in this process
+or, with ``search.ray``, on a Ray cluster's workers (:mod:`nntune.cluster.ray`); the best configurations are re-run
+with extra seeds before the choice (:mod:`nntune.search.finalists`). Heartbeats mark a trial left RUNNING by a
+crashed process as FAILED, and its configuration is retried once. ``--trials N`` counts finished (complete or
+pruned) trials in the study, so a resumed search runs only what is left.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nntune import artifacts, rundir
+from nntune.cluster.ray import import_ray, run_on_ray
 from nntune.config import RunConfig, save_config
 from nntune.data.sources import Dataset
 from nntune.errors import ConfigError, NNTuneError
@@ -109,7 +111,7 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
     command's time budget began (default: now). Returns ``result.json``'s content."""
     out = Path(out)
     with Tracker(log, out, name=f"tune {cfg.search.study_name}", config=cfg.to_dict(), command="tune") as tracker:
-        result = _tune(cfg, out, resume, progress, tracker, dataset, started)
+        result = _tune(cfg, out, resume, progress, tracker, dataset, started, log)
         tracker.summary({"best_value": result["best_value"], **{f"test_{k}": v for k, v in result["test"].items()},
                          **{f"trials_{k}": v for k, v in result["trials"].items()}})
         tracker.artifacts([out / "best", out / "result.json", out / "trials.csv"])
@@ -117,8 +119,10 @@ def tune(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool =
 
 
 def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Tracker,
-          dataset: Dataset | None, started: float | None) -> dict:
+          dataset: Dataset | None, started: float | None, log: Sequence[str]) -> dict:
     budget = Budget.from_config(cfg.search, started)
+    if cfg.search.ray:
+        import_ray()  # a missing extra is said before any work
     check_out(cfg, out)
     rundir.check(out, "tune")
     cfg = adopt(cfg)  # fine-tuning: the saved model's architecture and scaler
@@ -129,7 +133,11 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     study = open_study(search, resume)  # the last check (resume, objectives, data): nothing is written before it
     save_config(cfg, out / "config.yaml")
     rundir.record(out, "tune", search.fingerprint)
-    completed = run_trials(search, study, budget, progress, lambda s: finishing_cost(search, s, budget))
+    keep = (lambda s: finishing_cost(search, s, budget))  # noqa: E731
+    if cfg.search.ray:  # the same trials, run by workers on a Ray cluster
+        completed, cluster = run_on_ray(search, study, budget, progress, log, keep)
+    else:
+        completed, cluster = run_trials(search, study, budget, progress, keep), None
     write_trials_csv(study, out / "trials.csv")
     n = {s.name.lower(): count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if n["complete"] == 0:
@@ -166,6 +174,8 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
         "data": search.base_data.describe(),
         "tracking": tracker.info,
     }
+    if cluster is not None:
+        result["cluster"] = cluster
     if cfg.search.ensemble:
         result["ensemble"] = ensemble_test(study, out / "trials", search.base_data, cfg.search.ensemble)
     result["budget"] = budget.to_dict()
