@@ -251,7 +251,7 @@ def _wait(ray, refs: list, study: optuna.Study, budget: Budget, progress: bool,
 
 def _collect(ray, ref, others: list, interrupted: bool = False) -> dict | None:
     """A finished worker's report; None when it was lost. A worker's error stops the others and is raised here."""
-    from ray.exceptions import RayTaskError, TaskCancelledError
+    from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
     try:
         return ray.get(ref)
@@ -263,7 +263,7 @@ def _collect(ray, ref, others: list, interrupted: bool = False) -> dict | None:
         if isinstance(cause, NNTuneError):
             raise NNTuneError(f"a Ray worker: {cause}") from None
         raise
-    except Exception:  # its process or node died more often than Ray retries it
+    except RayError:  # its process or node died more often than Ray retries it
         return None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -133,7 +134,7 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     study = open_study(search, resume)  # the last check (resume, objectives, data): nothing is written before it
     save_config(cfg, out / "config.yaml")
     rundir.record(out, "tune", search.fingerprint)
-    keep = (lambda s: finishing_cost(search, s, budget))  # noqa: E731
+    keep = partial(finishing_cost, search, budget=budget)  # study -> seconds for the finalists and the final fit
     if cfg.search.ray:  # the same trials, run by workers on a Ray cluster
         completed, cluster = run_on_ray(search, study, budget, progress, log, keep)
     else:
