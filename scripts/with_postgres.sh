@@ -26,7 +26,7 @@ if [ "$(id -u)" = 0 ]; then
   AS=(runuser -u postgres --)
 fi
 "${AS[@]}" "$BIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
-"${AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -o "-h 127.0.0.1 -p $PORT -k $DIR" -l "$DIR/log" -w start >/dev/null
+"${AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -o "-h 127.0.0.1 -p $PORT -k $DIR -c max_connections=300" -l "$DIR/log" -w start >/dev/null
 stop() {
   "${AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null || true
   rm -rf "$DIR"

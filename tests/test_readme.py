@@ -25,6 +25,7 @@ NOT_RUN = {  # the command's first words -> why the test cannot run it here
     "nntune worker": "workers on other machines against a PostgreSQL server (tests/search/test_workers.py)",
     "--storage postgresql://user:pass@dbhost": "a PostgreSQL host on another machine (the workers' tests use a local one)",
     "--warm-start postgresql://db/": "a PostgreSQL host on another machine",
+    "--ray local": "starts a Ray instance; tests/cluster/test_ray.py runs this form on 127.0.0.1 only",
 }
 SHRINK = {"--trials": "1", "--timeout": "3s", "--evidence-budget": "3s", "--seeds": "2", "--epochs": "1",
           "--strength": "0.8"}

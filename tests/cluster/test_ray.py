@@ -1,6 +1,7 @@
 """A search's workers on a Ray cluster: a local one on 127.0.0.1 with 2 CPUs, started here, and the PostgreSQL server
 of scripts/with_postgres.sh (as in `make test`). The placement rules and the published end are unit-tested too."""
 
+import importlib.util
 import json
 import math
 import os
@@ -23,11 +24,7 @@ from nntune.errors import ConfigError, NNTuneError
 from nntune.search.budget import Budget
 
 URL = os.environ.get("NNTUNE_TEST_POSTGRES_URL")
-try:
-    import ray  # noqa: F401
-    HAVE_RAY = True
-except ImportError:
-    HAVE_RAY = False
+HAVE_RAY = importlib.util.find_spec("ray") is not None  # Ray itself runs in the subprocesses only
 if not HAVE_RAY and os.environ.get("NNTUNE_REQUIRE_RAY"):
     raise RuntimeError("NNTUNE_REQUIRE_RAY is set but Ray is not installed (make installs nntune[ray])")
 needs_cluster = pytest.mark.skipif(not (HAVE_RAY and URL), reason="needs Ray and the PostgreSQL test server")
@@ -122,6 +119,20 @@ def test_a_killed_ray_worker_loses_no_finished_trial_and_the_study_ends_at_the_b
     assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)  # retried once
     result = json.loads((tmp_path / "run.json").read_text())
     assert result["cluster"]["lost"] == 0 and len(result["cluster"]["ran"]) == 3  # Ray started the dead one again
+
+
+@pytest.mark.skipif(not HAVE_RAY, reason="needs Ray")
+def test_ray_local_runs_workers_on_this_machine_with_the_sqlite_study(tmp_path):
+    """``--ray local`` starts its own Ray instance (ended with the search); the run directory's SQLite file is the
+    study, which every worker on this one machine shares."""
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "nntune", "tune", "--ray", "local", "--workers", "2", "--trials", "6",
+                          "--trial-epochs", "2", "--finalists", "0", "--quiet", "--out", str(out), "--json",
+                          str(out) + ".json", *SPACE], env=RAY_ENV, capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    result = json.loads((tmp_path / "run.json").read_text())
+    assert result["study"]["storage"].startswith("sqlite") and result["trials"]["complete"] == 6
+    assert result["cluster"]["address"] == "local" and len(result["cluster"]["ran"]) == 2
 
 
 def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path):

@@ -34,7 +34,7 @@ from nntune.config import RunConfig, apply_overrides
 from nntune.errors import NNTuneError
 from nntune.redact import redact
 from nntune.search import halving
-from nntune.search.budget import PROBE_SHARE, Budget
+from nntune.search.budget import FINISHED, PROBE_SHARE, Budget
 from nntune.search.constraints import extra_values, measure, violation
 from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
@@ -127,18 +127,34 @@ class Infeasible(Exception):
     """A sampled trial breaks ``--max-params`` or ``--max-latency-ms``; it was told PRUNED without training."""
 
 
+class OverCap(Exception):
+    """Workers that counted the same free slot of ``--trials`` asked together, and others were first: this trial
+    was told FAIL without training, so the study ends at the cap exactly."""
+
+
+def _ahead(study: optuna.Study, trial: optuna.Trial) -> int:
+    """Finished and running trials asked before ``trial`` (trial numbers follow the order of asking)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+               if t.number < trial.number)
+
+
 def _waiting(study: optuna.Study, default: bool = False) -> bool:
     """Whether trials wait in the study (only nntune's default trials, with ``default``)."""
     return any(t.user_attrs.get("default") or not default
                for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _ask(search: Search, study: optuna.Study, beats: Heartbeats) -> tuple[Member, dict]:
-    """One new trial with its sampled config (trial epochs, no LR range test) recorded as user attributes."""
+def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None) -> tuple[Member, dict]:
+    """One new trial with its sampled config (trial epochs, no LR range test) recorded as user attributes; one
+    asked beyond the trial ``cap`` (other workers asked for the same slots first) is :class:`OverCap`."""
     with warnings.catch_warnings():  # ask() warns that heartbeats need optimize(); Heartbeats records them here
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     beats.add(trial)
+    if cap is not None and _ahead(study, trial) >= cap:
+        trial.set_user_attr("fail_reason", f"over --trials {cap}: other workers took the last slots first")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise OverCap
     try:
         cfg, values = sample(trial, search.params, search.cfg)
         # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
@@ -165,7 +181,7 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
     """Trials within the budget's cap: one sampled freely, then members with its structure (waiting trials first).
     A grid sampler gives every trial its own grid point, so there the members are plain trials, grouped later.
     nntune's default trials are all asked together, whatever the population size: the search's floor runs first."""
-    first, values = _ask(search, study, beats)
+    first, values = _ask(search, study, beats, budget.trials)
     size = search.population_size(first[1], seconds=PROBE_SHARE * budget.search_left())
     members = [first]
     grid = study.sampler if hasattr(study.sampler, "unstarted") else None
@@ -178,8 +194,8 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
         if fixed is not None and not _waiting(study):
             study.enqueue_trial(fixed, user_attrs={"population_of": first[0].number})
         try:
-            members.append(_ask(search, study, beats)[0])
-        except (NNTuneError, Infeasible):  # told FAIL or PRUNED by _ask; train the members asked so far
+            members.append(_ask(search, study, beats, budget.trials)[0])
+        except (NNTuneError, Infeasible, OverCap):  # told FAIL or PRUNED by _ask; train the members asked so far
             break
     return members
 
@@ -355,6 +371,8 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                     members = []
                 except Infeasible:
                     members, states = [], ["PRUNED"]
+                except OverCap:  # neither a failure nor a success: the loop's count decides whether to go on
+                    members, states = [], []
                 asking = time.perf_counter() - asking
                 if states is None:
                     states = train_population(search, study, members, budget) if members else ["FAIL"]
