@@ -312,7 +312,7 @@ def test_four_workers_on_one_sqlite_file_reach_exactly_the_budget(tmp_path):
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     errors = run_workers(4, storage, "four", 24, tmp_path)
-    check_counts(storage, "four", 24, 4, errors)
+    check_counts(storage, "four", 24, errors)
 
 
 def _run_cli(args: list[str]) -> None:

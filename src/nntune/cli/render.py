@@ -115,6 +115,12 @@ def print_tune_summary(result: dict, out: Path) -> None:
     used = f"{b['seconds']:.0f} s" + (f" of {b['timeout']:.0f} s, {100 * b['fraction_used']:.0f}%" if b["timeout"]
                                       else "")
     table.add_row("search stopped by", f"{b['stopped_by']}; run took {used}")
+    if result.get("cluster"):
+        c = result["cluster"]
+        hosts = len({r["host"] for r in c["ran"]})
+        lost = f", {c['lost']} lost" if c["lost"] else ""
+        table.add_row("trials ran on", f"Ray ({c['address']}): {c['workers']} workers on {hosts} of {c['nodes']} "
+                                       f"nodes{lost}")
     table.add_row("chosen trial", str(result["best_trial"]))
     table.add_row(f"its {result['study']['objective'].replace('_', ' ')}", f"{result['best_value']:.4f}")
     fin = result.get("finalists") or {}

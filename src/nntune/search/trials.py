@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import warnings
+from datetime import datetime
 
 import optuna
 import torch
@@ -133,9 +134,13 @@ class OverCap(Exception):
 
 
 def _ahead(study: optuna.Study, trial: optuna.Trial) -> int:
-    """Finished and running trials asked before ``trial`` (trial numbers follow the order of asking)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-               if t.number < trial.number)
+    """Finished and running trials that started before ``trial`` (by start time, then number: a waiting trial keeps
+    the number it was enqueued with, so numbers do not follow the order of asking)."""
+    def key(t) -> tuple:
+        return t.datetime_start or datetime.min, t.number
+
+    mine = key(trial)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if key(t) < mine)
 
 
 def _waiting(study: optuna.Study, default: bool = False) -> bool:
