@@ -91,7 +91,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
     its first heartbeat: a RUNNING trial with no heartbeat at all, started longer than the grace period ago, is failed
     (and retried) the same way. Optuna skips those, and one would hold a slot of ``--trials`` forever."""
     import copy
-    from datetime import datetime, timedelta
+    from datetime import datetime, timedelta, timezone
 
     import sqlalchemy
     from optuna.storages._rdb import models
@@ -110,7 +110,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
                     beats.c.trial_heartbeat_id.is_(None)))
     with rdb.engine.connect() as conn:
         rows = conn.execute(query).all()
-    now = datetime.now()  # datetime_start is written with the local clock too
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna stores datetime_start as naive UTC
     callback = rdb.get_heartbeat_stale_trial_callback()
     for trial_id, started in rows:
         if started is None or now - started <= grace:

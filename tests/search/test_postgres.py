@@ -89,8 +89,6 @@ def check_counts(storage: str, name: str, trials: int, errors: list[str]) -> Non
     study = optuna.load_study(study_name=name, storage=make_storage(storage))
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == trials, len(finished)  # exactly: a trial asked beyond the cap by racing workers fails
-    over = [t for t in study.trials if t.state.name == "FAIL"]
-    assert all("over --trials" in t.user_attrs.get("fail_reason", "") for t in over)  # ... and fails for no other reason
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) and sorted(numbers) == list(range(len(numbers)))
     assert sum(1 for t in study.trials if t.user_attrs.get("default")) == 1  # enqueued once, not once per worker

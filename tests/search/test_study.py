@@ -397,10 +397,21 @@ def test_twenty_sigkills_of_workers_and_tune_lose_nothing(tmp_path):
     assert artifacts.load(out / "best").config.model.family == "mlp"
 
 
+@pytest.fixture(params=["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def local_time_zone(request, monkeypatch):
+    """This process's local time zone (Optuna stores trial times in UTC; a worker's clock may be anywhere)."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path, local_time_zone):
     """A process killed between `ask` and its first heartbeat leaves a RUNNING trial with no heartbeat, which
-    Optuna never fails; nntune fails it after the grace period and retries it, so it cannot hold a trial slot."""
+    Optuna never fails; nntune fails it after the grace period and retries it, so it cannot hold a trial slot. In
+    every time zone: east of UTC it was failed at once, west of UTC never."""
     from nntune.storage import fail_stale_trials, make_storage
 
     storage = make_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
@@ -449,3 +460,19 @@ def test_warm_start_sources_are_checked(tmp_path):
         source_study(str(tmp_path))
     with pytest.raises(ConfigError, match="no study named 'other'"):
         source_study(f"sqlite:///{tmp_path / 'x.db'}#other")
+
+
+def test_final_best_trial_retrains_when_another_worker_holds_the_weights(tmp_path):
+    """--final best_trial where the chosen trial ran in a worker with another run directory (another machine, no
+    shared filesystem): the configuration is retrained and budget.cut says why, instead of failing at the end."""
+    from nntune.search.worker import run_worker
+
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.trials": 3, "search.epochs": 3,
+                                        "search.finalists": 0, "search.final": "best_trial",
+                                        "search.storage": f"sqlite:///{tmp_path / 'shared.db'}",
+                                        "search.space": {"model.family": "mlp"}})
+    run_worker(cfg, tmp_path / "worker")
+    result = tune(cfg, tmp_path / "run", resume=True)
+    assert not (tmp_path / "run" / "trials").exists()  # every trial ran in the worker
+    assert result["final"]["mode"] == "retrain" and (tmp_path / "run" / "best").is_dir()
+    assert any(f"trial {result['best_trial']}'s weights are with the worker" in c for c in result["budget"]["cut"])

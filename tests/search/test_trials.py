@@ -148,18 +148,20 @@ def test_every_default_trial_runs_under_a_budget_too_short_for_them(tmp_path):
 
 def test_a_trial_asked_beyond_the_cap_by_racing_workers_fails_untrained(tmp_path):
     """Two workers that counted the same last free slot both ask; the one that started later is over the cap: told
-    FAIL before any sampling or training, so the study ends at --trials exactly."""
+    FAIL before training (an enqueued trial it had taken waits again), so the study ends at --trials exactly."""
     from nntune.search.setup import prepare_search
     from nntune.search.study import open_study
 
     search = prepare_search(_wine(**{"search.defaults_first": False}), tmp_path)
     study = open_study(search, resume=False)
     earlier = [study.ask() for _ in range(2)]  # another worker's trials, running
+    study.enqueue_trial({"train.lr": 0.01}, user_attrs={"default": True})
     with trials_module.Heartbeats(study) as beats:
         with pytest.raises(trials_module.OverCap):
-            trials_module._ask(search, study, beats, cap=2)
-        (admitted, _), _ = trials_module._ask(search, study, beats, cap=3)
+            trials_module._ask(search, study, beats, cap=2)  # takes the enqueued trial
+        (admitted, _), _ = trials_module._ask(search, study, beats, cap=4)  # takes it again, within the cap
     late = study.trials[2]
     assert late.state.name == "FAIL" and "over --trials 2" in late.user_attrs["fail_reason"]
-    assert "config" not in late.user_attrs and not late.params  # never sampled
-    assert admitted.number == 3 and all(study.trials[t.number].state.name == "RUNNING" for t in earlier)
+    assert "config" not in late.user_attrs  # never trained
+    assert admitted.number == 3 and admitted.user_attrs["default"] and admitted.params["train.lr"] == 0.01
+    assert all(study.trials[t.number].state.name == "RUNNING" for t in earlier)

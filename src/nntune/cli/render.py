@@ -118,7 +118,8 @@ def print_tune_summary(result: dict, out: Path) -> None:
     if result.get("cluster"):
         c = result["cluster"]
         hosts = len({r["host"] for r in c["ran"]})
-        lost = f", {c['lost']} lost" if c["lost"] else ""
+        lost = (f", {c['lost']} lost" if c["lost"] else "") + (f", {len(c['errors'])} failed (result.json: "
+                                                                 "cluster.errors)" if c["errors"] else "")
         table.add_row("trials ran on", f"Ray ({c['address']}): {c['workers']} workers on {hosts} of {c['nodes']} "
                                        f"nodes{lost}")
     table.add_row("chosen trial", str(result["best_trial"]))

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from nntune.errors import NNTuneError
 from nntune.redact import redact
-from nntune.search.budget import Budget
+from nntune.search.budget import FINISHED, Budget, count
 from nntune.search.progress import LiveTrials
 from nntune.search.setup import Search
 from nntune.storage import fail_stale_trials
@@ -38,7 +39,8 @@ ENDS_KEY = "search_ends_at"  # the study's user attribute holding when the worke
 WORKER_RETRIES = 3  # times Ray starts a worker again after its process or node died
 POLL_SECONDS = 1.0  # how often the launcher refreshes the table and the published end
 CANCEL_GRACE = 30.0  # seconds the workers get to record their trials after a Ctrl-C or a missed deadline
-READ_EVERY = 5.0  # seconds a worker keeps the published end before reading it again
+READ_EVERY = 2.0  # seconds a worker keeps the published end before reading it again
+MAX_ROUNDS = 3  # rounds of workers: the first, and up to two more for trial slots that dead workers held
 
 
 def import_ray():
@@ -67,23 +69,86 @@ def run_on_ray(search: Search, study: optuna.Study, budget: Budget, progress: bo
         check_fits(nodes, cfg.cpus_per_worker, cfg.gpus_per_worker)
         end = PublishedEnd(study)
         end.publish(budget, finishing_cost)
-        shipped = ray.put(_for_workers(search))
-        task = ray.remote(_ray_worker).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
-                                               max_retries=WORKER_RETRIES, retry_exceptions=False)
-        args = (shipped, budget.trials, (socket.gethostname(), sqlite) if sqlite else None, _version(), list(log))
-        refs = [task.remote(*args) for _ in range(n)]
-        completed, ran, lost = _wait(ray, refs, study, budget, progress, lambda: end.publish(budget, finishing_cost))
+        options: dict[str, Any] = {"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker,
+                                   "max_retries": WORKER_RETRIES, "retry_exceptions": False}
+        if not cfg.gpus_per_worker:  # Ray leaves the node's GPUs visible to a task that asked for none
+            options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
+        task = ray.remote(_ray_worker).options(**options)
+        args = (ray.put(_for_workers(search)), budget.trials, (socket.gethostname(), sqlite) if sqlite else None,
+                _version(), list(log))
+        rounds, workers = Rounds(), n
+        while workers:
+            completed = _wait(ray, [task.remote(*args) for _ in range(workers)], study, budget, progress,
+                              lambda: end.publish(budget, finishing_cost), rounds)
+            more = completed and rounds.count < MAX_ROUNDS and not rounds.errors
+            workers = _still_missing(study, budget, n, cfg.heartbeat) if more else 0
     finally:
         if started_ray:
             ray.shutdown()
-    fail_stale_trials(study)  # a worker lost for good leaves its running trials to the heartbeat rule
-    reasons = [r["stopped_by"] for r in ran]
-    budget.end_search("interrupted" if not completed else
-                      next((r for r in ("timeout", "trials", "grid") if r in reasons), budget.stopped_by))
+    rounds.check()
+    budget.end_search(rounds.stopped_by(completed))
     info = {"engine": "ray", "address": redact(cfg.ray), "workers": n, "cpus_per_worker": cfg.cpus_per_worker,
-            "gpus_per_worker": cfg.gpus_per_worker, "nodes": len(nodes), "lost": lost,
-            "ran": [{k: r[k] for k in ("host", "pid", "seconds", "stopped_by")} for r in ran]}
+            "gpus_per_worker": cfg.gpus_per_worker, "nodes": len(nodes), "rounds": rounds.count,
+            "lost": rounds.lost, "errors": rounds.errors,
+            "ran": [{k: r[k] for k in ("host", "pid", "seconds", "stopped_by")} for r in rounds.ran]}
     return completed, info
+
+
+class Rounds:
+    """What the workers of every round reported: their runs, how many were lost, their errors."""
+
+    def __init__(self) -> None:
+        self.count, self.ran, self.lost, self.errors = 0, [], 0, []
+        self.first_error: BaseException | None = None
+
+    def add(self, ray, ref) -> None:
+        """Collect one finished worker: its report, or that it was lost (its process or node died more often than
+        Ray retries), or its error (the other workers go on: a worker started by hand fails alone too)."""
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+        try:
+            self.ran.append(ray.get(ref))
+        except TaskCancelledError:  # cancelled before it started
+            pass
+        except RayTaskError as err:
+            cause = err.cause if getattr(err, "cause", None) is not None else err
+            self.first_error = self.first_error or cause
+            self.errors.append(f"{cause.__class__.__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        except RayError:
+            self.lost += 1
+
+    def check(self) -> None:
+        """Raise when no worker ran to its end: the first worker error, or that every worker died."""
+        if self.ran:
+            return
+        if isinstance(self.first_error, NNTuneError):
+            raise NNTuneError(f"every Ray worker failed; the first: {self.first_error}") from None
+        if self.first_error is not None:
+            raise self.first_error
+        if self.lost:
+            raise NNTuneError(f"every Ray worker died ({self.lost}, each started {WORKER_RETRIES + 1} times); the "
+                              "finished trials are kept in the study: --resume continues")
+
+    def stopped_by(self, completed: bool) -> str:
+        """What ended the search: the workers' first reason of timeout, trials, grid (a worker the launcher stopped
+        at the deadline counts as timeout)."""
+        if not completed:
+            return "interrupted"
+        reasons = {r["stopped_by"] for r in self.ran}
+        return next((r for r in ("timeout", "trials", "grid") if r in reasons), "timeout")
+
+
+def _still_missing(study: optuna.Study, budget: Budget, n: int, heartbeat: float) -> int:
+    """Workers for another round: a worker that died holds its running trials' slots of ``--trials`` until they go
+    stale, so the workers left may have stopped short of the cap. Wait for those trials to go stale (they are failed
+    and retried), and return how many workers the missing trials need (0: none, or no time or rounds left)."""
+    if budget.trials is None or count(study) >= budget.trials or budget.search_left() <= 0:
+        return 0
+    if count(study, (TrialState.RUNNING,)):
+        time.sleep(2 * heartbeat + 1)  # the storage's grace period, from the last heartbeat at the latest
+        fail_stale_trials(study)
+    missing = budget.trials - count(study, (*FINISHED, TrialState.RUNNING))
+    return min(n, missing) if missing > 0 and budget.search_left() > 0 else 0
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -155,10 +220,13 @@ class PublishedEnd:
     def publish(self, budget: Budget, finishing_cost: Callable[[optuna.Study], float] | None) -> None:
         """The launcher's side: keep back what the finishing steps will take, publish the search's end when it
         moved by a second or more."""
-        if budget.timeout is None:
+        if budget.timeout is None:  # no end (and none left from an earlier, timed run of the study)
+            if self.shown is None:
+                self.study.set_user_attr(ENDS_KEY, None)
+                self.shown = math.inf
             return
-        if finishing_cost is not None:
-            budget.keep_back(finishing_cost(self.study))
+        if finishing_cost is not None and count(self.study, (TrialState.COMPLETE,)):
+            budget.keep_back(finishing_cost(self.study))  # before any trial completes, the initial reserve stays
         ends = time.time() + budget.search_left()
         if self.shown is None or abs(ends - self.shown) >= 1.0:
             self.study.set_user_attr(ENDS_KEY, ends)
@@ -209,62 +277,39 @@ def _ray_worker(search: Search, trials: int | None, sqlite: tuple[str, str] | No
     return {**done, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _wait(ray, refs: list, study: optuna.Study, budget: Budget, progress: bool,
-          publish: Callable[[], None]) -> tuple[bool, list[dict], int]:
-    """Wait for the workers with the live table; Ctrl-C (or SIGTERM) asks each to stop, and they record their
-    finished trials first. Returns whether the search ended by itself, the workers' reports and how many were lost
-    (their process or node died more often than Ray retries)."""
+def _wait(ray, refs: list, study: optuna.Study, budget: Budget, progress: bool, publish: Callable[[], None],
+          rounds: Rounds) -> bool:
+    """Wait for one round of workers with the live table, collecting each into ``rounds``; Ctrl-C (or SIGTERM) asks
+    each to stop, and they record their finished trials first. Returns whether the round ended by itself."""
     live = LiveTrials(study, budget) if progress else None
     interrupts = Interrupts()
-    pending, ran, lost, completed = list(refs), [], 0, True
+    outstanding, completed = list(refs), True
+    rounds.count += 1
     try:
         if live:
             live.__enter__()
         interrupts.__enter__()
-        while pending:
+        while outstanding:
             interrupts.check()
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
+            done = ray.wait(outstanding, num_returns=len(outstanding), timeout=POLL_SECONDS)[0]
             for ref in done:
-                report = _collect(ray, ref, pending)
-                ran += [report] if report else []
-                lost += report is None
+                rounds.add(ray, ref)
+                outstanding.remove(ref)
             if budget.search_left() < -CANCEL_GRACE:  # past the end by much: a worker that does not stop is stopped
-                _cancel(ray, pending)
+                _cancel(ray, outstanding)
             publish()
             if live:
                 live.refresh()
     except KeyboardInterrupt:
         completed = False
-        _cancel(ray, pending)
-        for ref in ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE)[0]:
-            report = _collect(ray, ref, [], interrupted=True)
-            ran += [report] if report else []
+        _cancel(ray, outstanding)
+        for ref in ray.wait(outstanding, num_returns=len(outstanding), timeout=CANCEL_GRACE)[0]:
+            rounds.add(ray, ref)
     finally:
         interrupts.__exit__()
         if live:
             live.__exit__(None, None, None)
-    if not ran and lost:
-        raise NNTuneError(f"every Ray worker died ({lost}, each started {WORKER_RETRIES + 1} times); the finished "
-                          "trials are kept in the study: --resume continues")
-    return completed, ran, lost
-
-
-def _collect(ray, ref, others: list, interrupted: bool = False) -> dict | None:
-    """A finished worker's report; None when it was lost. A worker's error stops the others and is raised here."""
-    from ray.exceptions import RayError, RayTaskError, TaskCancelledError
-
-    try:
-        return ray.get(ref)
-    except TaskCancelledError:
-        return None if interrupted else {"host": "?", "pid": None, "seconds": None, "stopped_by": "cancelled"}
-    except RayTaskError as err:
-        _cancel(ray, others)
-        cause = err.cause if getattr(err, "cause", None) is not None else err
-        if isinstance(cause, NNTuneError):
-            raise NNTuneError(f"a Ray worker: {cause}") from None
-        raise
-    except RayError:  # its process or node died more often than Ray retries it
-        return None
+    return completed
 
 
 def _cancel(ray, refs: list) -> None:

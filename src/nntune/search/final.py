@@ -53,6 +53,11 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
             return {**final, "ensemble": record}
     if mode in ("auto", "ensemble"):
         mode = "retrain"
+    if mode == "best_trial" and not own:
+        mode = "retrain"
+        if budget is not None:
+            budget.cut.append(f"final best_trial: trial {best.number}'s weights are with the worker that ran it (no "
+                              "shared run directory); its configuration was retrained instead")
     left = budget.finish_left if budget is not None else (lambda: math.inf)
     estimate, room = final_cost(best), left()
     if mode == "retrain" and own and estimate > room:

@@ -129,8 +129,8 @@ class Infeasible(Exception):
 
 
 class OverCap(Exception):
-    """Workers that counted the same free slot of ``--trials`` asked together, and others were first: this trial
-    was told FAIL without training, so the study ends at the cap exactly."""
+    """Workers that counted the same free slot of ``--trials`` asked together, and others started first: this trial
+    was told FAIL without training (an enqueued one waits again), so the study ends at the cap exactly."""
 
 
 def _ahead(study: optuna.Study, trial: optuna.Trial) -> int:
@@ -156,10 +156,7 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     beats.add(trial)
-    if cap is not None and _ahead(study, trial) >= cap:
-        trial.set_user_attr("fail_reason", f"over --trials {cap}: other workers took the last slots first")
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        raise OverCap
+    asked = study._storage.get_trial(trial._trial_id)  # its attributes as enqueued (not public on Study)
     try:
         cfg, values = sample(trial, search.params, search.cfg)
         # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
@@ -170,6 +167,14 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None
         trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
+    # checked after sampling, so that a trial another worker asked first is in the study by now
+    if cap is not None and _ahead(study, trial) >= cap:
+        if "fixed_params" in asked.system_attrs:  # an enqueued trial (a default, a retry) waits again
+            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=asked.user_attrs,
+                                                      system_attrs=asked.system_attrs))
+        trial.set_user_attr("fail_reason", f"over --trials {cap}: other workers took the last slots first")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise OverCap
     trial.set_user_attr("config", redact(cfg.to_dict()))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     for key, value in sizes.items():
@@ -390,7 +395,8 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
             if live:
                 live.refresh()
             if streak >= max(1, limit):
-                failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                          if not t.user_attrs.get("fail_reason", "").startswith("over --trials")]
                 last_reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "unknown"
                 raise NNTuneError(f"every one of the last {streak} trials failed (last: {last_reason}); fix the "
                                   "config or search space and --resume")
