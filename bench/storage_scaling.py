@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -193,30 +194,36 @@ def measure(url: str, n: int, per_process: int, seconds: float, epochs: int, epo
 
     db = fresh_database(url)
     ctx = mp.get_context("spawn")
-    proxy = None
-    if grpc:
-        proxy = ctx.Process(target=grpc_proxy, args=(db, 50051), daemon=True)
+    proxy, address = None, None
+    if grpc:  # on a free port: gRPC lets a second server share a port, so a stale proxy would take connections
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proxy = ctx.Process(target=grpc_proxy, args=(db, port), daemon=True)
         proxy.start()
+        address = f"127.0.0.1:{port}"
         time.sleep(3)
     queue = ctx.Queue()
     sizes = [per_process] * (n // per_process) + ([n % per_process] if n % per_process else [])
     out = tempfile.mkdtemp(prefix="nntune-scaling-")
-    # the first process creates the study alone, so that the others find it (as workers joining a running search)
-    procs = [ctx.Process(target=process_main, args=(db, "127.0.0.1:50051" if grpc else None, k, seconds, epochs,
-                                                     epoch_seconds, out, queue)) for k in sizes]
-    started = time.time()
-    for p in procs:
-        p.start()
-    time.sleep(warmup)
-    clients, proxies = [p.pid for p in procs], [proxy.pid] if proxy else []
-    pg0, cl0, t0 = cpu_seconds(postgres_pids() + proxies), cpu_seconds(clients), time.time()
-    time.sleep(max(1.0, started + seconds - 5 - time.time()))
-    pg1, cl1, t1 = cpu_seconds(postgres_pids() + proxies), cpu_seconds(clients), time.time()
-    reports = [queue.get(timeout=seconds + 300) for _ in procs]
-    for p in procs:
-        p.join()
-    if proxy:
-        proxy.terminate()
+    procs = [ctx.Process(target=process_main, args=(db, address, k, seconds, epochs, epoch_seconds, out, queue))
+             for k in sizes]
+    try:
+        started = time.time()
+        for p in procs:
+            p.start()
+        time.sleep(warmup)
+        clients, proxies = [p.pid for p in procs], [proxy.pid] if proxy else []
+        pg0, cl0, t0 = cpu_seconds(postgres_pids() + proxies), cpu_seconds(clients), time.time()
+        time.sleep(max(1.0, started + seconds - 5 - time.time()))
+        pg1, cl1, t1 = cpu_seconds(postgres_pids() + proxies), cpu_seconds(clients), time.time()
+        reports = [queue.get(timeout=seconds + 300) for _ in procs]
+        for p in procs:
+            p.join()
+    finally:  # no process outlives the measurement (a proxy left running would serve the next one)
+        for p in [*procs, *([proxy] if proxy else [])]:
+            if p.is_alive():
+                p.kill()
     study = optuna.load_study(study_name="scale", storage=make_storage(db))
     from datetime import datetime
     window = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None and t.state.name in

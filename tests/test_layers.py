@@ -15,7 +15,7 @@ RANKS = [
     {"data", "models", "storage"},
     {"rundir", "artifacts", "export", "predict"},
     {"training", "tracking"},
-    {"search"},
+    {"search", "cluster"},  # the cluster launcher runs the search's workers; the search calls it
     {"evidence", "reporting"},
     {"api", "estimators"},
     {"cli", "__main__"},
