@@ -80,8 +80,11 @@ def run_on_ray(search: Search, study: optuna.Study, budget: Budget, progress: bo
         while workers:
             completed = _wait(ray, [task.remote(*args) for _ in range(workers)], study, budget, progress,
                               lambda: end.publish(budget, finishing_cost), rounds)
-            more = completed and rounds.count < MAX_ROUNDS and not rounds.errors
-            workers = _still_missing(study, budget, n, cfg.heartbeat) if more else 0
+            try:
+                more = completed and rounds.count < MAX_ROUNDS and not rounds.errors
+                workers = _still_missing(study, budget, n, cfg.heartbeat) if more else 0
+            except KeyboardInterrupt:  # while waiting for a dead worker's trials to go stale
+                completed, workers = False, 0
     finally:
         if started_ray:
             ray.shutdown()
@@ -283,7 +286,7 @@ def _wait(ray, refs: list, study: optuna.Study, budget: Budget, progress: bool, 
     each to stop, and they record their finished trials first. Returns whether the round ended by itself."""
     live = LiveTrials(study, budget) if progress else None
     interrupts = Interrupts()
-    outstanding, completed = list(refs), True
+    outstanding, completed, overdue = list(refs), True, False
     rounds.count += 1
     try:
         if live:
@@ -295,7 +298,8 @@ def _wait(ray, refs: list, study: optuna.Study, budget: Budget, progress: bool, 
             for ref in done:
                 rounds.add(ray, ref)
                 outstanding.remove(ref)
-            if budget.search_left() < -CANCEL_GRACE:  # past the end by much: a worker that does not stop is stopped
+            if not overdue and budget.search_left() < -CANCEL_GRACE:  # far past the end: stop who has not stopped
+                overdue = True
                 _cancel(ray, outstanding)
             publish()
             if live:
