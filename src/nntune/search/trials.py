@@ -156,7 +156,6 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
     beats.add(trial)
-    asked = study._storage.get_trial(trial._trial_id)  # its attributes as enqueued (not public on Study)
     try:
         cfg, values = sample(trial, search.params, search.cfg)
         # a default trains as `nntune train` would (its own epochs, early stopping ends it): the floor of the search
@@ -169,6 +168,7 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None
         raise
     # checked after sampling, so that a trial another worker asked first is in the study by now
     if cap is not None and _ahead(study, trial) >= cap:
+        asked = study._storage.get_trial(trial._trial_id)  # its attributes as enqueued (not public on Study)
         if "fixed_params" in asked.system_attrs:  # an enqueued trial (a default, a retry) waits again
             study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=asked.user_attrs,
                                                       system_attrs=asked.system_attrs))
