@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -23,6 +24,11 @@ def normalize_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def study_url(storage: str | None, out: Path) -> str:
+    """The study's storage URL: ``storage``, or by default the SQLite file ``study.db`` in the run directory."""
+    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
 SQLITE_BUSY_TIMEOUT = 60  # seconds a process waits for another's write lock on a SQLite file before failing

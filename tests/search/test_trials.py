@@ -162,6 +162,7 @@ def test_a_trial_asked_beyond_the_cap_by_racing_workers_fails_untrained(tmp_path
         (admitted, _), _ = trials_module._ask(search, study, beats, cap=4)  # takes it again, within the cap
     late = study.trials[2]
     assert late.state.name == "FAIL" and "over --trials 2" in late.user_attrs["fail_reason"]
+    assert late.user_attrs["over_cap"] == 2
     assert "config" not in late.user_attrs  # never trained
     assert admitted.number == 3 and admitted.user_attrs["default"] and admitted.params["train.lr"] == 0.01
     assert all(study.trials[t.number].state.name == "RUNNING" for t in earlier)

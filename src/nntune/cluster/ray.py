@@ -30,7 +30,7 @@ from nntune.redact import redact
 from nntune.search.budget import FINISHED, Budget, count
 from nntune.search.progress import LiveTrials
 from nntune.search.setup import Search
-from nntune.storage import fail_stale_trials
+from nntune.storage import fail_stale_trials, study_url
 from nntune.tracking import Tracker
 from nntune.training.callbacks import Interrupts
 
@@ -174,9 +174,8 @@ def _connect(ray, address: str | None) -> bool:
 
 def _sqlite_path(storage: str | None, out: Path) -> str | None:
     """The study's SQLite file (the default storage, or a sqlite:// URL), or None for a database server."""
-    if storage is None:
-        return str((out / "study.db").resolve())
-    return storage.split(":///", 1)[-1] if storage.startswith("sqlite") else None
+    url = study_url(storage, out)
+    return url.split(":///", 1)[1] if url.startswith("sqlite") else None
 
 
 def check_sqlite_host(path: str, hosts: set[str], here: str) -> None:

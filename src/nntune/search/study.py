@@ -39,7 +39,7 @@ from nntune.search.setup import Search, prepare_search
 from nntune.search.space import default_trials
 from nntune.search.trials import run_trials
 from nntune.search.warm_start import source_study, warm_trials
-from nntune.storage import make_storage
+from nntune.storage import make_storage, study_url
 from nntune.tracking import Tracker
 from nntune.training.context import objective
 from nntune.training.finetune import adopt, check_out
@@ -52,7 +52,7 @@ def open_study(search: Search, resume: bool, worker: bool = False) -> optuna.Stu
     cfg, out, params = search.cfg, search.out, search.params
     data = search.fingerprint
     direction = objective(search.task)[1]
-    url = cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = study_url(cfg.search.storage, out)
     storage = make_storage(url, cfg.search.heartbeat)
     shown = redact(url)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}

@@ -172,6 +172,7 @@ def _ask(search: Search, study: optuna.Study, beats: Heartbeats, cap: int | None
         if "fixed_params" in asked.system_attrs:  # an enqueued trial (a default, a retry) waits again
             study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=asked.user_attrs,
                                                       system_attrs=asked.system_attrs))
+        trial.set_user_attr("over_cap", cap)
         trial.set_user_attr("fail_reason", f"over --trials {cap}: other workers took the last slots first")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise OverCap
@@ -396,7 +397,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                 live.refresh()
             if streak >= max(1, limit):
                 failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if not t.user_attrs.get("fail_reason", "").startswith("over --trials")]
+                          if "over_cap" not in t.user_attrs]
                 last_reason = failed[-1].user_attrs.get("fail_reason", "see the log") if failed else "unknown"
                 raise NNTuneError(f"every one of the last {streak} trials failed (last: {last_reason}); fix the "
                                   "config or search space and --resume")
