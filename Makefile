@@ -21,7 +21,7 @@ demo: install
 	@echo "open the report: $$(pwd)/runs/demo/report.html"
 
 test: install
-	bash scripts/with_postgres.sh $(PY) -m pytest -q
+	bash scripts/with_postgres.sh $(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

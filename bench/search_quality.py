@@ -9,14 +9,17 @@ seed as nntune does; the test split is used once):
 - ``nntune_halving``: the same with ``--pruner halving`` (successive halving that continues the promising trials);
 - ``optuna_random``: Optuna's random sampler over nntune's space, no pruning, no populations, no defaults, no
   finalists (a plain random search);
-- ``untuned_mlp`` / ``untuned_cnn``: ``nntune train`` with the default config of the family (no budget: it trains
-  until early stopping);
-- ``keras_hyperband``: Keras Tuner's Hyperband (Keras 3, torch backend) over an equivalent MLP / CNN space, stopped
-  at the budget; its best model is tested as trained. Needs ``pip install keras keras-tuner`` (benchmark only);
+- ``untuned_mlp`` / ``untuned_cnn`` / ``untuned_rnn``: ``nntune train`` with the default config of the family (no
+  budget: it trains until early stopping); ``untuned_tcn`` / ``untuned_resnet``: the same with the named preset
+  (``--preset``; the RNN and TCN on signals only, the ResNet on signals and images);
+- ``keras_hyperband``: Keras Tuner's Hyperband (Keras 3, torch backend) over an equivalent MLP / CNN space (and a GRU
+  family on signals), stopped at the budget; its best model is tested as trained. Needs ``pip install keras keras-tuner`` (benchmark only);
 - tables only: ``sk_hgb`` (HistGradientBoostingClassifier, defaults) and ``sk_mlp_random`` (MLPClassifier, random
   search in the budget, chosen on the validation split).
 
 Run with ``--threads 1`` to give every arm the same single core (the other core stays free for the machine).
+``--log FILE`` appends each run's row to FILE and skips the runs FILE already holds (same dataset, arm, seed and
+budget), so a table of many hours is filled over several sittings; the summary covers every row in FILE.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "keras_hyperband",
-        "sk_hgb", "sk_mlp_random")
+ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "untuned_rnn",
+        "untuned_tcn", "untuned_resnet", "keras_hyperband", "sk_hgb", "sk_mlp_random")
+TABLES = ("breast_cancer", "wine")
+SIGNALS = ("signals", "delays")
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                "nntune_halving": {"search.pruner": "halving"},
                "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
@@ -65,13 +70,16 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
             "final_epochs": r["final"].get("epochs")}
 
 
-def untuned_arm(family: str, dataset: str, seed: int) -> dict | None:
+def untuned_arm(name: str, dataset: str, seed: int) -> dict | None:
+    """``nntune train`` with a family's defaults (``mlp``, ``cnn``, ``rnn``) or a named preset (``tcn``, ``resnet``);
+    None where the model does not fit the data."""
     from nntune.config import RunConfig, apply_overrides
     from nntune.training.pipeline import train
 
-    if family == "cnn" and dataset in ("breast_cancer", "wine"):
+    if (name != "mlp" and dataset in TABLES) or (name in ("rnn", "tcn") and dataset not in SIGNALS):
         return None
-    r = train(apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, "model.family": family}))
+    model = {"model.preset": name} if name in ("tcn", "resnet") else {"model.family": name}
+    r = train(apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, **model}))
     return {"test_accuracy": r["test"]["accuracy"], "epochs": len(r["history"])}
 
 
@@ -96,7 +104,7 @@ def keras_arm(dataset: str, seed: int, budget: float, started: float) -> dict:
     keras.utils.set_random_seed(seed)
 
     def build(hp):
-        family = hp.Choice("family", ["mlp", "cnn"] if kind != "tabular" else ["mlp"])
+        family = hp.Choice("family", {"tabular": ["mlp"], "image": ["mlp", "cnn"]}.get(kind, ["mlp", "cnn", "gru"]))
         act = hp.Choice("activation", ["relu", "gelu", "tanh", "elu"])
         inputs = keras.Input(x_tr.shape[1:])
         h = inputs
@@ -114,6 +122,13 @@ def keras_arm(dataset: str, seed: int, budget: float, started: float) -> dict:
             h = keras.layers.Flatten()(h)
             h = keras.layers.Dense(hp.Int("fc_units", 32, 256, sampling="log", parent_name="family",
                                           parent_values=["cnn"]), activation=act)(h)
+        elif family == "gru":
+            layers = hp.Int("gru_layers", 1, 3, parent_name="family", parent_values=["gru"])
+            both = hp.Boolean("bidirectional", parent_name="family", parent_values=["gru"])
+            units = hp.Int("gru_units", 16, 128, sampling="log", parent_name="family", parent_values=["gru"])
+            for i in range(layers):
+                cell = keras.layers.GRU(units, return_sequences=i < layers - 1)
+                h = keras.layers.Bidirectional(cell)(h) if both else cell(h)
         else:
             h = keras.layers.Flatten()(h)
             for i in range(hp.Int("layers", 1, 4, parent_name="family", parent_values=["mlp"])):
@@ -156,7 +171,7 @@ def sklearn_arm(arm: str, dataset: str, seed: int, budget: float, started: float
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if dataset not in ("breast_cancer", "wine"):
+    if dataset not in TABLES:
         return None
     d = _split(dataset, seed)
     x_tr, x_va, x_te = (t.numpy() for t in (d.x_train, d.x_val, d.x_test))
@@ -224,10 +239,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.budget_for.split(",") if kv)}
-    rows = []
+    rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()] \
+        if args.log and args.log.exists() else []
+    done = {(r["dataset"], r["arm"], r["seed"], r["budget_s"]) for r in rows}
     for ds in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in args.arms.split(","):
+                if (ds, arm, seed, budgets.get(ds, args.budget)) in done:
+                    continue
                 row = run(arm, ds, seed, budgets.get(ds, args.budget))
                 if row is None:
                     continue

@@ -144,3 +144,23 @@ def test_duplicate_header_names_are_made_unique(tmp_path):
         ds = load_dataset(path=_csv(tmp_path, "a,a,y\n" + rows), target="y")
     assert ds.feature_names == ["a", "a.1"]
     assert torch.equal(ds.x[:, 1], ds.x[:, 0] * 10)  # each column read once, from its own place
+
+
+def test_the_delays_class_is_the_lag_between_two_identical_pulses_and_nothing_local():
+    """Without noise, the lag of the autocorrelation's peak names the class (the oracle), while the signal's sorted
+    values (every local statistic, position thrown away) are the same two pulses in every class: chance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    from nntune.data.sources import DELAYS, load_delays
+
+    ds = load_delays(n=400, seed=1, noise=0.0)
+    x, y = ds.x[:, 0].double().numpy(), ds.y.numpy()
+    assert ds.x.shape == (400, 1, 256) and ds.class_names == [str(d) for d in DELAYS]
+    assert np.bincount(y).min() > 60
+    lags = np.arange(16, 132)
+    peak = lags[np.stack([(x[:, :-lag] * x[:, lag:]).sum(1) for lag in lags], 1).argmax(1)]
+    assert (np.abs(peak - np.asarray(DELAYS)[y]) <= 4).all()
+    local = cross_val_score(LogisticRegression(max_iter=2000), np.sort(x, 1), y, cv=4).mean()
+    assert local < 0.35
+    assert torch.equal(load_delays(n=50, seed=3).x, load_delays(n=50, seed=3).x)

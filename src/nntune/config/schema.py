@@ -21,7 +21,7 @@ SCHEDULES = registry.names(registry.SCHEDULES)
 OPTIMIZERS = registry.names(registry.OPTIMIZERS)
 SAMPLERS = registry.names(registry.SAMPLERS)
 PRUNERS = registry.PRUNERS
-BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "breast_cancer", "wine")
+BUILTIN_DATASETS = ("digits", "mnist5k", "signals", "delays", "breast_cancer", "wine")
 DROPOUT_PLACES = ("after_pool", "before_fc", "after_fc")  # where a CNN's dropout can go (model.dropout_<place>)
 DEFAULT_TRIALS = 20  # the trial budget of a search given neither --trials nor --timeout
 # the keys of the ten questions in result.json's evidence, in the report's order

@@ -1,4 +1,4 @@
-"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k, signals, breast_cancer, wine), CSV, NPZ and image
+"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k, signals, delays, breast_cancer, wine), CSV, NPZ and image
 folders.
 
 Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
@@ -98,7 +98,7 @@ def load_dataset(
         else:
             raise DataError(f"{p}: unsupported data file (expected .csv, .npz or an image folder)")
     elif dataset in BUILTIN:
-        ds = {"digits": load_digits, "mnist5k": load_mnist5k, "signals": load_signals,
+        ds = {"digits": load_digits, "mnist5k": load_mnist5k, "signals": load_signals, "delays": load_delays,
               "breast_cancer": lambda: _sklearn_table("breast_cancer"), "wine": lambda: _sklearn_table("wine")}[dataset]()
     else:
         raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(BUILTIN)} or pass a data path")
@@ -161,6 +161,35 @@ def load_signals(n: int = 4000, length: int = 64, classes: int = 10, seed: int =
     x += 0.9 * np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
     return Dataset("signals", torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.int64),
                    "classification", [str(c) for c in range(classes)])
+
+
+DELAYS = (24, 56, 88, 120)
+
+
+def load_delays(n: int = 4000, length: int = 256, seed: int = 0, noise: float = 1.0) -> Dataset:
+    """A generated 1-D task whose classes differ only in a long-range pattern, (N, 1, length): every signal holds the
+    same short pulse twice, and the class is the delay between the two (about 24, 56, 88 or 120 steps, +-4). Pulse
+    shape, sign, size and the first pulse's place are drawn per signal and shared by the classes, so nothing local
+    tells a class: a model must relate samples up to 124 steps apart (dilation, recurrence or a wide receptive field
+    win over a local CNN). ``noise`` scales the white and correlated noise (0: the pulses alone). Deterministic for a
+    seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(-6, 7, dtype=np.float64)
+    y = rng.integers(0, len(DELAYS), n)
+    delay = np.asarray(DELAYS)[y] + rng.integers(-4, 5, n)
+    x = noise * rng.normal(0, 0.3, (n, length))
+    walk = rng.normal(0, 1, (n, length + 8))
+    kernel = np.hanning(9) / np.hanning(9).sum()
+    x += noise * 0.6 * np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
+    for i in range(n):
+        width, freq = rng.uniform(1.2, 2.5), rng.uniform(0.1, 0.3)
+        pulse = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0) * np.exp(-0.5 * (t / width) ** 2) \
+            * np.cos(2 * np.pi * freq * t)
+        first = rng.integers(6, length - 7 - delay[i])
+        for start in (first, first + delay[i]):
+            x[i, start - 6:start + 7] += pulse
+    return Dataset("delays", torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.int64),
+                   "classification", [str(d) for d in DELAYS])
 
 
 def _sklearn_table(name: str) -> Dataset:
