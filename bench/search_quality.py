@@ -25,7 +25,6 @@ budget), so a table of many hours is filled over several sittings; the summary c
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "untuned_rnn",

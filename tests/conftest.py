@@ -6,9 +6,9 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; inherited by the processes tests start
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 if os.environ["OMP_NUM_THREADS"].isdigit():  # in case a plugin imported torch first
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
