@@ -19,7 +19,9 @@ seed as nntune does; the test split is used once):
 
 Run with ``--threads 1`` to give every arm the same single core (the other core stays free for the machine).
 ``--log FILE`` appends each run's row to FILE and skips the runs FILE already holds (same dataset, arm, seed and
-budget), so a table of many hours is filled over several sittings; the summary covers every row in FILE.
+budget), so a table of many hours is filled over several sittings; the summary covers every row in FILE. Each row
+records the commit that made it; a row of older code is kept under an arm named ``<arm>@<commit>``. The 10-minute
+table of docs/benchmarks.md is filled this way: ``--budget 600 --threads 2 --log bench/results/search_quality_600s.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +42,8 @@ from pathlib import Path
 ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "untuned_rnn",
         "untuned_tcn", "untuned_resnet", "keras_hyperband", "sk_hgb", "sk_mlp_random")
 TABLES = ("breast_cancer", "wine")
+COMMIT = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, capture_output=True, text=True,
+                        cwd=Path(__file__).parent).stdout.strip() or None  # which code made a row
 SIGNALS = ("signals", "delays")
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                "nntune_halving": {"search.pruner": "halving"},
@@ -67,6 +72,7 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
             "family": r["final"]["config"]["model"]["family"], "population_sizes": r["study"]["population_sizes"],
             "fraction_used": r["budget"]["fraction_used"], "finalists_ran": bool((r.get("finalists") or {}).get("chosen")
                                                                                   is not None),
+            "finalists_skipped": (r.get("finalists") or {}).get("skipped"), "budget_cut": r["budget"].get("cut"),
             "final_epochs": r["final"].get("epochs")}
 
 
@@ -207,7 +213,7 @@ def run(arm: str, dataset: str, seed: int, budget: float) -> dict | None:
     if out is None:
         return None
     return {"dataset": dataset, "arm": arm, "seed": seed, "budget_s": budget, **out,
-            "seconds": round(time.monotonic() - started, 1)}
+            "seconds": round(time.monotonic() - started, 1), "commit": COMMIT}
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -119,11 +119,16 @@ def test_default_trials_are_the_default_config_per_family():
     mlp, cnn, tcn = default_trials(params, RunConfig(), "signal")  # the RNN is searched, not a default beside them
     d = RunConfig()
     assert mlp["model.family"] == "mlp" and cnn["model.family"] == "cnn"
-    # the TCN preset, within the space's ranges (4 blocks of the preset's 5 fit a length of 64)
+    # the TCN preset, within the space's ranges (4 blocks of the preset's 5 fit a length of 64), with kernel 7 so that
+    # the 4 blocks see 1 + 2·(7 - 1)·(2⁴ - 1) = 181 steps
     assert {k: tcn[k] for k in ("model.family", "model.residual", "model.convs_per_block", "model.dilation_growth",
-                                "model.pool", "model.head", "model.conv_blocks", "model.filters")} == {
+                                "model.pool", "model.head", "model.conv_blocks", "model.filters",
+                                "model.kernel_size")} == {
         "model.family": "cnn", "model.residual": True, "model.convs_per_block": 2, "model.dilation_growth": 2,
-        "model.pool": "none", "model.head": "gap", "model.conv_blocks": 4, "model.filters": 32}
+        "model.pool": "none", "model.head": "gap", "model.conv_blocks": 4, "model.filters": 32,
+        "model.kernel_size": 7}
+    short = default_trials(resolve_space(RunConfig(), "signal", (1, 16)), RunConfig(), "signal")[2]
+    assert short["model.kernel_size"] == 7 and short["model.conv_blocks"] == 2  # 7 is offered at every length
     assert cnn["model.residual"] is False and cnn["model.pool"] == "max" and cnn["model.dilation_growth"] == 1
     # images: residual blocks and two convolutions per block are searched, dilation and pooling are not
     image = {p.key for p in resolve_space(RunConfig(), "image", (1, 28, 28))}
