@@ -68,7 +68,12 @@ def test_finalists_that_do_not_fit_the_time_left_are_dropped(monkeypatch):
     budget = Budget(None, 3.9)  # each finalist's seeds cost ~1 s, the final fit ~1.25 s, the tail 0.59 s: two fit
     out, _ = finalists.run_finalists(_search(), study, budget)
     assert [r["trial"] for r in out["finalists"]] == [0, 1]
-    assert finalists.run_finalists(_search(), study, Budget(None, 2.0))[0]["chosen"] is None  # not even two
+    short = Budget(None, 2.0)
+    out, _ = finalists.run_finalists(_search(), study, short)  # not even two
+    assert out["chosen"] is None
+    assert out["skipped"].startswith("fewer than two finalists fit the time left: trials 0 and 1 need about 2.0 s "
+                                     "for one more seed each, 1.")  # 2 s - 0.3 s tail - the time the test took
+    assert short.cut == [f"finalists skipped: {out['skipped']}"]
 
 
 def test_when_two_finalists_do_not_fit_on_every_seed_they_run_on_fewer(monkeypatch):

@@ -142,10 +142,15 @@ def run_finalists(search: Search, study: optuna.Study,
     candidates = top_trials(study, search.cfg.search.finalists)
     top, _, seeds, final = plan_finish(search, candidates, budget.finish_left())
     if not top:
-        if len(candidates) >= 2:
-            budget.cut.append("finalists skipped: fewer than two fit the time left")
-        return {"skipped": "fewer than two finalists fit the time left" if len(candidates) >= 2 else
-                "fewer than two complete trials", "chosen": None}, {}
+        if len(candidates) < 2:
+            return {"skipped": "fewer than two complete trials", "chosen": None}, {}
+        # the numbers that decided it, so a skipped run says which estimate did not fit
+        need = sum(seed_cost(search, t, 1) for t in candidates[:2])
+        why = (f"fewer than two finalists fit the time left: trials {candidates[0].number} and "
+               f"{candidates[1].number} need about {need:.1f} s for one more seed each, "
+               f"{budget.finish_left():.1f} s were left")
+        budget.cut.append(f"finalists skipped: {why}")
+        return {"skipped": why, "chosen": None}, {}
     started = time.perf_counter()
     up = maximize(study)
     rows, models = [], {}
