@@ -164,3 +164,6 @@ def test_the_delays_class_is_the_lag_between_two_identical_pulses_and_nothing_lo
     local = cross_val_score(LogisticRegression(max_iter=2000), np.sort(x, 1), y, cv=4).mean()
     assert local < 0.35
     assert torch.equal(load_delays(n=50, seed=3).x, load_delays(n=50, seed=3).x)
+    assert load_delays(n=20, length=138).x.shape == (20, 1, 138)  # the shortest that holds the longest delay
+    with pytest.raises(ValueError, match="length 137 is too short"):
+        load_delays(n=5, length=137)

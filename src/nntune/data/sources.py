@@ -1,5 +1,5 @@
-"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k, signals, delays, breast_cancer, wine), CSV, NPZ and image
-folders.
+"""Data sources -> :class:`Dataset`: built-in sets (digits, mnist5k, signals, delays, breast_cancer, wine), CSV, NPZ
+and image folders.
 
 Everything is loaded into memory as float32 tensors; images come out as ``(N, C, H, W)``, 1-D signals as
 ``(N, C, L)`` and tables as ``(N, F)``. Classification targets are mapped to ``0..K-1`` with the original class
@@ -173,6 +173,9 @@ def load_delays(n: int = 4000, length: int = 256, seed: int = 0, noise: float = 
     tells a class: a model must relate samples up to 124 steps apart (dilation, recurrence or a wide receptive field
     win over a local CNN). ``noise`` scales the white and correlated noise (0: the pulses alone). Deterministic for a
     seed."""
+    if length < max(DELAYS) + 4 + 14:
+        raise ValueError(f"load_delays: length {length} is too short for delays up to {max(DELAYS) + 4} (at least "
+                         f"{max(DELAYS) + 4 + 14})")
     rng = np.random.default_rng(seed)
     t = np.arange(-6, 7, dtype=np.float64)
     y = rng.integers(0, len(DELAYS), n)
