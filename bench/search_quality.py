@@ -13,7 +13,8 @@ seed as nntune does; the test split is used once):
   budget: it trains until early stopping); ``untuned_tcn`` / ``untuned_resnet``: the same with the named preset
   (``--preset``; the RNN and TCN on signals only, the ResNet on signals and images);
 - ``keras_hyperband``: Keras Tuner's Hyperband (Keras 3, torch backend) over an equivalent MLP / CNN space (and a GRU
-  family on signals), stopped at the budget; its best model is tested as trained. Needs ``pip install keras keras-tuner`` (benchmark only);
+  family on signals), stopped at the budget; its best model is tested as trained. Needs
+  ``pip install keras keras-tuner`` (benchmark only);
 - tables only: ``sk_hgb`` (HistGradientBoostingClassifier, defaults) and ``sk_mlp_random`` (MLPClassifier, random
   search in the budget, chosen on the validation split).
 
@@ -21,7 +22,8 @@ Run with ``--threads 1`` to give every arm the same single core (the other core 
 ``--log FILE`` appends each run's row to FILE and skips the runs FILE already holds (same dataset, arm, seed and
 budget), so a table of many hours is filled over several sittings; the summary covers every row in FILE. Each row
 records the commit that made it; a row of older code is kept under an arm named ``<arm>@<commit>``. The 10-minute
-table of docs/benchmarks.md is filled this way: ``--budget 600 --threads 2 --log bench/results/search_quality_600s.jsonl``.
+table of docs/benchmarks.md is filled this way:
+``--budget 600 --threads 2 --log bench/results/search_quality_600s.jsonl``.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ from pathlib import Path
 ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp", "untuned_cnn", "untuned_rnn",
         "untuned_tcn", "untuned_resnet", "keras_hyperband", "sk_hgb", "sk_mlp_random")
 TABLES = ("breast_cancer", "wine")
+SIGNALS = ("signals", "delays")
 COMMIT = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, capture_output=True, text=True,
                         cwd=Path(__file__).parent).stdout.strip() or None  # which code made a row
-SIGNALS = ("signals", "delays")
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                "nntune_halving": {"search.pruner": "halving"},
                "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
@@ -79,12 +81,12 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
 def untuned_arm(name: str, dataset: str, seed: int) -> dict | None:
     """``nntune train`` with a family's defaults (``mlp``, ``cnn``, ``rnn``) or a named preset (``tcn``, ``resnet``);
     None where the model does not fit the data."""
-    from nntune.config import RunConfig, apply_overrides
+    from nntune.config import MODEL_PRESETS, RunConfig, apply_overrides
     from nntune.training.pipeline import train
 
     if (name != "mlp" and dataset in TABLES) or (name in ("rnn", "tcn") and dataset not in SIGNALS):
         return None
-    model = {"model.preset": name} if name in ("tcn", "resnet") else {"model.family": name}
+    model = {"model.preset": name} if name in MODEL_PRESETS else {"model.family": name}
     r = train(apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, **model}))
     return {"test_accuracy": r["test"]["accuracy"], "epochs": len(r["history"])}
 

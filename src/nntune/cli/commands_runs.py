@@ -41,7 +41,7 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
     """Serve optuna-dashboard for a study (a run directory's study.db, or --storage URL)."""
     from optuna_dashboard import run_server
 
-    from nntune.storage import make_storage
+    from nntune.storage import make_storage, study_url
 
     if storage is None:
         if run_dir is None:
@@ -49,7 +49,7 @@ def dashboard_cmd(run_dir: Path | None, storage: str | None, host: str, port: in
         db = run_dir / "study.db"
         if not db.exists():
             raise NNTuneError(f"{db}: no study database here; pass --storage URL for other storages")
-        storage = f"sqlite:///{db.resolve()}"
+        storage = study_url(None, run_dir)
     out_console.print(f"optuna-dashboard for {storage} on http://{host}:{port}/  (Ctrl-C to stop)")
     run_server(make_storage(storage), host=host, port=port)
 

@@ -156,11 +156,16 @@ def load_signals(n: int = 4000, length: int = 64, classes: int = 10, seed: int =
     x *= rng.uniform(0.6, 1.4, (n, 1))
     x += rng.normal(0, 0.3, (n, 1))
     x += rng.normal(0, 0.35, (n, length))
-    walk = rng.normal(0, 1, (n, length + 8))
-    kernel = np.hanning(9) / np.hanning(9).sum()
-    x += 0.9 * np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
+    x += 0.9 * _smooth_noise(rng, n, length)
     return Dataset("signals", torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.int64),
                    "classification", [str(c) for c in range(classes)])
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
+    """Correlated (low-pass) noise, (n, length): white noise through a 9-step Hann window."""
+    walk = rng.normal(0, 1, (n, length + 8))
+    kernel = np.hanning(9) / np.hanning(9).sum()
+    return np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
 
 
 DELAYS = (24, 56, 88, 120)
@@ -181,9 +186,7 @@ def load_delays(n: int = 4000, length: int = 256, seed: int = 0, noise: float = 
     y = rng.integers(0, len(DELAYS), n)
     delay = np.asarray(DELAYS)[y] + rng.integers(-4, 5, n)
     x = noise * rng.normal(0, 0.3, (n, length))
-    walk = rng.normal(0, 1, (n, length + 8))
-    kernel = np.hanning(9) / np.hanning(9).sum()
-    x += noise * 0.6 * np.stack([np.convolve(w, kernel, mode="valid")[:length] for w in walk])
+    x += noise * 0.6 * _smooth_noise(rng, n, length)
     for i in range(n):
         width, freq = rng.uniform(1.2, 2.5), rng.uniform(0.1, 0.3)
         pulse = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0) * np.exp(-0.5 * (t / width) ** 2) \

@@ -19,7 +19,7 @@ from nntune.artifacts import read_result
 from nntune.errors import ConfigError
 from nntune.search.objectives import maximize, score
 from nntune.search.space import Param
-from nntune.storage import make_storage
+from nntune.storage import make_storage, study_url
 
 
 def source_study(source: str) -> optuna.Study:
@@ -36,7 +36,7 @@ def source_study(source: str) -> optuna.Study:
             raise ConfigError(f"--warm-start {source}: a train run has no study; give a tune run directory")
         url, name = study["storage"], study["name"]
     elif (path / "study.db").is_file():
-        url, name = f"sqlite:///{(path / 'study.db').resolve()}", study_name
+        url, name = study_url(None, path), study_name
     else:
         raise ConfigError(f"--warm-start {source}: not a tune run directory (no result.json or study.db) and not a "
                           "storage URL")
