@@ -9,8 +9,9 @@ from nntune.search.budget import Budget
 from nntune.training.epoch import FitResult
 
 
-def _study(values: dict[float, str]):
-    """A study with one complete trial per (value, activation), each with a config and a population record."""
+def _study(values: dict[float, str], attrs: dict[str, dict] | None = None):
+    """A study with one complete trial per (value, activation), each with a config, a population record and
+    ``attrs[activation]``."""
     study = optuna.create_study(direction="maximize")
     for value, act in values.items():
         cfg = apply_overrides(RunConfig(), {"model.activation": act})
@@ -19,6 +20,8 @@ def _study(values: dict[float, str]):
         t.suggest_categorical("model.activation", ["relu", "gelu", "tanh"])
         t.set_user_attr("config", cfg.to_dict())
         t.set_user_attr("population", {"first": t.number, "size": 1, "seconds": 1.0})
+        for key, v in (attrs or {}).get(act, {}).items():
+            t.set_user_attr(key, v)
         study.tell(t, value)
     return study
 
@@ -118,3 +121,57 @@ def test_seed_runs_cost_their_share_of_a_larger_population():
     # 5 extra seeds in populations of 2: two full ones and one of 1 (its 0.5 s share, at most doubled)
     assert finalists.seed_cost(_search(seeds=6, size=2), trial) == pytest.approx(2 * 2.0 + 1.0)
     assert finalists.final_cost(trial) == pytest.approx(1.0 * 1.25)  # one member alone: at most twice its share
+
+
+def test_a_population_trains_only_while_its_own_members_could_still_be_finalists():
+    # oracle: 2 finalists on 2 seeds, populations of 4. A member of a population that trains e seconds costs e/2 per
+    # extra seed (its share, at most doubled), so two of them as the top finalists need e; with the margin and the
+    # final retrain giving way, e * 1.15 <= min(a third of the budget - the tail, the time left after e)
+    study = _study({0.99: "relu", 0.95: "gelu"})
+    search = _search(seeds=2, size=4)
+    search.cfg = apply_overrides(search.cfg, {"search.finalists": 2})
+    budget = Budget(None, 600.0)
+    budget.started -= 300.0  # 300 s left, 5 s of them the tail
+    share = finalists.ROOM_SHARE  # kept for the step and validation that end a population past its deadline
+    room = finalists.population_room(search, study, budget, RunConfig(), 4)
+    assert room == pytest.approx(share * (300 - 5) / (2 + finalists.ESTIMATE_MARGIN), abs=0.1)
+    budget.started += 200.0  # 500 s left: the third of the budget kept back binds first
+    room = finalists.population_room(search, study, budget, RunConfig(), 4)
+    assert room == pytest.approx(share * (200 - 5) / (1 + finalists.ESTIMATE_MARGIN), abs=0.1)
+    # a lone member costs its whole population's time per seed: 2e for two of them
+    assert finalists.population_room(search, study, budget, RunConfig(), 1) == pytest.approx(
+        share * ((200 - 5) / (1 + finalists.ESTIMATE_MARGIN) - 1.0), abs=0.1)  # the second finalist is trial 0 (1 s per seed)
+    # nothing to keep: no time cap, or finalists off
+    assert finalists.population_room(search, study, Budget(None, None), RunConfig(), 4) == float("inf")
+    search.cfg = apply_overrides(search.cfg, {"search.finalists": 0})
+    assert finalists.population_room(search, study, budget, RunConfig(), 4) == float("inf")
+
+
+def test_the_seeds_of_a_trial_the_deadline_cut_train_for_the_epochs_it_ran(monkeypatch):
+    study = _study({0.99: "relu", 0.95: "gelu"}, {"relu": {"stop_reason": "time budget at epoch 3",
+                                                           "history": [{"epoch": e} for e in (1, 2, 3)]}})
+    seen = {}
+
+    def fake_fit_configs(cfgs, data_for, size, callbacks=None):
+        seen[cfgs[0].model.activation] = [type(cb).__name__ + (f"({cb.epoch})" if hasattr(cb, "epoch") else "")
+                                          for cb in callbacks[0]]
+        return [(None, FitResult(history=[{"epoch": 1, "val_accuracy": 0.9}], best_epoch=1)) for _ in cfgs]
+
+    monkeypatch.setattr(finalists, "fit_configs", fake_fit_configs)
+    finalists.run_finalists(_search(), study, Budget(None, None))
+    assert seen == {"relu": ["Deadline", "StopAtEpoch(3)"], "gelu": ["Deadline"]}
+
+
+def test_a_timed_search_whose_populations_would_outgrow_the_reserve_still_runs_its_finalists(tmp_path):
+    """The 10-minute signals runs: a late, slow population took the lead and its members' extra seeds no longer fit
+    the time kept back, so no finalist ran. Here every population would train until the search's deadline."""
+    from nntune.search.study import tune
+
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 15, "search.population": 2,
+                                        "search.epochs": 5000, "search.defaults_first": False,
+                                        "search.finalists": 2, "search.finalist_seeds": 2,
+                                        "search.space": {"model.family": "mlp",
+                                                         "train.early_stopping.patience": 5000}})
+    result = tune(cfg, tmp_path)
+    assert result["finalists"]["chosen"] is not None, result["finalists"]
+    assert result["budget"]["fraction_used"] <= 1.02

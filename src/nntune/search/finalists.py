@@ -9,7 +9,10 @@ scores as a failure. The finalists' runs are not Optuna trials: the study stays 
 Under a time budget the search keeps back the finalists' and the final fit's estimated time (a third of the budget
 until trials have measured it, with a margin), so a timed search ends with the choice: as many finalists as fit,
 and when fewer than two fit on the configured seeds, two on fewer seeds each; when they fit only without the final
-retrain, they run and the retrain gives way.
+retrain, they run and the retrain gives way. What is kept back is estimated from the trials finished so far, so a
+population also stops training where its own members, were they the best, could no longer be finalists in the time
+left (:func:`population_room`): a late, slow population that takes the lead cannot leave the choice without time.
+A finalist whose trial the search's deadline cut short re-trains its seeds for the epochs that trial ran.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import math
 import statistics
 import time
+from types import SimpleNamespace
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,9 +31,11 @@ from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
 from nntune.search.objectives import is_multi, maximize, score
 from nntune.search.setup import Search
-from nntune.training.callbacks import Deadline
+from nntune.training.callbacks import Deadline, StopAtEpoch
 from nntune.training.pipeline import fit_configs
 
+ROOM_STEPS = 14  # bisection steps of population_room: the time left / 2**14 (under 0.1 s of a 10-minute budget)
+ROOM_SHARE = 0.9  # of the room found: a population's wall time passes its deadline by the step and validation it ends
 STACKING_GAIN = 2.0  # a member in a smaller population runs at most this much slower than its share of a larger one
 ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-population times vary ~10 % on a CPU)
 
@@ -132,6 +138,35 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     return (final + cost) * (1 + ESTIMATE_MARGIN)
 
 
+def population_room(search: Search, study: optuna.Study, budget: Budget, cfg: RunConfig, size: int) -> float:
+    """Seconds a population of ``size`` members of ``cfg`` starting now may train so that, were its members the
+    search's best trials, two of them would still be finalists on two seeds (the final retrain giving way if it must)
+    in the time left: the finishing cost :func:`finishing_cost` keeps back grows with the population's own time, and
+    is only re-estimated after it. Found by bisection (the cost rises with the population's seconds); inf when the
+    finishing steps do not apply (no timeout, finalists off, a Pareto search) or the whole time left fits."""
+    n = search.cfg.search.finalists
+    if budget.timeout is None or n < 2 or is_multi(study):
+        return math.inf
+    tops = top_trials(study, n)
+    left = budget.finish_left() - budget.record  # recording its trials comes before the finishing steps
+    most = MAX_RESERVE * budget.timeout - budget.tail
+    config = cfg.to_dict()
+
+    def fits(seconds: float) -> bool:
+        pending = SimpleNamespace(number=None, user_attrs={  # the population's best member, as a finished trial
+            "config": config, "population": {"size": size, "seconds": seconds}, "history": [{}], "best_epoch": 1})
+        candidates = ([pending] * min(size, n) + tops)[:n]
+        room = min(most, left - seconds) / (1 + ESTIMATE_MARGIN)
+        return bool(plan_finish(search, candidates, room)[0])
+
+    if fits(left) or not fits(0.0):
+        return math.inf
+    low, high = 0.0, left
+    for _ in range(ROOM_STEPS):
+        low, high = ((low + high) / 2, high) if fits((low + high) / 2) else (low, (low + high) / 2)
+    return ROOM_SHARE * low
+
+
 def run_finalists(search: Search, study: optuna.Study,
                   budget: Budget) -> tuple[dict | None, dict[int, list[nn.Module]]]:
     """Re-train the finalists that fit in the time left, choose by mean score. Returns the record (None when
@@ -157,8 +192,11 @@ def run_finalists(search: Search, study: optuna.Study,
     for t in top:
         cfg = build_config(t.user_attrs["config"], where=f"trial {t.number}")
         runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(1, seeds)]
-        # a hard deadline: what is left after them is the final fit's estimated time
-        limit = [[Deadline(lambda: budget.finish_left() - final)] for _ in runs]
+        # a hard deadline: what is left after them is the final fit's estimated time; a trial the search's deadline
+        # cut short is matched for the epochs it ran (its schedule keeps its horizon)
+        cut_at = _cut_at(t)
+        limit = [[Deadline(lambda: budget.finish_left() - final), *([StopAtEpoch(cut_at)] if cut_at else [])]
+                 for _ in runs]
         size = search.population_size(cfg, seconds=PROBE_SHARE * budget.finish_left())
         fits = fit_configs(runs, search.data_for, size, limit)
         scores = [float(score(t))] + [_score(fit, search.monitor) for _, fit in fits]
@@ -176,6 +214,13 @@ def run_finalists(search: Search, study: optuna.Study,
     best = max(steady, key=lambda r: r["mean"] if up else -r["mean"]) if steady else rows[0]
     return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
             "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}, models
+
+
+def _cut_at(trial: FrozenTrial) -> int | None:
+    """The epochs a trial ran when the search's deadline ended it (None when it ended on its own)."""
+    if str(trial.user_attrs.get("stop_reason") or "").startswith(Deadline.DEFAULT):
+        return len(trial.user_attrs.get("history") or []) or None
+    return None
 
 
 def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:

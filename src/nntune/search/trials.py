@@ -24,7 +24,9 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import optuna
 import torch
@@ -37,6 +39,7 @@ from nntune.redact import redact
 from nntune.search import halving
 from nntune.search.budget import FINISHED, PROBE_SHARE, Budget
 from nntune.search.constraints import extra_values, measure, violation
+from nntune.search.finalists import population_room
 from nntune.search.objectives import is_multi
 from nntune.search.progress import LiveTrials
 from nntune.search.space import sample, structure_values
@@ -211,10 +214,13 @@ def ask_population(search: Search, study: optuna.Study, budget: Budget, beats: H
     return members
 
 
-def train_population(search: Search, study: optuna.Study, members: list[Member], budget: Budget) -> list[str]:
+def train_population(search: Search, study: optuna.Study, members: list[Member], budget: Budget,
+                     room: Callable[[RunConfig, int], float] | None = None) -> list[str]:
     """Train the members (grouped by structure; one group is one population) and tell each trial its result.
-    Returns each member's final state name (COMPLETE, PRUNED or FAIL; RETRY when it ran out of memory in a
-    population and was enqueued again for a smaller one)."""
+    ``room`` (config, members -> seconds) bounds how long a population may train so that the finishing steps keep
+    their time (see :func:`nntune.search.finalists.population_room`). Returns each member's final state name
+    (COMPLETE, PRUNED or FAIL; RETRY when it ran out of memory in a population and was enqueued again for a smaller
+    one)."""
     groups: dict[str, list[Member]] = {}
     saved = {}
     for m in members:
@@ -231,6 +237,8 @@ def train_population(search: Search, study: optuna.Study, members: list[Member],
         if _has_default(group):  # the default trials share the time left: each runs, at fewer epochs if it must
             deadline = _earlier(budget.training_left, time.perf_counter() + budget.training_left() / floor)
             floor -= 1
+        elif room is not None:  # the defaults are the floor of the search: only the time budget cuts them
+            deadline = _earlier(deadline, time.perf_counter() + room(group[0][1], len(group)))
         states += _train_group(search, study, group, budget, saved.get(group[0][0].number), deadline)
     return states
 
@@ -356,6 +364,8 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
     (study -> seconds) tells how much time to keep back for what follows. Returns False when Ctrl-C ended it."""
     if finishing_cost is None:
         budget.keep_back(0.0)  # nothing follows (a worker): the search may use the whole budget
+    # a population stops where its own members could no longer be finalists in the time left
+    room = None if finishing_cost is None else partial(population_room, search, study, budget)
     live = LiveTrials(study, budget) if progress else None
     streak = 0
     limit = MAX_FAILURE_STREAK if budget.trials is None else min(MAX_FAILURE_STREAK, budget.trials_left(study))
@@ -386,7 +396,7 @@ def run_trials(search: Search, study: optuna.Study, budget: Budget, progress: bo
                     members, states = [], []
                 asking = time.perf_counter() - asking
                 if states is None:
-                    states = train_population(search, study, members, budget) if members else ["FAIL"]
+                    states = train_population(search, study, members, budget, room) if members else ["FAIL"]
                 budget.overhead = asking + budget.record
             for state in states:  # a member retried after running out of memory neither fails nor succeeds
                 if state == "FAIL":
