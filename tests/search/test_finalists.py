@@ -98,6 +98,10 @@ def test_the_finishing_estimate_keeps_a_margin_over_the_plan():
     search = _search(seeds=3, size=1)
     budget = Budget(None, 600.0)  # room for everything: 1.25 s final fit + 3 finalists x 2 s
     assert finalists.finishing_cost(search, study, budget) == pytest.approx(7.25 * (1 + finalists.ESTIMATE_MARGIN))
+    # two finalists on two seeds (2 s) fit a third of a 12 s budget less its tail (2.2 s) only without the margin:
+    # the most is kept back (keep_back caps it), not just the final fit's time, so they can still run
+    tight = Budget(None, 12.0)
+    assert finalists.finishing_cost(search, study, tight) == pytest.approx(2.0 * (1 + finalists.ESTIMATE_MARGIN))
 
 
 def test_finalists_come_before_the_final_retrain_when_both_do_not_fit():
@@ -167,7 +171,7 @@ def test_a_timed_search_whose_populations_would_outgrow_the_reserve_still_runs_i
     the time kept back, so no finalist ran. Here every population would train until the search's deadline."""
     from nntune.search.study import tune
 
-    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 15, "search.population": 2,
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "wine", "search.timeout": 20, "search.population": 2,
                                         "search.epochs": 5000, "search.defaults_first": False,
                                         "search.finalists": 2, "search.finalist_seeds": 2,
                                         "search.space": {"model.family": "mlp",

@@ -133,6 +133,8 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
         # one that could not fit the most ever kept back: the chosen trial's weights will be the final model
         return (final if final <= most else 0.0) * (1 + ESTIMATE_MARGIN)
     _, cost, _, final = plan_finish(search, top, most)
+    if not cost:  # they fit only within the margin, if at all: keep back the most (keep_back caps it), not nothing
+        _, cost, _, final = plan_finish(search, top, most * (1 + ESTIMATE_MARGIN))
     if final > most:
         final = 0.0
     return (final + cost) * (1 + ESTIMATE_MARGIN)
