@@ -159,8 +159,10 @@ def keras_arm(dataset: str, seed: int, budget: float, started: float) -> dict:
                 raise kt.errors.FatalError("time budget")
 
     with tempfile.TemporaryDirectory() as out:
+        # Hyperband's brackets again and again until the budget ends (one iteration ended a signals run at 190 s)
         tuner = TimedHyperband(build, objective="val_accuracy", max_epochs=trial_epochs(len(x_tr)), factor=3,
-                               seed=seed, directory=out, project_name="b", overwrite=True)
+                               hyperband_iterations=1000, seed=seed, directory=out, project_name="b",
+                               overwrite=True)
         try:
             tuner.search(x_tr, y_tr, validation_data=(x_va, y_va), batch_size=64, verbose=0,
                          callbacks=[TimeUp(), keras.callbacks.EarlyStopping(patience=5)])
