@@ -61,6 +61,12 @@ class Budget:
         """Seconds kept after the final fit (result.json, the ensemble's test, the report)."""
         return 0.0 if self.timeout is None else min(TAIL_SECONDS, TAIL_SHARE * self.timeout)
 
+    @property
+    def finish_most(self) -> float:
+        """The most the finalists and the final fit may ever take: the share of the timeout the reserve is capped at,
+        less the tail (inf without a timeout)."""
+        return math.inf if self.timeout is None else MAX_RESERVE * self.timeout - self.tail
+
     @classmethod
     def from_config(cls, search: SearchConfig, started: float | None = None) -> Budget:
         """The config's limits, counted from ``started`` (a ``time.monotonic()`` reading; default now)."""

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from nntune.config import RunConfig, apply_overrides, build_config
-from nntune.search.budget import MAX_RESERVE, PROBE_SHARE, Budget
+from nntune.search.budget import PROBE_SHARE, Budget
 from nntune.search.objectives import is_multi, maximize, score
 from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
@@ -127,14 +127,14 @@ def finishing_cost(search: Search, study: optuna.Study, budget: Budget) -> float
     top = top_trials(study, max(1, search.cfg.search.finalists))
     if not top:
         return 0.0
-    most = (MAX_RESERVE * budget.timeout - budget.tail) / (1 + ESTIMATE_MARGIN) if budget.timeout else math.inf
+    most = budget.finish_most / (1 + ESTIMATE_MARGIN)
     if is_multi(study):  # a Pareto search has no finalists
         final = final_cost(top[0])
         # one that could not fit the most ever kept back: the chosen trial's weights will be the final model
         return (final if final <= most else 0.0) * (1 + ESTIMATE_MARGIN)
     _, cost, _, final = plan_finish(search, top, most)
     if not cost:  # they fit only within the margin, if at all: keep back the most (keep_back caps it), not nothing
-        _, cost, _, final = plan_finish(search, top, most * (1 + ESTIMATE_MARGIN))
+        _, cost, _, final = plan_finish(search, top, budget.finish_most)
     if final > most:
         final = 0.0
     return (final + cost) * (1 + ESTIMATE_MARGIN)
@@ -151,7 +151,7 @@ def population_room(search: Search, study: optuna.Study, budget: Budget, cfg: Ru
         return math.inf
     tops = top_trials(study, n)
     left = budget.finish_left() - budget.record  # recording its trials comes before the finishing steps
-    most = MAX_RESERVE * budget.timeout - budget.tail
+    most = budget.finish_most
     config = cfg.to_dict()
 
     def fits(seconds: float) -> bool:
