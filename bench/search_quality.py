@@ -45,8 +45,20 @@ ARMS = ("nntune", "nntune_pop1", "nntune_halving", "optuna_random", "untuned_mlp
         "untuned_tcn", "untuned_resnet", "keras_hyperband", "sk_hgb", "sk_mlp_random")
 TABLES = ("breast_cancer", "wine")
 SIGNALS = ("signals", "delays")
-COMMIT = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, capture_output=True, text=True,
-                        cwd=Path(__file__).parent).stdout.strip() or None  # which code made a row
+
+
+def _commit() -> str | None:
+    """Which code makes a row: the short commit, ``-dirty`` if files other than the results logs differ from it."""
+    here = Path(__file__).parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
+                          cwd=here).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                              ":(exclude,top)bench/results"], check=False, capture_output=True, text=True,
+                             cwd=here).stdout.strip()
+    return (head + "-dirty" * bool(changed)) or None
+
+
+COMMIT = _commit()
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                "nntune_halving": {"search.pruner": "halving"},
                "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
