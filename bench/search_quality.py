@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,11 +75,12 @@ def _split(dataset: str, seed: int):
     return prepare_data(cfg)
 
 
-def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
+def nntune_arm(arm: str, dataset: str, seed: int, budget: float, data: dict | None = None) -> dict:
+    """``tune`` with the arm's settings on ``dataset`` (or on the ``data.*`` overrides given)."""
     from nntune.config import RunConfig, apply_overrides
     from nntune.search.study import tune
 
-    cfg = apply_overrides(RunConfig(), {"data.dataset": dataset, "seed": seed, "search.timeout": budget,
+    cfg = apply_overrides(RunConfig(), {**(data or {"data.dataset": dataset}), "seed": seed, "search.timeout": budget,
                                         **NNTUNE_ARMS[arm]})
     with tempfile.TemporaryDirectory() as out:
         r = tune(cfg, out)
@@ -88,6 +90,37 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float) -> dict:
                                                                                   is not None),
             "finalists_skipped": (r.get("finalists") or {}).get("skipped"), "budget_cut": r["budget"].get("cut"),
             "final_epochs": r["final"].get("epochs")}
+
+
+def as_of_arm(arm: str, rev: str, dataset: str, seed: int, budget: float, threads: int) -> dict:
+    """An nntune arm run by the code of commit ``rev`` (its ``src/`` taken by ``git archive``, run in a child
+    process). A built-in dataset that code does not have is handed to it as an NPZ file of the same arrays, in the same
+    order, so that its seeded split is the one the other arms see."""
+    import numpy as np
+
+    root = Path(__file__).resolve().parent.parent
+    tree = Path(tempfile.gettempdir()) / f"nntune-src-{rev}"
+    if not tree.exists():
+        part = tree.with_name(tree.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        archive = subprocess.run(["git", "archive", rev, "src"], cwd=root, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(part)], input=archive, check=True)
+        part.rename(tree)
+    sources = (tree / "src/nntune/data/sources.py").read_text()
+    with tempfile.TemporaryDirectory() as work:
+        data = {"data.dataset": dataset}
+        if f'"{dataset}": ' not in sources:
+            from nntune.data.sources import load_dataset
+
+            ds = load_dataset(dataset)
+            data = {"data.path": str(Path(work) / f"{dataset}.npz")}
+            np.savez(data["data.path"], x=ds.x.numpy(), y=ds.y.numpy())
+        spec = {"arm": arm, "dataset": dataset, "seed": seed, "budget": budget, "data": data, "threads": threads}
+        child = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(tree / "src")})
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def untuned_arm(name: str, dataset: str, seed: int) -> dict | None:
@@ -216,9 +249,11 @@ def sklearn_arm(arm: str, dataset: str, seed: int, budget: float, started: float
     return {"test_accuracy": float(best.score(x_te, y_te)), "trials": trials}
 
 
-def run(arm: str, dataset: str, seed: int, budget: float) -> dict | None:
+def run(arm: str, dataset: str, seed: int, budget: float, threads: int) -> dict | None:
     started = time.monotonic()
-    if arm in NNTUNE_ARMS:
+    if "@" in arm:
+        out = as_of_arm(*arm.split("@"), dataset, seed, budget, threads)
+    elif arm in NNTUNE_ARMS:
         out = nntune_arm(arm, dataset, seed, budget)
     elif arm.startswith("untuned_"):
         out = untuned_arm(arm.removeprefix("untuned_"), dataset, seed)
@@ -229,7 +264,7 @@ def run(arm: str, dataset: str, seed: int, budget: float) -> dict | None:
     if out is None:
         return None
     return {"dataset": dataset, "arm": arm, "seed": seed, "budget_s": budget, **out,
-            "seconds": round(time.monotonic() - started, 1), "commit": COMMIT}
+            "seconds": round(time.monotonic() - started, 1), "commit": arm.partition("@")[2] or COMMIT}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -254,12 +289,17 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", type=Path, help="append each run's JSON line here too (a partial run keeps its rows)")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # as_of_arm's child process: one nntune arm, a JSON spec
     args = p.parse_args()
     warnings.filterwarnings("ignore")  # sklearn's ConvergenceWarning and Keras's notices would drown the rows
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    spec = json.loads(args.child) if args.child else {}
+    os.environ["OMP_NUM_THREADS"] = str(spec.get("threads", args.threads))
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(spec.get("threads", args.threads))
+    if spec:
+        print(json.dumps(nntune_arm(spec["arm"], spec["dataset"], spec["seed"], spec["budget"], spec["data"])))
+        return
     budgets = {k: float(v) for k, v in (kv.split("=") for kv in args.budget_for.split(",") if kv)}
     rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()] \
         if args.log and args.log.exists() else []
@@ -269,7 +309,7 @@ def main() -> None:
             for arm in args.arms.split(","):
                 if (ds, arm, seed, budgets.get(ds, args.budget)) in done:
                     continue
-                row = run(arm, ds, seed, budgets.get(ds, args.budget))
+                row = run(arm, ds, seed, budgets.get(ds, args.budget), args.threads)
                 if row is None:
                     continue
                 rows.append(row)
