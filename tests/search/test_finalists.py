@@ -56,6 +56,53 @@ def test_a_lucky_seed_loses_to_the_best_mean(monkeypatch):
     assert out["by"] == "mean val accuracy over 3 seeds"
 
 
+def _tied_study(losses: dict[str, float | None]):
+    """Three complete trials with the same validation accuracy (0.99) and these validation losses by activation."""
+    study = optuna.create_study(direction="maximize")
+    for act, loss in losses.items():
+        study.enqueue_trial({"model.activation": act})
+        t = study.ask()
+        t.suggest_categorical("model.activation", ["relu", "gelu", "tanh"])
+        t.set_user_attr("config", apply_overrides(RunConfig(), {"model.activation": act}).to_dict())
+        t.set_user_attr("population", {"first": t.number, "size": 1, "seconds": 1.0})
+        if loss is not None:
+            t.set_user_attr("val", {"accuracy": 0.99, "loss": loss})
+        study.tell(t, 0.99)
+    return study
+
+
+def test_equal_validation_scores_are_decided_by_the_validation_loss():
+    from nntune.search.objectives import best_trial, pareto
+
+    # trial 0 has no recorded loss (a trial from before), trial 1 the lowest: the trial number decides nothing
+    study = _tied_study({"relu": None, "gelu": 0.30, "tanh": 0.10})
+    assert study.best_trial.number == 0  # Optuna's own choice among equals: the first
+    assert best_trial(study).number == 2 and pareto(study)[0].number == 2
+    assert [t.number for t in finalists.top_trials(study, 3)] == [2, 1, 0]
+    # a better score still wins over a lower loss
+    study.enqueue_trial({"model.activation": "relu"})
+    t = study.ask()
+    t.set_user_attr("val", {"accuracy": 0.995, "loss": 0.9})
+    study.tell(t, 0.995)
+    assert best_trial(study).number == 3
+
+
+def test_finalists_with_equal_mean_scores_are_decided_by_their_mean_validation_loss(monkeypatch):
+    study = _tied_study({"relu": 0.20, "gelu": 0.25})  # relu's trial ranks first
+    losses = {"relu": {1000: 0.40}, "gelu": {1000: 0.15}}  # gelu's seeds: mean loss 0.20 against relu's 0.30
+
+    def fake_fit_configs(cfgs, data_for, size, callbacks=None):
+        return [(None, FitResult(history=[{"epoch": 1, "val_accuracy": 0.99, "val_loss":
+                                           losses[c.model.activation][c.seed]}], best_epoch=1)) for c in cfgs]
+
+    monkeypatch.setattr(finalists, "fit_configs", fake_fit_configs)
+    out, _ = finalists.run_finalists(_search(seeds=2), study, Budget(None, None))
+    rows = {r["trial"]: r for r in out["finalists"]}
+    assert rows[0]["mean"] == rows[1]["mean"] == pytest.approx(0.99)
+    assert rows[0]["val_loss_mean"] == pytest.approx(0.30) and rows[1]["val_loss_mean"] == pytest.approx(0.20)
+    assert out["chosen"] == 1
+
+
 def test_a_seed_that_diverges_disqualifies_its_config(monkeypatch):
     study = _study({0.99: "relu", 0.95: "gelu"})
     scores = {"relu": {1000: 0.98, 2000: float("nan")}, "gelu": {1000: 0.9, 2000: 0.9}}

@@ -15,7 +15,7 @@ from torch import nn
 from nntune import artifacts
 from nntune.config import RunConfig
 from nntune.models.ensemble import Ensemble
-from nntune.search.objectives import maximize, score
+from nntune.search.objectives import maximize, rank
 from nntune.training.metrics import compute_metrics, make_loss, model_metrics
 from nntune.training.monitor import is_improvement, monitor_mode
 from nntune.training.pipeline import PreparedData
@@ -50,7 +50,8 @@ def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: 
                 if (trials_dir / str(t.number)).is_dir()]
     if k < 2 or len(complete) < 2:
         return None
-    top = sorted(complete, key=score, reverse=maximize(study))[:k]
+    up = maximize(study)
+    top = sorted(complete, key=lambda t: rank(t, up))[:k]
     task = data.dataset.task
     raw, y = data.dataset.x[data.split.test], data.dataset.y[data.split.test]
     preds = []

@@ -3,8 +3,9 @@
 A search keeps the trial with the best validation score, and among many trials the best one is often a lucky seed.
 Before the final fit the top ``search.finalists`` configurations (distinct ones) are trained again with
 ``search.finalist_seeds - 1`` other seeds (initial weights and data order), the seeds of one configuration as one
-population, and the configuration with the best mean validation score over its seeds wins. A seed that diverges
-scores as a failure. The finalists' runs are not Optuna trials: the study stays a record of the search.
+population, and the configuration with the best mean validation score over its seeds wins (equal means: the lower
+mean validation loss). A seed that diverges scores as a failure. The finalists' runs are not Optuna trials: the
+study stays a record of the search.
 
 Under a time budget the search keeps back the finalists' and the final fit's estimated time (a third of the budget
 until trials have measured it, with a margin), so a timed search ends with the choice: as many finalists as fit,
@@ -29,7 +30,7 @@ from torch import nn
 
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import PROBE_SHARE, Budget
-from nntune.search.objectives import is_multi, maximize, score
+from nntune.search.objectives import is_multi, maximize, rank, score
 from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
 from nntune.training.pipeline import fit_configs
@@ -41,11 +42,11 @@ ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-popu
 
 
 def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
-    """The ``n`` best complete trials with distinct configurations, best first."""
+    """The ``n`` best complete trials with distinct configurations, best first (ties by validation loss)."""
     up = maximize(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if score(t) is not None and math.isfinite(score(t))]
-    done.sort(key=lambda t: -score(t) if up else score(t))
+    done.sort(key=lambda t: rank(t, up))
     seen, top = set(), []
     for t in done:
         key = json.dumps(t.params, sort_keys=True)
@@ -203,19 +204,30 @@ def run_finalists(search: Search, study: optuna.Study,
         fits = fit_configs(runs, search.data_for, size, limit)
         scores = [float(score(t))] + [_score(fit, search.monitor) for _, fit in fits]
         finite = [s for s in scores if math.isfinite(s)]
+        losses = [rank(t, up)[1]] + [_score(fit, "val_loss") for _, fit in fits]  # breaks a tie of the means
         cut = sum(fit.stop_reason.startswith(Deadline.DEFAULT) for _, fit in fits)
         if cut:
             budget.cut.append(f"finalist trial {t.number}: {cut} of {len(runs)} seed runs stopped at the deadline")
         rows.append({"trial": t.number, "seeds": [cfg.seed] + [r.seed for r in runs], "scores": scores,
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
                      "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None,
+                     "val_loss_mean": statistics.fmean(losses) if all(map(math.isfinite, losses)) else None,
                      "cut": cut})
         if not cut and len(finite) == len(scores):
             models[t.number] = [model for model, _ in fits]
-    steady = [r for r in rows if r["mean"] is not None]  # every seed trained to a finite score
-    best = max(steady, key=lambda r: r["mean"] if up else -r["mean"]) if steady else rows[0]
-    return {"finalists": rows, "chosen": best["trial"], "seconds": round(time.perf_counter() - started, 2),
+    return {"finalists": rows, "chosen": choose(rows, up)["trial"],
+            "seconds": round(time.perf_counter() - started, 2),
             "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}, models
+
+
+def choose(rows: list[dict], up: bool) -> dict:
+    """The finalist whose seeds all trained to a finite score with the best mean score, equal means broken by the
+    lower mean validation loss; the first finalist when none did."""
+    steady = [r for r in rows if r["mean"] is not None]
+    if not steady:
+        return rows[0]
+    return min(steady, key=lambda r: (-r["mean"] if up else r["mean"],
+                                      math.inf if r["val_loss_mean"] is None else r["val_loss_mean"]))
 
 
 def _cut_at(trial: FrozenTrial) -> int | None:

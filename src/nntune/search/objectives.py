@@ -8,9 +8,11 @@ the first objective).
 
 from __future__ import annotations
 
+import math
+
 import optuna
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 
 def score(trial: FrozenTrial) -> float | None:
@@ -22,21 +24,38 @@ def maximize(study: optuna.Study) -> bool:
     return study.directions[0] == StudyDirection.MAXIMIZE
 
 
+def rank(trial: FrozenTrial, up: bool) -> tuple[float, float]:
+    """Sort key of a complete trial, best first: its score, then its validation loss at its best epoch. On a small
+    validation set many trials tie on accuracy (one sample of digits' 270 is 0.4 points; a 10-minute search there
+    finishes some 300 trials), and among equals the trial number is no reason to prefer one; the loss is the finer
+    measurement of the same validation set."""
+    loss = (trial.user_attrs.get("val") or {}).get("loss")
+    tie = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+    value = score(trial)
+    return (-value if up else value, tie)
+
+
 def is_multi(study: optuna.Study) -> bool:
     return len(study.directions) > 1
 
 
 def pareto(study: optuna.Study) -> list[FrozenTrial]:
-    """The non-dominated complete trials (every trial's values count), by score, best first."""
-    front = study.best_trials if is_multi(study) else [study.best_trial]
-    return sorted(front, key=lambda t: score(t), reverse=maximize(study))
+    """The non-dominated complete trials (every trial's values count), best first (see :func:`rank`)."""
+    front = study.best_trials if is_multi(study) else [best_trial(study)]
+    up = maximize(study)
+    return sorted(front, key=lambda t: rank(t, up))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The best trial by score: of a multi-objective study, the Pareto point with the best score."""
-    if not is_multi(study):
-        return study.best_trial
-    front = pareto(study)
-    if not front:
-        raise ValueError("no complete trial")
-    return front[0]
+    """The best trial by score, ties broken by validation loss (:func:`rank`); of a multi-objective study, the
+    Pareto point with the best score. Raises ValueError when no trial is complete."""
+    if is_multi(study):
+        front = pareto(study)
+        if not front:
+            raise ValueError("no complete trial")
+        return front[0]
+    up = maximize(study)
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if score(t) is not None]
+    if not done:
+        return study.best_trial  # Optuna's own error
+    return min(done, key=lambda t: rank(t, up))
