@@ -12,6 +12,9 @@ seed as nntune does; the test split is used once):
 - ``untuned_mlp`` / ``untuned_cnn`` / ``untuned_rnn``: ``nntune train`` with the default config of the family (no
   budget: it trains until early stopping); ``untuned_tcn`` / ``untuned_resnet``: the same with the named preset
   (``--preset``; the RNN and TCN on signals only, the ResNet on signals and images);
+- ``nntune@REV`` (e.g. ``nntune@52330fa``): the ``nntune`` arm run by the code of commit REV (its ``src/`` from
+  ``git archive``, in a child process; a built-in dataset that code lacks is handed to it as an NPZ of the same
+  arrays, so its seeded split is the other arms');
 - ``keras_hyperband``: Keras Tuner's Hyperband (Keras 3, torch backend) over an equivalent MLP / CNN space (and a GRU
   family on signals), stopped at the budget; its best model is tested as trained. Needs
   ``pip install keras keras-tuner`` (benchmark only);
