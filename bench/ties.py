@@ -73,8 +73,8 @@ def main() -> None:
     tenth = sorted(done, key=lambda t: rank(t, up))[:max(len(tied), math.ceil(len(done) / 10))]
     acc.update({t.number: test_accuracy(t) for t in tenth if t.number not in acc})
     tenth_acc = [acc[t.number] for t in tenth]
-    by_loss = min(tied, key=lambda t: rank(t, up))
     half = sorted(tied, key=lambda t: rank(t, up))
+    by_loss = half[0]
     lower = [acc[t.number] for t in half[:len(half) // 2]]
     upper = [acc[t.number] for t in half[len(half) - len(half) // 2:]]
     print(json.dumps({

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from nntune import artifacts
 from nntune.config import RunConfig
 from nntune.models.ensemble import Ensemble
-from nntune.search.objectives import maximize, rank
+from nntune.search.objectives import ranked
 from nntune.training.metrics import compute_metrics, make_loss, model_metrics
 from nntune.training.monitor import is_improvement, monitor_mode
 from nntune.training.pipeline import PreparedData
@@ -46,12 +46,10 @@ def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: 
 
     Only trials whose weights are under ``trials_dir`` take part (a worker on another machine keeps its own).
     """
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if (trials_dir / str(t.number)).is_dir()]
+    complete = [t for t in ranked(study) if (trials_dir / str(t.number)).is_dir()]
     if k < 2 or len(complete) < 2:
         return None
-    up = maximize(study)
-    top = sorted(complete, key=lambda t: rank(t, up))[:k]
+    top = complete[:k]
     task = data.dataset.task
     raw, y = data.dataset.x[data.split.test], data.dataset.y[data.split.test]
     preds = []

@@ -25,12 +25,12 @@ import time
 from types import SimpleNamespace
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from nntune.config import RunConfig, apply_overrides, build_config
 from nntune.search.budget import PROBE_SHARE, Budget
-from nntune.search.objectives import is_multi, maximize, rank, score
+from nntune.search.objectives import is_multi, maximize, rank, ranked, score
 from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
 from nntune.training.pipeline import fit_configs
@@ -43,12 +43,8 @@ ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-popu
 
 def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
     """The ``n`` best complete trials with distinct configurations, best first (ties by validation loss)."""
-    up = maximize(study)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if score(t) is not None and math.isfinite(score(t))]
-    done.sort(key=lambda t: rank(t, up))
     seen, top = set(), []
-    for t in done:
+    for t in (t for t in ranked(study) if math.isfinite(score(t))):
         key = json.dumps(t.params, sort_keys=True)
         if key not in seen:
             seen.add(key)

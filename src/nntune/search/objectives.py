@@ -54,8 +54,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
         if not front:
             raise ValueError("no complete trial")
         return front[0]
+    done = ranked(study)
+    return done[0] if done else study.best_trial  # Optuna's own error when none is complete
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials with a score, best first (:func:`rank`): the one ordering every choice among trials uses."""
     up = maximize(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if score(t) is not None]
-    if not done:
-        return study.best_trial  # Optuna's own error
-    return min(done, key=lambda t: rank(t, up))
+    return sorted(done, key=lambda t: rank(t, up))
