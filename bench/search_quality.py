@@ -23,7 +23,8 @@ seed as nntune does; the test split is used once):
 
 Run with ``--threads 1`` to give every arm the same single core (the other core stays free for the machine).
 ``--log FILE`` appends each run's row to FILE and skips the runs FILE already holds (same dataset, arm, seed and
-budget), so a table of many hours is filled over several sittings; the summary covers every row in FILE. Each row
+budget), so a table of many hours is filled over several sittings; ``--keep DIR`` keeps the nntune arms' run
+directories; the summary covers every row in FILE. Each row
 records the commit that made it; a row of older code is kept under an arm named ``<arm>@<commit>``. The 10-minute
 table of docs/benchmarks.md is filled this way:
 ``--budget 600 --threads 2 --log bench/results/search_quality_600s.jsonl``.
@@ -63,6 +64,7 @@ def _commit() -> str | None:
 
 
 COMMIT = _commit()
+KEEP: Path | None = None  # --keep: where the nntune arms' run directories are kept (default: deleted)
 NNTUNE_ARMS = {"nntune": {}, "nntune_pop1": {"search.population": 1},
                "nntune_halving": {"search.pruner": "halving"},
                "optuna_random": {"search.sampler": "random", "search.pruner": "none", "search.population": 1,
@@ -85,7 +87,8 @@ def nntune_arm(arm: str, dataset: str, seed: int, budget: float, data: dict | No
 
     cfg = apply_overrides(RunConfig(), {**(data or {"data.dataset": dataset}), "seed": seed, "search.timeout": budget,
                                         **NNTUNE_ARMS[arm]})
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = KEEP / f"{dataset}-{arm}-seed{seed}" if KEEP else tmp
         r = tune(cfg, out)
     return {"test_accuracy": r["test"]["accuracy"], "trials": r["trials"], "stopped_by": r["budget"]["stopped_by"],
             "family": r["final"]["config"]["model"]["family"], "population_sizes": r["study"]["population_sizes"],
@@ -292,8 +295,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", type=Path, help="append each run's JSON line here too (a partial run keeps its rows)")
+    p.add_argument("--keep", type=Path, help="keep each nntune arm's run directory under this folder "
+                   "(DATASET-ARM-seedN: result.json, study.db, every trial's weights) for bench/ties.py and the like")
     p.add_argument("--child", help=argparse.SUPPRESS)  # as_of_arm's child process: one nntune arm, a JSON spec
     args = p.parse_args()
+    global KEEP
+    KEEP = args.keep
     warnings.filterwarnings("ignore")  # sklearn's ConvergenceWarning and Keras's notices would drown the rows
     spec = json.loads(args.child) if args.child else {}
     os.environ["OMP_NUM_THREADS"] = str(spec.get("threads", args.threads))

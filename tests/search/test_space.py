@@ -133,7 +133,20 @@ def test_default_trials_are_the_default_config_per_family():
     # images: residual blocks and two convolutions per block are searched, dilation and pooling are not
     image = {p.key for p in resolve_space(RunConfig(), "image", (1, 28, 28))}
     assert {"model.residual", "model.convs_per_block"} <= image and not {"model.pool", "model.dilation_growth"} & image
-    assert len(default_trials(resolve_space(RunConfig(), "image", (1, 28, 28)), RunConfig(), "image")) == 2
+    # images: the plain CNN and the regularized one (batch norm, dropout before the FC layer, the space's augmentation)
+    _, plain, regularized = default_trials(resolve_space(RunConfig(), "image", (1, 28, 28)), RunConfig(), "image")
+    assert {k: regularized[k] for k in ("model.family", "model.batch_norm", "model.dropout_placement",
+                                        "model.dropout_rate", "preprocess.augment", "preprocess.augment_strength")} == {
+        "model.family": "cnn", "model.batch_norm": True, "model.dropout_placement": "before_fc",
+        "model.dropout_rate": 0.3, "preprocess.augment": "digits", "preprocess.augment_strength": 0.5}
+    assert plain["model.batch_norm"] is False and plain["preprocess.augment"] == "none"
+    rgb = default_trials(resolve_space(RunConfig(), "image", (3, 32, 32)), RunConfig(), "image")[2]
+    assert rgb["preprocess.augment"] == "natural"
+    fixed = apply_overrides(RunConfig(), {"search.space": {"preprocess.augment": "light", "model.family": "cnn"}})
+    fixed_params = resolve_space(fixed, "image", (1, 28, 28))
+    (_, kept) = default_trials(fixed_params, fixed, "image")
+    assert kept["model.batch_norm"] is True and "preprocess.augment" not in kept  # the space's "light" stays
+    assert {p.key: p.value for p in fixed_params if p.kind == "fixed"}["preprocess.augment"] == "light"
     only_rnn = resolve_space(apply_overrides(RunConfig(), {"search.space": {"model.family": "rnn"}}), "signal", (1, 64))
     (rnn,) = default_trials(only_rnn, RunConfig(), "signal")
     assert rnn["model.rnn_units"] == d.model.rnn_units and rnn["model.cell"] == d.model.cell

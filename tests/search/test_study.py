@@ -194,14 +194,14 @@ def test_defaults_come_first_and_are_not_enqueued_again_on_resume(tmp_path):
                                         "train.epochs": 3})
     tune(cfg, tmp_path)
     trials = _load(tmp_path).trials
-    expected = default_trials(resolve_space(cfg, "image", (1, 8, 8)), cfg, "image")  # digits: MLP and CNN
-    assert [t.params for t in trials[:2]] == expected
+    expected = default_trials(resolve_space(cfg, "image", (1, 8, 8)), cfg, "image")  # digits: MLP, CNN, regularized
+    assert len(expected) == 3 and [t.params for t in trials[:3]] == expected
     # defaults train as `nntune train` would (the config's epochs), the other trials for the trial epochs
-    assert [t.user_attrs["config"]["train"]["epochs"] for t in trials] == [3, 3, 2, 2]
-    assert [t.user_attrs.get("default") for t in trials] == [True, True, None, None]
+    assert [t.user_attrs["config"]["train"]["epochs"] for t in trials] == [3, 3, 3, 2]
+    assert [t.user_attrs.get("default") for t in trials] == [True, True, True, None]
     tune(apply_overrides(cfg, {"search.trials": 6}), tmp_path, resume=True)
     trials = _load(tmp_path).trials
-    assert len(trials) == 6 and sum(bool(t.user_attrs.get("default")) for t in trials) == 2
+    assert len(trials) == 6 and sum(bool(t.user_attrs.get("default")) for t in trials) == 3
 
 
 def test_members_of_a_population_share_the_structure_and_are_separate_trials(tmp_path):
