@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from nntune.artifacts import read_result
 from nntune.errors import ConfigError
-from nntune.search.objectives import maximize, score
+from nntune.search.objectives import ranked, score
 from nntune.search.space import Param
 from nntune.storage import make_storage, study_url
 
@@ -58,12 +57,11 @@ def fits(param: Param, value: Any) -> bool:
 
 
 def warm_trials(study: optuna.Study, params: list[Param], top: int) -> list[dict[str, Any]]:
-    """The values of ``study``'s ``top`` best complete trials that fit ``params``, best first."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if score(t) is not None]
-    complete.sort(key=score, reverse=maximize(study))
+    """The values of ``study``'s ``top`` best complete trials that fit ``params``, best first (ties by validation
+    loss, as every choice among trials: :func:`nntune.search.objectives.ranked`)."""
     by_key = {p.key: p for p in params}
     out = []
-    for trial in complete[:top]:
+    for trial in ranked(study)[:top]:
         values = {k: v for k, v in trial.params.items() if k in by_key and fits(by_key[k], v)}
         if values:
             out.append({"values": values, "number": trial.number, "value": score(trial)})
