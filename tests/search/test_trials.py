@@ -129,21 +129,22 @@ def test_a_second_signal_ends_at_once_and_keeps_the_finished_trials(tmp_path, mo
 
 
 def test_every_default_trial_runs_under_a_budget_too_short_for_them(tmp_path):
-    """Issue 26: the floor under any budget. Two defaults (MLP and CNN) that would each train for far longer than
-    the budget both run, each cut to its share of the time, before any sampled trial; the cut says so."""
+    """Issue 26: the floor under any budget. The defaults (MLP, CNN and the regularized CNN for images) that would
+    each train for far longer than the budget all run, each cut to its share of the time, before any sampled trial;
+    the cut says so."""
     cfg = apply_overrides(RunConfig(), {"data.dataset": "digits", "search.timeout": 12, "search.population": 1,
                                         "train.epochs": 400, "search.space": {"train.early_stopping.patience": 400},
                                         "search.finalists": 0, "search.final": "best_trial"})
     result = tune(cfg, tmp_path)
     study = optuna.load_study(study_name="nntune", storage=f"sqlite:///{tmp_path / 'study.db'}")
     defaults = [t for t in study.trials if t.user_attrs.get("default")]
-    assert sorted(t.user_attrs["config"]["model"]["family"] for t in defaults) == ["cnn", "mlp"]
+    assert sorted(t.user_attrs["config"]["model"]["family"] for t in defaults) == ["cnn", "cnn", "mlp"]
     assert all(t.state.name == "COMPLETE" and t.user_attrs["stop_reason"].startswith("time budget")
                for t in defaults), [(t.state.name, t.user_attrs.get("stop_reason")) for t in defaults]
-    assert [t.number for t in study.trials[:2]] == sorted(t.number for t in defaults)
-    seconds = [t.user_attrs["seconds"] for t in defaults]  # an equal share each (was 7.4 s against 1.9 s)
-    assert min(seconds) >= 0.35 * sum(seconds)
-    assert sum("budget is short for the untuned defaults" in c for c in result["budget"]["cut"]) == 2
+    assert [t.number for t in study.trials[:3]] == sorted(t.number for t in defaults)
+    seconds = [t.user_attrs["seconds"] for t in defaults]  # an equal share each (two defaults: was 7.4 s against 1.9 s)
+    assert min(seconds) >= 0.25 * sum(seconds)
+    assert sum("budget is short for the untuned defaults" in c for c in result["budget"]["cut"]) == 3
 
 
 def test_a_trial_asked_beyond_the_cap_by_racing_workers_fails_untrained(tmp_path):
