@@ -27,7 +27,9 @@ NOT_RUN = {  # the command's first words -> why the test cannot run it here
     "--warm-start postgresql://db/": "a PostgreSQL host on another machine",
     "--ray local": "starts a Ray instance; tests/cluster/test_ray.py runs this form on 127.0.0.1 only",
 }
-SHRINK = {"--trials": "1", "--timeout": "3s", "--evidence-budget": "3s", "--seeds": "2", "--epochs": "1",
+# --timeout 5s: at 3 s (a third kept back for the finishing steps) the CSV command's one trial, with --trials 1 too,
+# did not finish within its 2 s on a loaded 2-core run of the suite (2026-12-06)
+SHRINK = {"--trials": "1", "--timeout": "5s", "--evidence-budget": "3s", "--seeds": "2", "--epochs": "1",
           "--strength": "0.8"}
 
 
