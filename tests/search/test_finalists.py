@@ -226,3 +226,63 @@ def test_a_timed_search_whose_populations_would_outgrow_the_reserve_still_runs_i
     result = tune(cfg, tmp_path)
     assert result["finalists"]["chosen"] is not None, result["finalists"]
     assert result["budget"]["fraction_used"] <= 1.02
+
+
+def _grow_fits(budget=None, seconds=0.0, stop=None):
+    """fit_configs for more_seeds: each seed run takes ``seconds`` of the budget's clock; ``stop`` maps a seed to
+    the stop reason its run ends with. Records the seeds trained."""
+    seen = []
+
+    def fake_fit_configs(cfgs, data_for, size, callbacks=None):
+        out = []
+        for c in cfgs:
+            seen.append(c.seed)
+            if budget is not None:
+                budget.started -= seconds
+            out.append((f"model {c.seed}", FitResult(history=[{"epoch": 1, "val_accuracy": 0.9}], best_epoch=1,
+                                                     stop_reason=(stop or {}).get(c.seed, "max_epochs"),
+                                                     seconds=seconds)))
+        return out
+    return fake_fit_configs, seen
+
+
+def test_the_seed_ensemble_grows_to_final_seeds_with_seeds_the_finalists_did_not_train(monkeypatch):
+    study = _study({0.99: "relu"})
+    fake, seen = _grow_fits()
+    monkeypatch.setattr(finalists, "fit_configs", fake)
+    search = _search(seeds=3, size=1)
+    search.cfg = apply_overrides(search.cfg, {"search.final_seeds": 5})
+    models, why = finalists.more_seeds(search, study.trials[0], 3, Budget(None, None))
+    # the finalists trained seeds 1000 and 2000 beside the trial's own 0
+    assert seen == [3000, 4000] and models == ["model 3000", "model 4000"] and why == "5 seeds: search.final_seeds"
+    search.cfg = apply_overrides(search.cfg, {"search.final_seeds": 3})
+    assert finalists.more_seeds(search, study.trials[0], 3, Budget(None, None))[0] == []
+
+
+def test_the_seed_ensemble_grows_only_while_one_more_seed_fits_the_time_left(monkeypatch):
+    # the trial's population (1 member) took 120 s, the finalists' seed run 20 s: the measured seed runs decide.
+    # Each seed run here takes 40 s of the 100 s budget (95 s left after the 5 s tail)
+    study = _study({0.99: "relu"})
+    trial = study.trials[0]
+    trial.user_attrs["population"]["seconds"] = 120.0
+    search = _search(seeds=2, size=1)
+    fake, seen = _grow_fits(budget := Budget(None, 100.0), seconds=40.0)
+    monkeypatch.setattr(finalists, "fit_configs", fake)
+    models, why = finalists.more_seeds(search, trial, 2, budget, measured=[20.0])
+    # 95 s left: 20 s (+15 %) fit; 55 s left: the mean of 20 and 40 fits; 15 s left: the mean 33.3 does not
+    assert seen == [2000, 3000] and len(models) == 2
+    assert why.startswith("4 seeds: one more needs about 33.3 s, 15.0 s were left") and budget.cut == []
+    # with no seed run measured, the trial's own time is the estimate: 120 s (+15 %) do not fit 95 s
+    models, why = finalists.more_seeds(search, trial, 2, Budget(None, 100.0))
+    assert models == [] and why.startswith("2 seeds: one more needs about 120.0 s")
+
+
+def test_a_seed_the_deadline_stopped_is_left_out_of_the_ensemble_and_ends_its_growth(monkeypatch):
+    study = _study({0.99: "relu"})
+    budget = Budget(None, 1000.0)
+    fake, seen = _grow_fits(stop={3000: "time budget at epoch 2"})
+    monkeypatch.setattr(finalists, "fit_configs", fake)
+    models, why = finalists.more_seeds(_search(seeds=2, size=2), study.trials[0], 2, budget)
+    assert seen == [2000, 3000] and models == ["model 2000"]  # one population of two; the cut one is not a member
+    assert "1 of 2 more seed runs stopped at the deadline or diverged" in why
+    assert budget.cut == [f"seed ensemble of trial 0: {why.split(': ', 1)[1]}"]

@@ -255,10 +255,16 @@ def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):
     assert fin["chosen"] == best["trial"] == result["best_trial"]
     assert result["final"]["config"]["model"] == _load(tmp_path).trials[best["trial"]].user_attrs["config"]["model"]
     # search.final auto: the chosen config's two seeds were measured as an ensemble, and taken only if it validated
-    # better than its seeds alone on average; best/ is what the record says, and its test metric is best/'s own
+    # better than its seeds alone on average (then grown to search.final_seeds, 5); best/ is what the record says,
+    # and its test metric is best/'s own
     record = result["final"]["ensemble"]
-    assert record["trial"] == best["trial"] and record["size"] == 2
-    assert (result["final"]["mode"] == "ensemble") == (record["ensemble"] > sum(record["members"]) / 2)
+    chosen_at = record.get("chosen_at", record)
+    assert record["trial"] == best["trial"] and chosen_at["size"] == 2
+    assert (result["final"]["mode"] == "ensemble") == chosen_at["better"]
+    if result["final"]["mode"] == "ensemble":
+        assert record["size"] == len(record["members"]) == 5 and record["grown"] == "5 seeds: search.final_seeds"
+    else:
+        assert record["ensemble"] <= sum(record["members"]) / 2 and "grown" not in record
     from nntune.models.ensemble import Ensemble
     from nntune.training.pipeline import prepare_data
 
@@ -275,11 +281,18 @@ def test_final_ensemble_saves_the_seeds_as_one_model_that_exports(tmp_path):
 
     cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.epochs": 2, "search.finalists": 2,
                                         "train.epochs": 2, "search.finalist_seeds": 3, "search.final": "ensemble",
-                                        "search.space": {"model.family": "mlp"}})
+                                        "search.final_seeds": 4, "search.space": {"model.family": "mlp"}})
     result = tune(cfg, tmp_path)
-    assert result["final"]["mode"] == "ensemble" and result["final"]["ensemble"]["size"] == 3
+    record = result["final"]["ensemble"]
+    # the finalists' three seeds, then one more: search.final_seeds
+    assert result["final"]["mode"] == "ensemble" and record["size"] == 4 and record["chosen_at"]["size"] == 3
     art = artifacts.load(tmp_path / "best")
-    assert isinstance(art.model, Ensemble) and len(art.model.members) == 3
+    assert isinstance(art.model, Ensemble) and len(art.model.members) == 4
+    from nntune.reporting.report import build_report
+
+    page = build_report(tmp_path).read_text()
+    assert "ensemble of the chosen configuration's 4 seeds" in page
+    assert "with the finalists' 3 seeds" in page and "to 4 seeds: search.final_seeds" in page
     done = export(tmp_path / "best", "torchscript")
     assert done["max_abs_diff"] < 1e-5
 

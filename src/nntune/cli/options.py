@@ -118,6 +118,8 @@ SEARCH_OPTIONS: list[Option] = [
     ("--final", "search.final", click.Choice(["auto", "retrain", "best_trial", "ensemble"]),
      "the final model: retrain the chosen config on train+val, keep its trial's weights, or ensemble its finalist "
      "seeds; auto (default): the ensemble when it validates better than its seeds alone on average, else retrain"),
+    ("--final-seeds", "search.final_seeds", int, "a seed ensemble chosen as the final model grows to this many "
+     "seeds while the time budget leaves room (default 5)"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
     ("--objectives", "search.objectives", str, "accuracy (or loss) alone, or with params and/or latency, e.g. "
      "accuracy,params: a multi-objective search with a Pareto front (no pruning)"),

@@ -133,6 +133,8 @@ def print_tune_summary(result: dict, out: Path) -> None:
     e = final.get("ensemble")
     if e:
         verdict = "taken" if final["mode"] == "ensemble" else "not taken"
+        if e.get("chosen_at"):
+            verdict += f" at {e['chosen_at']['size']} seeds, {e['chosen_at']['ensemble']:.4f}"
         table.add_row(f"ensemble of {e['size']} seeds, val {e['monitor'].removeprefix('val_')} ({verdict})",
                       f"{e['ensemble']:.4f} (seeds alone: {', '.join(f'{v:.4f}' for v in e['members'])})")
     table.add_row(f"final model ({final['mode']}, {final['epochs']} epochs) test {metric}",

@@ -278,6 +278,9 @@ class SearchConfig(_Section):
     defaults_first: bool = Field(True, description="a fresh study starts with nntune's default config per family")
     finalists: int = Field(3, ge=0, description="top configs re-trained with extra seeds before choosing (0/1: off)")
     finalist_seeds: int = Field(3, ge=2, description="seeds per finalist, the trial's own included")
+    final_seeds: int = Field(5, ge=1, description="a seed ensemble chosen as the final model grows to this many "
+                                                  "seeds while the time budget leaves room (at most finalist_seeds: "
+                                                  "it keeps the finalists' seeds)")
     heartbeat: int = Field(10, ge=1, description="seconds between trial heartbeats; a trial silent for twice this "
                                                  "is failed as crashed and retried once")
     ray: str | None = Field(None, description="run the search's workers as Ray tasks: auto (the running cluster), "

@@ -250,6 +250,11 @@ def _early_stopping(view: RunView, figs: Figures) -> tuple[str, list[str]]:
             body.append(f"<p>The final model is the ensemble of the chosen configuration's {e['size']} seeds (mean "
                         f"of their predictions): {e['monitor']} {e['ensemble']:.4f} on validation, against "
                         f"{alone} for each seed alone.</p>")
+            if e.get("chosen_at"):
+                c = e["chosen_at"]
+                body.append(f"<p>It was chosen over the retrain with the finalists' {c['size']} seeds ({e['monitor']} "
+                            f"{c['ensemble']:.4f}) and then grew by more seeds in the time the retrain would have "
+                            f"taken, to {e['grown']}.</p>")
         else:
             body.append(f"<p>The final model is the best trial's own, at its best epoch {final['epochs']}.</p>")
         if final["mode"] != "ensemble" and (final.get("ensemble") or {}).get("size"):

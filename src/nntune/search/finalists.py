@@ -208,12 +208,54 @@ def run_finalists(search: Search, study: optuna.Study,
                      "mean": statistics.fmean(finite) if len(finite) == len(scores) else None,
                      "std": statistics.stdev(finite) if len(finite) == len(scores) and len(finite) > 1 else None,
                      "val_loss_mean": statistics.fmean(losses) if all(map(math.isfinite, losses)) else None,
-                     "cut": cut})
+                     "cut": cut, "seed_seconds": [round(fit.seconds, 2) for _, fit in fits]})
         if not cut and len(finite) == len(scores):
             models[t.number] = [model for model, _ in fits]
     return {"finalists": rows, "chosen": choose(rows, up)["trial"],
             "seconds": round(time.perf_counter() - started, 2),
             "by": f"mean val {search.monitor.removeprefix('val_')} over {seeds} seeds"}, models
+
+
+def more_seeds(search: Search, trial: FrozenTrial, have: int, budget: Budget | None,
+               measured: list[float] | None = None) -> tuple[list[nn.Module], str]:
+    """More seeds of the chosen ``trial``'s configuration for its seed ensemble of ``have`` members, up to
+    ``search.final_seeds`` in all: what the final retrain would have taken, once the ensemble is the final model, and
+    any time the finishing margin left. Each round trains as many as fit the time left, in populations: a seed is
+    estimated at the mean seconds of the configuration's seed runs so far (``measured``: the finalists', then these),
+    else by :func:`seed_cost`, with ``ESTIMATE_MARGIN``. A seed the deadline stopped early or that diverged is left
+    out (an undertrained member would weaken the ensemble) and ends the growth. Returns the models and why the growth
+    stopped, in words."""
+    want = search.cfg.search.final_seeds
+    if have >= want:
+        return [], f"{have} seeds: search.final_seeds is {want}"
+    left = budget.finish_left if budget is not None else (lambda: math.inf)
+    cfg = build_config(trial.user_attrs["config"], where=f"trial {trial.number}")
+    size = search.population_size(cfg, seconds=PROBE_SHARE * left())
+    cut_at = _cut_at(trial)
+    measured = list(measured or [])
+    models: list[nn.Module] = []
+    while have + len(models) < want:
+        each = statistics.fmean(measured) if measured else seed_cost(search, trial, 1)
+        n = min(size, want - have - len(models))
+        while n and each * n * (1 + ESTIMATE_MARGIN) > left():
+            n -= 1
+        if not n:
+            why = f"{have + len(models)} seeds: one more needs about {each:.1f} s, {max(0.0, left()):.1f} s were left"
+            return models, why
+        first = have + len(models)  # the finalists trained seeds 1 .. have-1 (cfg.seed + 1000 * s)
+        runs = [_with_seed(cfg, cfg.seed + 1000 * s) for s in range(first, first + n)]
+        limit = [[Deadline(left), *([StopAtEpoch(cut_at)] if cut_at else [])] for _ in runs]
+        fits = fit_configs(runs, search.data_for, size, limit)
+        kept = [model for model, fit in fits if math.isfinite(_score(fit, search.monitor))
+                and not fit.stop_reason.startswith(Deadline.DEFAULT)]
+        models += kept
+        measured += [fit.seconds for _, fit in fits]
+        if len(kept) < n:
+            why = f"{n - len(kept)} of {n} more seed runs stopped at the deadline or diverged (left out)"
+            if budget is not None:
+                budget.cut.append(f"seed ensemble of trial {trial.number}: {why}")
+            return models, f"{have + len(models)} seeds: {why}"
+    return models, f"{want} seeds: search.final_seeds"
 
 
 def choose(rows: list[dict], up: bool) -> dict:

@@ -151,7 +151,8 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     chosen = best_trial(study)
     if finalists and finalists.get("chosen") is not None:
         chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
-    final = final_fit(search, chosen, budget, seed_models.get(chosen.number))
+    row = next((r for r in (finalists or {}).get("finalists", []) if r["trial"] == chosen.number), {})
+    final = final_fit(search, chosen, budget, seed_models.get(chosen.number), row.get("seed_seconds"))
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
                   "objectives": cfg.search.objectives,
