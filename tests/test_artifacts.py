@@ -290,6 +290,36 @@ def test_an_ensemble_saves_loads_and_predicts_the_mean_of_its_members(saved, ens
         artifacts.load(ens_dir)
 
 
+def test_an_ensemble_of_several_architectures_lists_each_members_config(saved, tmp_path):
+    import json
+
+    from nntune.models.builders import build_model
+    from nntune.models.ensemble import Ensemble
+
+    out, _, data = saved
+    art = artifacts.load(out)
+    wide = art.config.model.model_copy(update={"units": 24, "hidden_layers": 1})
+    other = build_model(wide, data.dataset.input_shape, 10, seed=3)
+    ens = Ensemble([art.model, other], True, [art.config.model, wide])
+    ens_dir = artifacts.save(tmp_path / "mixed", ens, art.config, art.scaler, data.dataset.meta())
+    meta = json.loads((ens_dir / "model.json").read_text())
+    assert meta["format"] == 3 and meta["ensemble"] == 2 and meta["members"][1]["units"] == 24
+    loaded = artifacts.load(ens_dir)
+    raw = data.dataset.x[data.split.test][:20]
+    alone = artifacts.Artifact(other, art.scaler, art.config, art.data)
+    expected = (art.predict_proba(raw) + alone.predict_proba(raw)) / 2  # the oracle: each member's own output
+    assert [len(m.fc1.weight) for m in loaded.model.members] == [art.config.model.units, 24]
+    assert np.allclose(loaded.predict_proba(raw), expected, atol=1e-6)
+
+    for change, words in ((lambda m: m.update(members=m["members"][:1]), "one model config per ensemble member"),
+                          (lambda m: m["members"][1].update(units=25), "weights do not fit the saved config"),
+                          (lambda m: m["members"][1].update(activation="sigh"), r"members\[1\]")):
+        _edit_meta(ens_dir / "model.json", change)
+        with pytest.raises(ArtifactError, match=words):
+            artifacts.load(ens_dir)
+        artifacts.save(ens_dir, ens, art.config, art.scaler, data.dataset.meta())
+
+
 def test_fine_tuning_an_ensemble_is_a_one_line_error(ensemble_dir):
     from nntune.errors import ConfigError
     from nntune.training.finetune import saved_model

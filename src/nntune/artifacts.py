@@ -3,7 +3,9 @@
 A ``best/`` directory holds ``weights.safetensors``, ``scaler.safetensors`` and ``model.json`` (the run config, the
 data description and the scaler method), which is everything :func:`load` needs to rebuild the model and predict
 on raw inputs. An ensemble of one architecture's seeds (:class:`~nntune.models.ensemble.Ensemble`) is saved the same
-way, its size in ``model.json`` (format 2, so an older nntune asks to be upgraded instead of misreading it). A run directory's ``result.json`` is read and written here too (written atomically: a reader never
+way, its size in ``model.json`` (format 2, so an older nntune asks to be upgraded instead of misreading it); an
+ensemble of several configurations' models (the finalists', scaled alike) also lists each member's model config
+(``members``, format 3). A run directory's ``result.json`` is read and written here too (written atomically: a reader never
 sees half a file).
 """
 
@@ -24,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nntune import atomic
-from nntune.config import RunConfig, build_config
+from nntune.config import ModelConfig, RunConfig, build_config
 from nntune.data.scalers import Scaler
 from nntune.data.tabular import TableEncoder, TableSchema
 from nntune.errors import ArtifactError, ConfigError, NNTuneError
@@ -33,7 +35,9 @@ from nntune.models.ensemble import Ensemble, build_ensemble
 from nntune.redact import redact
 
 WEIGHTS, SCALER, META = "weights.safetensors", "scaler.safetensors", "model.json"
-FORMAT = 2  # the newest model.json format this nntune reads (2: an ensemble); a newer one is refused
+FORMAT = 3  # the newest model.json format this nntune reads (2: an ensemble, 3: of several architectures); a newer
+# one is refused
+SEED_FORMAT = 2  # what an ensemble of one architecture is still written as
 SINGLE_FORMAT = 1  # what a single model is still written as, so older nntune versions keep reading it
 MAX_ENSEMBLE = 64  # members a model.json may claim
 MAX_INPUT_VALUES = 2**28  # per sample; a model.json claiming more is refused before anything is built
@@ -166,7 +170,9 @@ def save(directory: str | Path, model: nn.Module, config: RunConfig, scaler: Sca
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": SINGLE_FORMAT, "config": redact(config.to_dict()), "data": data, "scaler": scaler.method}
     if isinstance(model, Ensemble):
-        meta.update(format=FORMAT, ensemble=len(model.members))
+        meta.update(format=SEED_FORMAT, ensemble=len(model.members))
+        if model.specs is not None:
+            meta.update(format=FORMAT, members=[spec.model_dump(mode="json") for spec in model.specs])
     with atomic.replacing_dir(directory) as staging:
         for name, tensors in ((WEIGHTS, weights), (SCALER, scaler.state_dict())):
             with atomic.staged(staging / name) as tmp:
@@ -202,6 +208,7 @@ def load(directory: str | Path) -> Artifact:
         size = meta.get("ensemble")
         if size is not None and (not isinstance(size, int) or not 2 <= size <= MAX_ENSEMBLE):
             raise ValueError(f"ensemble {size!r} is not a member count from 2 to {MAX_ENSEMBLE}")
+        specs = _member_specs(meta, size, meta_path)
     except FileNotFoundError:
         raise ArtifactError(f"{meta_path}: missing; is {directory} a saved model directory?") from None
     except ConfigError as err:  # an invalid config inside model.json: the file is what is wrong
@@ -210,8 +217,8 @@ def load(directory: str | Path) -> Artifact:
         raise ArtifactError(f"{meta_path}: corrupt model description ({err.__class__.__name__}: {err})") from None
     classification = data["task"] == "classification"
     _check_shapes(meta_path, directory / WEIGHTS,
-                  _planned_shapes(meta_path, config, input_shape, n_outputs, size, classification))
-    model = _build(config, input_shape, n_outputs, size, classification)
+                  _planned_shapes(meta_path, config, input_shape, n_outputs, size, classification, specs))
+    model = _build(config, input_shape, n_outputs, size, classification, specs)
     model.load_state_dict(_read_tensors(directory / WEIGHTS))  # its shapes were checked against the header
     scaler = Scaler(method, encoder).load_state_dict(_read_tensors(directory / SCALER))
     return Artifact(model, scaler, config, data)
@@ -227,21 +234,34 @@ def _encoder(data: dict, config: RunConfig, input_shape: list[int]) -> TableEnco
     return TableEncoder(schema, config.preprocess.impute)
 
 
+def _member_specs(meta: dict, size: int | None, meta_path: Path) -> list[ModelConfig] | None:
+    """Each member's model config of an ensemble of several architectures (None for one architecture)."""
+    members = meta.get("members")
+    if members is None:
+        return None
+    if size is None or not isinstance(members, list) or len(members) != size:
+        raise ValueError(f"members must list one model config per ensemble member ({size}), got {members!r:.80}")
+    return [build_config({**meta["config"], "model": m}, where=f"{meta_path} members[{i}]").model
+            for i, m in enumerate(members)]
+
+
 def _build(config: RunConfig, input_shape: list[int], n_outputs: int, size: int | None,
-           classification: bool) -> nn.Module:
-    """The described model (an ensemble of ``size`` members when ``size``), freshly initialised."""
+           classification: bool, specs: list[ModelConfig] | None = None) -> nn.Module:
+    """The described model (an ensemble of ``size`` members when ``size``, of ``specs``' architectures when given),
+    freshly initialised."""
     if size is None:
         return build_model(config.model, input_shape, n_outputs, seed=config.seed)
-    return build_ensemble(config.model, input_shape, n_outputs, size, classification, seed=config.seed)
+    return build_ensemble(config.model, input_shape, n_outputs, size, classification, seed=config.seed, specs=specs)
 
 
 def _planned_shapes(meta_path: Path, config: RunConfig, input_shape: list[int], n_outputs: int,
-                    size: int | None, classification: bool) -> dict[str, tuple[int, ...]]:
+                    size: int | None, classification: bool,
+                    specs: list[ModelConfig] | None = None) -> dict[str, tuple[int, ...]]:
     """The tensor shapes the described model would have, built on the meta device (nothing is allocated, so a
     model.json describing a huge or impossible model costs nothing)."""
     try:
         with torch.device("meta"):
-            planned = _build(config, input_shape, n_outputs, size, classification)
+            planned = _build(config, input_shape, n_outputs, size, classification, specs)
     except NNTuneError as err:
         raise ArtifactError(f"{meta_path}: the described model cannot be built ({err})") from None
     except (RuntimeError, ValueError, TypeError) as err:

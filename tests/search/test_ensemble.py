@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from nntune.config import RunConfig
-from nntune.search.ensemble import seed_ensemble
+from nntune.config import ModelConfig, RunConfig
+from nntune.models.ensemble import Ensemble
+from nntune.search.ensemble import finalist_pool, seed_ensemble
 
 
 def _lookup(table: torch.Tensor) -> nn.Module:
@@ -53,3 +54,32 @@ def test_an_ensemble_that_does_not_beat_its_typical_seed_is_not_taken():
     same = _wrong_on(0)
     _, record = seed_ensemble(SimpleNamespace(number=0), RunConfig(), same, [same, same], _data(3), "val_accuracy")
     assert record["ensemble"] == pytest.approx(2 / 3) and not record["better"]
+
+
+def _nll(models, data) -> float:
+    """The oracle: the negative log of the mean probability the models give the true class."""
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(m(data.x_val), 1) for m in models]).mean(0)
+    return float(-probs[torch.arange(len(data.y_val)), data.y_val].log().mean())
+
+
+def test_other_finalists_join_the_seeds_when_they_lower_the_validation_loss():
+    data = _data(3)
+    seeds = Ensemble([_wrong_on(0), _wrong_on(0)], True)  # the chosen configuration's seeds agree on their mistake
+    spec = ModelConfig(units=32)
+    pool, record = finalist_pool(seeds, RunConfig(), [(7, spec, [_wrong_on(1)]), (9, spec, [_wrong_on(2)])], data,
+                                 "val_accuracy")
+    members = [*seeds.members, *pool.members[2:]]
+    assert record["seeds_loss"] == pytest.approx(_nll(seeds.members, data), abs=1e-5)
+    assert record["loss"] == pytest.approx(_nll(members, data), abs=1e-5)
+    assert record["loss"] < record["seeds_loss"]
+    assert record["taken"] and record["trials"] == [7, 9] and record["size"] == 4 and record["score"] == 1.0
+    assert pool.specs == [RunConfig().model] * 2 + [spec] * 2  # saved with each member's architecture
+
+
+def test_a_finalist_that_raises_the_validation_loss_is_left_out():
+    data = _data(3)
+    seeds = Ensemble([_wrong_on(0), _wrong_on(1)], True)
+    wrong = _lookup(torch.tensor([[0.0, 2.2]] * 3))  # sure of the wrong class everywhere
+    _, record = finalist_pool(seeds, RunConfig(), [(3, ModelConfig(), [wrong])], data, "val_accuracy")
+    assert record["loss"] > record["seeds_loss"] and not record["taken"]

@@ -281,10 +281,12 @@ def test_final_ensemble_saves_the_seeds_as_one_model_that_exports(tmp_path):
 
     cfg = apply_overrides(RunConfig(), {"search.trials": 3, "search.epochs": 2, "search.finalists": 2,
                                         "train.epochs": 2, "search.finalist_seeds": 3, "search.final": "ensemble",
-                                        "search.final_seeds": 4, "search.space": {"model.family": "mlp"}})
+                                        "search.final_seeds": 4, "search.final_pool": False,
+                                        "search.space": {"model.family": "mlp"}})
     result = tune(cfg, tmp_path)
     record = result["final"]["ensemble"]
-    # the finalists' three seeds, then one more: search.final_seeds
+    # the finalists' three seeds, then one more: search.final_seeds; the other finalist's models do not join
+    assert "pool" not in record
     assert result["final"]["mode"] == "ensemble" and record["size"] == 4 and record["chosen_at"]["size"] == 3
     art = artifacts.load(tmp_path / "best")
     assert isinstance(art.model, Ensemble) and len(art.model.members) == 4
@@ -295,6 +297,40 @@ def test_final_ensemble_saves_the_seeds_as_one_model_that_exports(tmp_path):
     assert "with the finalists' 3 seeds" in page and "to 4 seeds: search.final_seeds" in page
     done = export(tmp_path / "best", "torchscript")
     assert done["max_abs_diff"] < 1e-5
+
+
+def test_the_other_finalists_models_join_the_seed_ensemble_when_they_lower_the_validation_loss(tmp_path):
+    from types import SimpleNamespace
+
+    from nntune.export import export
+    from nntune.reporting.report import build_report
+    from nntune.search.final import _pool_members
+    from nntune.training.pipeline import prepare_data
+
+    cfg = apply_overrides(RunConfig(), {"search.trials": 4, "search.epochs": 2, "search.finalists": 3,
+                                        "train.epochs": 2, "search.finalist_seeds": 2, "search.final": "ensemble",
+                                        "search.final_seeds": 3,
+                                        "search.space": {"model.family": "mlp", "preprocess.scaler": "channel"}})
+    result = tune(cfg, tmp_path)
+    record, fin = result["final"]["ensemble"], result["finalists"]
+    others = [r["trial"] for r in fin["finalists"] if r["trial"] != fin["chosen"]]
+    pool = record["pool"]  # two other finalists, each with its trial's weights and one seed run
+    assert record["size"] == 3 and pool["trials"] == others and pool["size"] == 3 + 2 * 2
+    assert pool["taken"] == (pool["loss"] < pool["seeds_loss"])
+    art = artifacts.load(tmp_path / "best")
+    assert len(art.model.members) == (pool["size"] if pool["taken"] else 3)
+    data = prepare_data(cfg)
+    accuracy = float((art.predict_proba(data.dataset.x[data.split.test]).argmax(1) == data.y_test.numpy()).mean())
+    assert result["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)  # the test metric is best/'s own
+    page = build_report(tmp_path).read_text()
+    assert f"Pooled with the other finalists' models (trials {', '.join(map(str, others))}" in page
+    assert export(tmp_path / "best", "torchscript")["max_abs_diff"] < 1e-5
+    # a finalist whose inputs are scaled otherwise cannot join: its models see other numbers
+    study = _load(tmp_path)
+    trials = [(study.trials[n], []) for n in others]
+    here = SimpleNamespace(out=tmp_path)
+    assert len(_pool_members(here, cfg, trials, data)) == 2
+    assert _pool_members(here, apply_overrides(cfg, {"preprocess.scaler": "robust"}), trials, data) == []
 
 
 def test_grid_search_runs_populations_and_stops_when_the_grid_is_exhausted(tmp_path):

@@ -120,6 +120,8 @@ SEARCH_OPTIONS: list[Option] = [
      "seeds; auto (default): the ensemble when it validates better than its seeds alone on average, else retrain"),
     ("--final-seeds", "search.final_seeds", int, "a seed ensemble chosen as the final model grows to this many "
      "seeds while the time budget leaves room (default 5)"),
+    ("--final-pool/--no-final-pool", "search.final_pool", None, "a seed ensemble chosen as the final model takes "
+     "in the other finalists' models when together they have the lower validation loss (default on)"),
     ("--ensemble", "search.ensemble", int, "also report the test metric of the top-K trials' averaged predictions"),
     ("--objectives", "search.objectives", str, "accuracy (or loss) alone, or with params and/or latency, e.g. "
      "accuracy,params: a multi-objective search with a Pareto front (no pruning)"),

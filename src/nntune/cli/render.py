@@ -137,6 +137,11 @@ def print_tune_summary(result: dict, out: Path) -> None:
             verdict += f" at {e['chosen_at']['size']} seeds, {e['chosen_at']['ensemble']:.4f}"
         table.add_row(f"ensemble of {e['size']} seeds, val {e['monitor'].removeprefix('val_')} ({verdict})",
                       f"{e['ensemble']:.4f} (seeds alone: {', '.join(f'{v:.4f}' for v in e['members'])})")
+        pool = e.get("pool")
+        if pool:
+            table.add_row(f"with finalist trials {', '.join(map(str, pool['trials']))}: {pool['size']} models, val "
+                          f"loss ({'taken' if pool['taken'] else 'not taken'})",
+                          f"{pool['loss']:.4f} (the seeds alone: {pool['seeds_loss']:.4f})")
     table.add_row(f"final model ({final['mode']}, {final['epochs']} epochs) test {metric}",
                   f"{result['test'][metric]:.4f}")
     if result.get("ensemble"):

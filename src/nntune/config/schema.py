@@ -281,6 +281,9 @@ class SearchConfig(_Section):
     final_seeds: int = Field(5, ge=1, description="a seed ensemble chosen as the final model grows to this many "
                                                   "seeds while the time budget leaves room (at most finalist_seeds: "
                                                   "it keeps the finalists' seeds)")
+    final_pool: bool = Field(True, description="a seed ensemble chosen as the final model takes in the other "
+                                               "finalists' models (those scaled alike) when together they have the "
+                                               "lower validation loss")
     heartbeat: int = Field(10, ge=1, description="seconds between trial heartbeats; a trial silent for twice this "
                                                  "is failed as crashed and retried once")
     ray: str | None = Field(None, description="run the search's workers as Ray tasks: auto (the running cluster), "

@@ -1,5 +1,6 @@
-"""An ensemble of same-architecture models as one module: what ``best/`` holds when the chosen configuration's seeds
-predict better together than one model does.
+"""An ensemble of models as one module: what ``best/`` holds when the chosen configuration's seeds predict better
+together than one model does (one architecture), or together with the other finalists' models (``specs``: one model
+config per member).
 
 Classification members' probabilities are averaged and the module returns their log (a valid logit vector: its
 softmax is the mean probability and its argmax the ensemble's vote), so ``predict``, ``predict_proba``, the losses
@@ -19,14 +20,19 @@ from nntune.models.builders import build_model
 
 
 class Ensemble(nn.Module):
-    """The mean of ``members``' predictions (of their probabilities when ``classification``), as logits."""
+    """The mean of ``members``' predictions (of their probabilities when ``classification``), as logits.
+    ``specs``: each member's model config when they differ (None: all are the run's architecture)."""
 
-    def __init__(self, members: Sequence[nn.Module], classification: bool) -> None:
+    def __init__(self, members: Sequence[nn.Module], classification: bool,
+                 specs: Sequence[ModelConfig] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise SpecError(f"an ensemble needs at least two members, got {len(members)}")
+        if specs is not None and len(specs) != len(members):
+            raise SpecError(f"an ensemble of {len(members)} members got {len(specs)} model configs")
         self.members = nn.ModuleList(members)
         self.classification = classification
+        self.specs = list(specs) if specs is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = torch.stack([m(x) for m in self.members])
@@ -37,6 +43,9 @@ class Ensemble(nn.Module):
 
 
 def build_ensemble(cfg: ModelConfig, input_shape: Sequence[int], n_outputs: int, size: int,
-                   classification: bool, seed: int = 0) -> Ensemble:
-    """``size`` freshly built members of ``cfg``'s architecture (to load saved weights into)."""
-    return Ensemble([build_model(cfg, input_shape, n_outputs, seed=seed + i) for i in range(size)], classification)
+                   classification: bool, seed: int = 0, specs: Sequence[ModelConfig] | None = None) -> Ensemble:
+    """``size`` freshly built members of ``cfg``'s architecture, or of each of ``specs`` (to load saved weights
+    into)."""
+    configs = list(specs) if specs is not None else [cfg] * size
+    return Ensemble([build_model(c, input_shape, n_outputs, seed=seed + i) for i, c in enumerate(configs)],
+                    classification, specs)

@@ -247,14 +247,25 @@ def _early_stopping(view: RunView, figs: Figures) -> tuple[str, list[str]]:
         elif final["mode"] == "ensemble":
             e = final["ensemble"]
             alone = ", ".join(f"{v:.4f}" for v in e["members"])
+            pooled = " and the other finalists' models" if (e.get("pool") or {}).get("taken") else ""
             body.append(f"<p>The final model is the ensemble of the chosen configuration's {e['size']} seeds (mean "
-                        f"of their predictions): {e['monitor']} {e['ensemble']:.4f} on validation, against "
-                        f"{alone} for each seed alone.</p>")
+                        f"of their predictions){pooled}: the seeds "
+                        f"scored {e['monitor']} {e['ensemble']:.4f} on validation together, against {alone} for "
+                        "each seed alone.</p>")
             if e.get("chosen_at"):
                 c = e["chosen_at"]
                 body.append(f"<p>It was chosen over the retrain with the finalists' {c['size']} seeds ({e['monitor']} "
                             f"{c['ensemble']:.4f}) and then grew by more seeds in the time the retrain would have "
                             f"taken, to {e['grown']}.</p>")
+            pool = e.get("pool")
+            if pool:
+                trials = ", ".join(map(str, pool["trials"]))
+                verdict = ("so they are part of the final model, which averages all {size} models' predictions"
+                           if pool["taken"] else "so the final model is the seeds alone").format(size=pool["size"])
+                body.append(f"<p>Pooled with the other finalists' models (trials {trials}: their trials and seed "
+                            f"runs), the {pool['size']} models had a validation loss of {pool['loss']:.4f} against "
+                            f"{pool['seeds_loss']:.4f} for the seeds alone ({pool['monitor']} {pool['score']:.4f}), "
+                            f"{verdict}.</p>")
         else:
             body.append(f"<p>The final model is the best trial's own, at its best epoch {final['epochs']}.</p>")
         if final["mode"] != "ensemble" and (final.get("ensemble") or {}).get("size"):

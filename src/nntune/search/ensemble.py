@@ -1,6 +1,7 @@
 """Ensembles: the chosen configuration's seeds as the final model when together they validate better than they do
-alone on average (:func:`seed_ensemble`), and the top-k trials' averaged predictions on the test split, for
-reference (:func:`ensemble_test`)."""
+alone on average (:func:`seed_ensemble`), joined by the other finalists' models when that lowers the validation loss
+(:func:`finalist_pool`), and the top-k trials' averaged predictions on the test split, for reference
+(:func:`ensemble_test`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from nntune import artifacts
-from nntune.config import RunConfig
+from nntune.config import ModelConfig, RunConfig
 from nntune.models.ensemble import Ensemble
 from nntune.search.objectives import ranked
 from nntune.training.metrics import compute_metrics, make_loss, model_metrics
@@ -39,6 +40,26 @@ def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: li
     one = statistics.fmean(alone)
     return ensemble, {"trial": trial.number, "size": len(members), "monitor": monitor, "members": alone,
                       "ensemble": together, "better": is_improvement(together, one, monitor_mode(monitor))}
+
+
+def finalist_pool(seeds: Ensemble, cfg: RunConfig, others: list[tuple[int, ModelConfig, list[nn.Module]]],
+                  data: PreparedData, monitor: str) -> tuple[Ensemble, dict]:
+    """The seed ensemble ``seeds`` of ``cfg``'s architecture together with the other finalists' models (``others``:
+    trial number, model config, models; all on the same scaled inputs) as one ensemble, member for member, and how
+    both scored on validation: ``taken`` when the pool's loss is lower. The loss rather than the monitored accuracy:
+    a proper score that sees each sample's confidence, where accuracy on a few hundred samples moves in steps of one
+    sample; and the chosen configuration won the finalists' comparison on this split, so the pool has to beat its
+    seeds where they look their best. Measured on the 10-minute searches in docs/benchmarks.md."""
+    task = data.dataset.task
+    loss = make_loss(task, cfg.train.label_smoothing)
+    specs = [cfg.model] * len(seeds.members) + [spec for _, spec, models in others for _ in models]
+    members = [*seeds.members, *(m.cpu() for _, _, models in others for m in models)]
+    pool = Ensemble(members, task == "classification", specs)
+    before = model_metrics(seeds, data.x_val, data.y_val, task, loss)["loss"]
+    after = model_metrics(pool, data.x_val, data.y_val, task, loss)
+    return pool, {"trials": [number for number, _, models in others if models], "size": len(members),
+                  "loss": after["loss"], "seeds_loss": before, "monitor": monitor,
+                  "score": after[monitor.removeprefix("val_")], "taken": after["loss"] < before}
 
 
 def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: int) -> dict | None:

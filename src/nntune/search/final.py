@@ -9,7 +9,9 @@ be judged on; the retrain's gain from the extra validation rows cannot be measur
 the ensemble is the final model it grows to ``search.final_seeds`` seeds in the time left, which the retrain would
 have taken (:func:`nntune.search.finalists.more_seeds`), since an ensemble of more seeds is expected to score at
 least as well (measured on mnist5k in docs/benchmarks.md).
-bench/final_model.py compares the two on the same searches."""
+bench/final_model.py compares the two on the same searches. With ``search.final_pool`` the other finalists' models
+(their trials' weights and full seed runs, scaled like the chosen configuration) then join the seed ensemble when
+together they have the lower validation loss (:func:`nntune.search.ensemble.finalist_pool`)."""
 
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ import torch
 from torch import nn
 
 from nntune import artifacts
-from nntune.config import RunConfig, apply_overrides, build_config, save_config
+from nntune.config import ModelConfig, RunConfig, apply_overrides, build_config, save_config
 from nntune.data.scalers import Scaler
 from nntune.data.splits import Split
 from nntune.models.inspect import summary
 from nntune.search.budget import Budget
-from nntune.search.ensemble import seed_ensemble
+from nntune.search.ensemble import finalist_pool, seed_ensemble
 from nntune.search.finalists import final_cost, more_seeds
 from nntune.search.setup import Search
 from nntune.training.callbacks import Deadline, StopAtEpoch
+from nntune.training.context import preprocessing_key
 from nntune.training.diagnostics import diagnose
 from nntune.training.finetune import describe
 from nntune.training.metrics import compute_metrics, make_loss, model_metrics
@@ -36,10 +39,12 @@ from nntune.training.pipeline import PreparedData, fit_model, prepare_data
 
 
 def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | None = None,
-              seeds: list[nn.Module] | None = None, seed_seconds: list[float] | None = None) -> dict:
+              seeds: list[nn.Module] | None = None, seed_seconds: list[float] | None = None,
+              others: list[tuple[optuna.trial.FrozenTrial, list[nn.Module]]] | None = None) -> dict:
     """Retrain the chosen trial's configuration on train+val for its best epoch count, keep the trial's weights, or
     ensemble them with ``seeds`` (its configuration trained with other seeds, which took ``seed_seconds`` each; more
-    seeds join while the time left fits them), as ``search.final`` says; evaluate
+    seeds join while the time left fits them, then the ``others`` finalists' trials and seed models when they lower
+    the validation loss), as ``search.final`` says; evaluate
     the test split once, and save ``best/``. Under a time budget the retrain has a deadline: when its estimated time
     does not fit, or it reaches the deadline, the chosen trial's own weights are the final model (when this process
     has them), and ``budget.cut`` says so."""
@@ -59,6 +64,10 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
                 ensemble, record = seed_ensemble(best, cfg, trial_art.model, [*seeds, *more], data, search.monitor)
                 record["chosen_at"] = {k: chosen_at[k] for k in ("size", "ensemble", "better")}
             record["grown"] = why
+            pool = _pool_members(search, cfg, others or [], data) if search.cfg.search.final_pool else []
+            if pool:
+                pooled, record["pool"] = finalist_pool(ensemble, cfg, pool, data, search.monitor)
+                ensemble = pooled if record["pool"]["taken"] else ensemble
             final = _ensemble_final(search, best, cfg, ensemble, trial_art.scaler, data)
             return {**final, "ensemble": record}
     if mode in ("auto", "ensemble"):
@@ -109,6 +118,19 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
             "finetune": describe(final_cfg, data.dataset),
             "findings": [f.to_dict() for f in findings], "model": summary(model, data.dataset.input_shape).to_dict(),
             "mode": mode, "epochs": epochs, "ensemble": record}
+
+
+def _pool_members(search: Search, cfg: RunConfig, others: list[tuple[optuna.trial.FrozenTrial, list[nn.Module]]],
+                  data: PreparedData) -> list[tuple[int, ModelConfig, list[nn.Module]]]:
+    """The other finalists' models that may join the chosen configuration's seeds: each one's trial weights (when
+    this process has them) and full seed runs, for a finalist whose inputs are scaled like the chosen's."""
+    key, pool = preprocessing_key(cfg, data.dataset), []
+    for trial, models in others:
+        other = build_config(trial.user_attrs["config"], where=f"trial {trial.number}")
+        path = search.out / "trials" / str(trial.number)
+        if preprocessing_key(other, data.dataset) == key and path.is_dir():
+            pool.append((trial.number, other.model, [artifacts.load(path).model, *models]))
+    return pool
 
 
 def _ensemble_final(search: Search, best: optuna.trial.FrozenTrial, cfg: RunConfig, ensemble: nn.Module,

@@ -151,8 +151,12 @@ def _tune(cfg: RunConfig, out: Path, resume: bool, progress: bool, tracker: Trac
     chosen = best_trial(study)
     if finalists and finalists.get("chosen") is not None:
         chosen = next(t for t in study.get_trials(deepcopy=False) if t.number == finalists["chosen"])
-    row = next((r for r in (finalists or {}).get("finalists", []) if r["trial"] == chosen.number), {})
-    final = final_fit(search, chosen, budget, seed_models.get(chosen.number), row.get("seed_seconds"))
+    rows = {r["trial"]: r for r in (finalists or {}).get("finalists", [])}
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False) if t.number in rows}
+    others = [(by_number[n], seed_models.get(n, [])) for n, r in rows.items()  # finalists whose seeds all trained
+              if n != chosen.number and r["mean"] is not None]
+    final = final_fit(search, chosen, budget, seed_models.get(chosen.number),
+                      rows.get(chosen.number, {}).get("seed_seconds"), others)
     result = {
         "study": {"name": study.study_name, "storage": study.user_attrs.get("storage"), "direction": direction,
                   "objectives": cfg.search.objectives,
