@@ -29,6 +29,7 @@ def _study(values: dict[float, str], attrs: dict[str, dict] | None = None):
 def _search(seeds=3, size=4):
     cfg = apply_overrides(RunConfig(), {"search.finalists": 3, "search.finalist_seeds": seeds})
     return SimpleNamespace(cfg=cfg, monitor="val_accuracy", population_size=lambda c, seconds=None: size,
+                           stacking_gain=lambda c: None,
                            data_for=lambda c: None)
 
 
@@ -172,6 +173,21 @@ def test_seed_runs_cost_their_share_of_a_larger_population():
     # 5 extra seeds in populations of 2: two full ones and one of 1 (its 0.5 s share, at most doubled)
     assert finalists.seed_cost(_search(seeds=6, size=2), trial) == pytest.approx(2 * 2.0 + 1.0)
     assert finalists.final_cost(trial) == pytest.approx(1.0 * 1.25)  # one member alone: at most twice its share
+
+
+def test_a_measured_stacking_gain_replaces_the_bound_in_a_members_estimate():
+    study = optuna.create_study(direction="maximize")
+    for gain in (1.25, 3.0):
+        t = study.ask()
+        t.set_user_attr("config", RunConfig().to_dict())
+        # 2 members in 8 s, stacked 1.25x faster per member than one alone: one alone takes 8 / 2 * 1.25 = 5 s
+        t.set_user_attr("population", {"first": t.number, "size": 2, "seconds": 8.0, "gain": gain})
+        study.tell(t, 0.9)
+    measured, implausible = study.trials
+    assert finalists.seed_cost(_search(seeds=2, size=2), measured) == pytest.approx(5.0)  # the bound said 8 s
+    assert finalists.final_cost(measured) == pytest.approx(5.0 * 1.25)
+    assert finalists.seed_cost(_search(seeds=3, size=2), measured) == pytest.approx(8.0)  # two: the whole population
+    assert finalists.seed_cost(_search(seeds=2, size=2), implausible) == pytest.approx(8.0)  # capped at the bound
 
 
 def test_a_population_trains_only_while_its_own_members_could_still_be_finalists():

@@ -214,6 +214,7 @@ def test_members_of_a_population_share_the_structure_and_are_separate_trials(tmp
     assert result["study"]["population_sizes"] == {"all": 4}
     populations: dict[int, list] = {}
     for t in _load(tmp_path).trials:
+        assert "gain" not in t.user_attrs["population"]  # a size given, not measured: the estimates' bound applies
         populations.setdefault(t.user_attrs["population"]["first"], []).append(t)
     assert [len(p) for p in populations.values()] == [4, 4]
     for first, members in populations.items():
@@ -242,6 +243,11 @@ def test_timeout_alone_has_no_trial_cap_and_ends_near_the_budget(tmp_path):
     assert result["finalists"]["chosen"] is not None, (result["finalists"], result["budget"])
     assert all(c.startswith("final retrain skipped") for c in result["budget"]["cut"]), result["budget"]["cut"]
     assert result["budget"]["fraction_used"] == pytest.approx(result["seconds"] / 20, abs=0.02)
+    # each trial records its population's measured stacking gain, which the finishing steps' estimates use; a
+    # population of more than one was chosen only for more than 15 % per member
+    pops = [t.user_attrs["population"] for t in _load(tmp_path).trials if "population" in t.user_attrs]
+    assert pops and all(p["gain"] >= 1.0 for p in pops)
+    assert all(p["gain"] > 1.15 for p in pops if p["size"] > 1)
 
 
 def test_finalists_are_rerun_over_seeds_and_the_best_mean_is_chosen(tmp_path):

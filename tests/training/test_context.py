@@ -26,14 +26,16 @@ def test_population_size_is_measured_once_per_size_class(monkeypatch):
 
     def fake(cfg, data, seconds):
         measured.append(size_class(cfg))
-        return 8 if cfg.model.rnn_units < 32 else 1
+        return (8, 1.5) if cfg.model.rnn_units < 32 else (1, 1.0)
 
-    monkeypatch.setattr(context, "choose_population_size", fake)
+    monkeypatch.setattr(context, "measure_population_size", fake)
     g = torch.Generator().manual_seed(0)
     ds = Dataset("s", torch.randn(60, 1, 8, generator=g), torch.randint(0, 2, (60,), generator=g), "classification",
                  ["a", "b"])
     ctx = RunContext(RunConfig(), prepare_data(RunConfig(), ds))
     sizes = [ctx.population_size(_rnn(units=u)) for u in (16, 128, 20, 120)]
     assert sizes == [8, 1, 8, 1] and measured == ["rnn-gru-16", "rnn-gru-128"]
+    assert ctx.stacking_gain(_rnn(units=20)) == 1.5 and ctx.stacking_gain(_rnn(units=128)) == 1.0
     ctx.shrink_population(_rnn(units=16), 8)
     assert ctx.population_size(_rnn(units=18)) == 4 and ctx.population_size(_rnn(units=128)) == 1
+    assert ctx.stacking_gain(_rnn(units=18)) is None  # halved, not measured: the estimates fall back to the bound

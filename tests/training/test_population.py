@@ -11,7 +11,7 @@ from nntune.errors import ConfigError, SpecError
 from nntune.models.builders import forward_batched
 from nntune.training.callbacks import Callback, Deadline
 from nntune.training.pipeline import (population_trainer, choose_population_size, fit_configs, fit_model,
-                                      fit_population, prepare_data)
+                                      fit_population, measure_population_size, prepare_data)
 from nntune.training.population import PopulationTrainer
 from nntune.training.population.structure import structure_key
 from nntune.training.metrics import compute_metrics, make_loss
@@ -279,6 +279,9 @@ def test_population_size_is_measured_within_the_limit(small_digits):
     data = prepare_data(cfg, ds)
     assert choose_population_size(cfg, data, limit=1) == 1
     assert choose_population_size(cfg, data, limit=6) in (1, 2, 4, 6)
+    assert measure_population_size(cfg, data, limit=1) == (1, 1.0)
+    k, gain = measure_population_size(cfg, data, limit=6)
+    assert (k, gain) == (1, 1.0) or gain > 1.15  # a size above 1 is taken only for more than 15 % per member
     with pytest.raises(ConfigError, match="at least 1"):
         choose_population_size(cfg, data, limit=0)
 

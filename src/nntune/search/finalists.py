@@ -38,6 +38,7 @@ from nntune.training.pipeline import fit_configs
 ROOM_STEPS = 14  # bisection steps of population_room: the time left / 2**14 (under 0.1 s of a 10-minute budget)
 ROOM_SHARE = 0.9  # of the room found: a population's wall time passes its deadline by the step and validation it ends
 STACKING_GAIN = 2.0  # a member in a smaller population runs at most this much slower than its share of a larger one
+# (when the population's stacking gain was not measured)
 ESTIMATE_MARGIN = 0.15  # kept on top of the finishing steps' estimate (per-population times vary ~10 % on a CPU)
 
 
@@ -62,10 +63,13 @@ def _population_seconds(trial: FrozenTrial) -> float:
 
 def _share(trial: FrozenTrial, members: int) -> float:
     """Estimated seconds ``members`` of the trial's configuration take as one population: their share of the trial's
-    population's wall time, at most ``STACKING_GAIN`` times slower per member than in that larger population (and
-    never more than the whole of it); measured stacking gains on a CPU are about 1.7."""
+    population's wall time, slower per member than in that larger population by the stacking gain measured for it
+    (``population.gain``: member-steps per second at the measured size over one member's, an upper bound for the
+    smaller population it trained in), else by at most ``STACKING_GAIN``; never more than the whole of it. Measured
+    gains on a CPU: about 1.7 for MLPs, 1.15-1.3 for the CNNs that stack at all."""
     pop = trial.user_attrs.get("population") or {}
-    return _population_seconds(trial) * min(1.0, STACKING_GAIN * members / max(1, int(pop.get("size", 1))))
+    gain = min(STACKING_GAIN, float(pop.get("gain") or STACKING_GAIN))
+    return _population_seconds(trial) * min(1.0, gain * members / max(1, int(pop.get("size", 1))))
 
 
 def seed_cost(search: Search, trial: FrozenTrial, extra: int | None = None) -> float:
@@ -147,13 +151,15 @@ def population_room(search: Search, study: optuna.Study, budget: Budget, cfg: Ru
     if budget.timeout is None or n < 2 or is_multi(study):
         return math.inf
     tops = top_trials(study, n)
+    gain = search.stacking_gain(cfg)
     left = budget.finish_left() - budget.record  # recording its trials comes before the finishing steps
     most = budget.finish_most
     config = cfg.to_dict()
 
     def fits(seconds: float) -> bool:
         pending = SimpleNamespace(number=None, user_attrs={  # the population's best member, as a finished trial
-            "config": config, "population": {"size": size, "seconds": seconds}, "history": [{}], "best_epoch": 1})
+            "config": config, "population": {"size": size, "seconds": seconds, "gain": gain}, "history": [{}],
+            "best_epoch": 1})
         candidates = ([pending] * min(size, n) + tops)[:n]
         room = min(most, left - seconds) / (1 + ESTIMATE_MARGIN)
         return bool(plan_finish(search, candidates, room)[0])

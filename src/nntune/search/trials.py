@@ -247,6 +247,14 @@ def _has_default(group: list[Member]) -> bool:
     return any(t.user_attrs.get("default") for t, _ in group)
 
 
+def _population_record(search: Search, cfg: RunConfig, first: int, size: int, wall: float) -> dict:
+    """What a trial records of the population it trained in: its first trial, size and wall time, and the stacking
+    gain measured for its size class (what the finishing steps' estimates divide its time by)."""
+    gain = search.stacking_gain(cfg)
+    return {"first": first, "size": size, "seconds": round(wall, 3),
+            **({"gain": round(gain, 3)} if gain is not None else {})}
+
+
 def _earlier(seconds_left, end: float):
     """A deadline that ends at ``end`` (a perf_counter reading) or when ``seconds_left()`` does, if sooner."""
     return lambda: min(seconds_left(), end - time.perf_counter())
@@ -309,7 +317,7 @@ def _train_group(search: Search, study: optuna.Study, group: list[Member], budge
     with search.interrupts.deferred() if search.interrupts is not None else contextlib.nullcontext():
         states = [_record(search, study, member, fitted, prune, halved, log, data,
                           {"seconds": round(wall / len(trials), 3),
-                           "population": {"first": first, "size": len(trials), "seconds": round(wall, 3)}})
+                           "population": _population_record(search, cfgs[0], first, len(trials), wall)})
                   for member, fitted, prune, halved, log in zip(group, fits, pruning, halvings, logs)]
     budget.record = time.perf_counter() - recording
     for (trial, cfg), (_, fit) in zip(group, fits):

@@ -17,7 +17,7 @@ from nntune.data.sources import Dataset
 from nntune.data.splits import redraw
 from nntune.training.pipeline import (
     PreparedData,
-    choose_population_size,
+    measure_population_size,
     prepare_data,
     stackable,
 )
@@ -57,6 +57,7 @@ class RunContext:
     prepared: dict[str, PreparedData] = field(default_factory=dict)  # the base split, by preprocessing_key
     redrawn: OrderedDict[tuple[str, int], PreparedData] = field(default_factory=OrderedDict)  # (that key, split seed)
     sizes: dict[str, int] = field(default_factory=dict)  # population size per size_class, measured once
+    gains: dict[str, float] = field(default_factory=dict)  # ... and its measured stacking gain (see population_size)
 
     def __post_init__(self) -> None:
         self.prepared.setdefault(preprocessing_key(self.cfg, self.base_data.dataset), self.base_data)
@@ -89,7 +90,7 @@ class RunContext:
 
     def population_size(self, cfg: RunConfig, seconds: float = math.inf) -> int:
         """Members per population for ``cfg``'s :func:`size_class`: ``search.population``, else measured on the first
-        configuration of that class (see :func:`nntune.training.pipeline.choose_population_size`) in at most
+        configuration of that class (see :func:`nntune.training.pipeline.measure_population_size`) in at most
         ``seconds`` (0: do not measure, 1 until measured); after running out of memory, half the size that did."""
         key, fixed = size_class(cfg), self.cfg.search.population
         if not stackable(cfg):  # a saved starting model: one at a time (recorded)
@@ -102,9 +103,15 @@ class RunContext:
         if key not in self.sizes:
             if seconds <= 0:
                 return 1
-            self.sizes[key] = choose_population_size(cfg, self.data_for(cfg), seconds=seconds)
+            self.sizes[key], self.gains[key] = measure_population_size(cfg, self.data_for(cfg), seconds=seconds)
         return self.sizes[key]
+
+    def stacking_gain(self, cfg: RunConfig) -> float | None:
+        """How much faster per member ``cfg``'s size class trained at its measured population size than alone (None
+        until measured, or when the size was set or halved rather than measured)."""
+        return self.gains.get(size_class(cfg))
 
     def shrink_population(self, cfg: RunConfig, tried: int) -> None:
         """After running out of memory with ``tried`` members, use half as many for that size class."""
         self.sizes[size_class(cfg)] = max(1, tried // 2)
+        self.gains.pop(size_class(cfg), None)

@@ -209,7 +209,15 @@ def stackable(cfg: RunConfig) -> bool:
 
 def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,
                            memory_fraction: float = 0.8, seconds: float = math.inf) -> int:
-    """How many members of ``cfg``'s structure to train at once on its device, by measurement.
+    """How many members of ``cfg``'s structure to train at once on its device, by measurement (see
+    :func:`measure_population_size`)."""
+    return measure_population_size(cfg, data, limit, gain, memory_fraction, seconds)[0]
+
+
+def measure_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128, gain: float = 1.15,
+                            memory_fraction: float = 0.8, seconds: float = math.inf) -> tuple[int, float]:
+    """How many members of ``cfg``'s structure to train at once on its device, and their measured stacking gain:
+    member-steps per second at that size over those of one member alone (1.0 for one).
 
     K doubles from 1 while the measured member-steps per second grow by more than ``gain`` per doubling (a CPU stops
     early: there stacking pays less, and for CNNs not at all) and, on a GPU, while the memory per member measured by
@@ -219,10 +227,10 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
     if limit < 1:
         raise ConfigError(f"population size limit must be at least 1, got {limit}")
     if not stackable(cfg):
-        return 1
+        return 1, 1.0
     device = resolve_device(cfg.train.device)
     sizes = [k for k in (2**i for i in range(limit.bit_length())) if k < limit] + [limit]
-    best_k, best_rate, per_member = 1, 0.0, 0.0
+    best_k, best_rate, per_member, alone = 1, 0.0, 0.0, 0.0
     started, last = time.perf_counter(), 0.0
     for k in sizes:
         if device.type == "cuda" and per_member * k > memory_fraction * torch.cuda.mem_get_info(device)[0]:
@@ -242,10 +250,11 @@ def choose_population_size(cfg: RunConfig, data: PreparedData, limit: int = 128,
                 torch.cuda.empty_cache()
         per_member = max(per_member, peak / k)
         last = time.perf_counter() - probing
+        alone = alone or rate
         if rate <= best_rate * gain:
             break
         best_k, best_rate = k, rate
-    return best_k
+    return best_k, (best_rate / alone if alone else 1.0)
 
 
 def fit_configs(cfgs: Sequence[RunConfig], data_for: Callable[[RunConfig], PreparedData], size: int,
