@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from nntune.config import ModelConfig, RunConfig
-from nntune.models.ensemble import Ensemble
 from nntune.search.ensemble import finalist_pool, seed_ensemble
 
 
@@ -65,10 +64,12 @@ def _nll(models, data) -> float:
 
 def test_other_finalists_join_the_seeds_when_they_lower_the_validation_loss():
     data = _data(3)
-    seeds = Ensemble([_wrong_on(0), _wrong_on(0)], True)  # the chosen configuration's seeds agree on their mistake
+    # the chosen configuration's seeds agree on their mistake
+    seeds, measured = seed_ensemble(SimpleNamespace(number=0), RunConfig(), _wrong_on(0), [_wrong_on(0)], data,
+                                    "val_accuracy")
     spec = ModelConfig(units=32)
-    pool, record = finalist_pool(seeds, RunConfig(), [(7, spec, [_wrong_on(1)]), (9, spec, [_wrong_on(2)])], data,
-                                 "val_accuracy")
+    pool, record = finalist_pool(seeds, measured["loss"], RunConfig(),
+                                 [(7, spec, [_wrong_on(1)]), (9, spec, [_wrong_on(2)])], data, "val_accuracy")
     members = [*seeds.members, *pool.members[2:]]
     assert record["seeds_loss"] == pytest.approx(_nll(seeds.members, data), abs=1e-5)
     assert record["loss"] == pytest.approx(_nll(members, data), abs=1e-5)
@@ -79,7 +80,9 @@ def test_other_finalists_join_the_seeds_when_they_lower_the_validation_loss():
 
 def test_a_finalist_that_raises_the_validation_loss_is_left_out():
     data = _data(3)
-    seeds = Ensemble([_wrong_on(0), _wrong_on(1)], True)
+    seeds, measured = seed_ensemble(SimpleNamespace(number=0), RunConfig(), _wrong_on(0), [_wrong_on(1)], data,
+                                    "val_accuracy")
     wrong = _lookup(torch.tensor([[0.0, 2.2]] * 3))  # sure of the wrong class everywhere
-    _, record = finalist_pool(seeds, RunConfig(), [(3, ModelConfig(), [wrong])], data, "val_accuracy")
+    _, record = finalist_pool(seeds, measured["loss"], RunConfig(), [(3, ModelConfig(), [wrong])], data,
+                              "val_accuracy")
     assert record["loss"] > record["seeds_loss"] and not record["taken"]

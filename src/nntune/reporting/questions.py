@@ -260,8 +260,8 @@ def _early_stopping(view: RunView, figs: Figures) -> tuple[str, list[str]]:
             pool = e.get("pool")
             if pool:
                 trials = ", ".join(map(str, pool["trials"]))
-                verdict = ("so they are part of the final model, which averages all {size} models' predictions"
-                           if pool["taken"] else "so the final model is the seeds alone").format(size=pool["size"])
+                verdict = (f"so they are part of the final model, which averages all {pool['size']} models' "
+                           "predictions" if pool["taken"] else "so the final model is the seeds alone")
                 body.append(f"<p>Pooled with the other finalists' models (trials {trials}: their trials and seed "
                             f"runs), the {pool['size']} models had a validation loss of {pool['loss']:.4f} against "
                             f"{pool['seeds_loss']:.4f} for the seeds alone ({pool['monitor']} {pool['score']:.4f}), "

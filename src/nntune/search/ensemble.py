@@ -36,17 +36,20 @@ def seed_ensemble(trial: FrozenTrial, cfg: RunConfig, own: nn.Module, others: li
     ensemble = Ensemble(members, task == "classification")
 
     alone = [model_metrics(m, data.x_val, data.y_val, task, loss)[key] for m in members]
-    together = model_metrics(ensemble, data.x_val, data.y_val, task, loss)[key]
-    one = statistics.fmean(alone)
+    metrics = model_metrics(ensemble, data.x_val, data.y_val, task, loss)
+    together, one = metrics[key], statistics.fmean(alone)
     return ensemble, {"trial": trial.number, "size": len(members), "monitor": monitor, "members": alone,
-                      "ensemble": together, "better": is_improvement(together, one, monitor_mode(monitor))}
+                      "ensemble": together, "loss": metrics["loss"],
+                      "better": is_improvement(together, one, monitor_mode(monitor))}
 
 
-def finalist_pool(seeds: Ensemble, cfg: RunConfig, others: list[tuple[int, ModelConfig, list[nn.Module]]],
-                  data: PreparedData, monitor: str) -> tuple[Ensemble, dict]:
-    """The seed ensemble ``seeds`` of ``cfg``'s architecture together with the other finalists' models (``others``:
-    trial number, model config, models; all on the same scaled inputs) as one ensemble, member for member, and how
-    both scored on validation: ``taken`` when the pool's loss is lower. The loss rather than the monitored accuracy:
+def finalist_pool(seeds: Ensemble, seeds_loss: float, cfg: RunConfig,
+                  others: list[tuple[int, ModelConfig, list[nn.Module]]], data: PreparedData,
+                  monitor: str) -> tuple[Ensemble, dict]:
+    """The seed ensemble ``seeds`` of ``cfg``'s architecture (validation loss ``seeds_loss``, as
+    :func:`seed_ensemble` measured it) together with the other finalists' models (``others``: trial number, model
+    config, models; all on the same scaled inputs) as one ensemble, member for member, and how it scored on
+    validation: ``taken`` when the pool's loss is lower. The loss rather than the monitored accuracy:
     a proper score that sees each sample's confidence, where accuracy on a few hundred samples moves in steps of one
     sample; and the chosen configuration won the finalists' comparison on this split, so the pool has to beat its
     seeds where they look their best. Measured on the 10-minute searches in docs/benchmarks.md."""
@@ -55,11 +58,10 @@ def finalist_pool(seeds: Ensemble, cfg: RunConfig, others: list[tuple[int, Model
     specs = [cfg.model] * len(seeds.members) + [spec for _, spec, models in others for _ in models]
     members = [*seeds.members, *(m.cpu() for _, _, models in others for m in models)]
     pool = Ensemble(members, task == "classification", specs)
-    before = model_metrics(seeds, data.x_val, data.y_val, task, loss)["loss"]
     after = model_metrics(pool, data.x_val, data.y_val, task, loss)
     return pool, {"trials": [number for number, _, models in others if models], "size": len(members),
-                  "loss": after["loss"], "seeds_loss": before, "monitor": monitor,
-                  "score": after[monitor.removeprefix("val_")], "taken": after["loss"] < before}
+                  "loss": after["loss"], "seeds_loss": seeds_loss, "monitor": monitor,
+                  "score": after[monitor.removeprefix("val_")], "taken": after["loss"] < seeds_loss}
 
 
 def ensemble_test(study: optuna.Study, trials_dir: Path, data: PreparedData, k: int) -> dict | None:

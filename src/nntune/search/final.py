@@ -66,7 +66,7 @@ def final_fit(search: Search, best: optuna.trial.FrozenTrial, budget: Budget | N
             record["grown"] = why
             pool = _pool_members(search, cfg, others or [], data) if search.cfg.search.final_pool else []
             if pool:
-                pooled, record["pool"] = finalist_pool(ensemble, cfg, pool, data, search.monitor)
+                pooled, record["pool"] = finalist_pool(ensemble, record["loss"], cfg, pool, data, search.monitor)
                 ensemble = pooled if record["pool"]["taken"] else ensemble
             final = _ensemble_final(search, best, cfg, ensemble, trial_art.scaler, data)
             return {**final, "ensemble": record}

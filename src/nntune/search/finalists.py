@@ -66,7 +66,7 @@ def _share(trial: FrozenTrial, members: int) -> float:
     population's wall time, slower per member than in that larger population by the stacking gain measured for it
     (``population.gain``: member-steps per second at the measured size over one member's, an upper bound for the
     smaller population it trained in), else by at most ``STACKING_GAIN``; never more than the whole of it. Measured
-    gains on a CPU: about 1.7 for MLPs, 1.15-1.3 for the CNNs that stack at all."""
+    gains on a CPU: about 1.7 for MLPs, 1.15-1.35 for the CNNs that stack at all."""
     pop = trial.user_attrs.get("population") or {}
     gain = min(STACKING_GAIN, float(pop.get("gain") or STACKING_GAIN))
     return _population_seconds(trial) * min(1.0, gain * members / max(1, int(pop.get("size", 1))))
